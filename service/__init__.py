@@ -1,0 +1,1 @@
+"""The detection web service: FastAPI app, dynamic batching scheduler, metrics."""

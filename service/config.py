@@ -1,0 +1,76 @@
+"""The service's one settings object.
+
+Read from environment variables prefixed ``DETECT_`` (and an optional ``.env``); list values are
+JSON (``DETECT_MODELS='["yolov3-tiny-coco"]'``). Built in the app factory, never at import time,
+and validated there: an impossible combination fails start-up with the reason.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "yolov3-tiny-coco"
+
+
+class Settings(BaseSettings):
+    """Everything configurable about the service."""
+
+    model_config = SettingsConfigDict(env_prefix="DETECT_", env_file=".env", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+
+    # Model repository: committed metadata + fetched sources, and built engines (+ manifests).
+    models_dir: Path = Path("models")
+    engines_dir: Path = Path("engines_cache")
+    models: list[str] = Field(default_factory=lambda: [DEFAULT_MODEL])
+    default_model: str = DEFAULT_MODEL
+    default_precision: Literal["fp32", "fp16", "int8", "auto"] = "auto"
+
+    # Execution backend for variants served from ONNX.
+    backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
+    ort_providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
+    intra_op_threads: int = Field(0, ge=0, description="0 = ONNX Runtime's default")
+    # Test hook: "module:factory" returning an Engine, used instead of the real backend.
+    engine_factory: str | None = None
+
+    # Batching.
+    max_batch: int = Field(8, ge=1, le=256)
+    max_wait_ms: float = Field(4.0, ge=0.0, le=10_000.0)
+    max_queue: int = Field(64, ge=1)
+    concurrent_batches: int = Field(1, ge=1, le=16)
+    default_deadline_ms: float = Field(10_000.0, gt=0.0)
+    # Load-adaptive `auto`: move to a faster variant when queue wait exceeds this.
+    queue_wait_slo_ms: float = Field(50.0, gt=0.0)
+
+    # Input limits, checked before any heavy work.
+    max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    max_pixels: int = Field(40_000_000, ge=1)
+    max_images_per_request: int = Field(16, ge=1)
+    max_detections: int = Field(1000, ge=1)
+
+    # Security.
+    api_keys: list[str] = Field(default_factory=list)
+    protect_health: bool = False
+    protect_metrics: bool = False
+    cors_origins: list[str] = Field(default_factory=list)
+
+    shutdown_grace_s: float = Field(25.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.default_model not in self.models:
+            raise ValueError(
+                f"default_model {self.default_model!r} is not among models {self.models}"
+            )
+        if len(set(self.models)) != len(self.models):
+            raise ValueError(f"models lists a name twice: {self.models}")
+        if self.max_queue < self.max_batch:
+            raise ValueError(
+                f"max_queue ({self.max_queue}) must be >= max_batch ({self.max_batch})"
+            )
+        return self

@@ -1,0 +1,122 @@
+"""ONNX Runtime backend: CPU everywhere; CUDA or TensorRT execution providers on GPU hosts."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engines.errors import EngineLoadError, InferenceError
+from engines.precision import Precision
+from engines.runtime.base import TensorInfo, check_outputs
+
+log = logging.getLogger(__name__)
+
+_ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
+               "tensor(int32)": "int32", "tensor(uint8)": "uint8", "tensor(double)": "float64"}
+
+# Errors that mean the session itself is broken (device lost, out of memory), not just one batch.
+_FATAL_MARKERS = ("CUDA failure", "cudaErrorIllegalAddress", "device-side assert", "out of memory")
+
+
+def _infos(args: Sequence[Any]) -> list[TensorInfo]:
+    """ORT NodeArgs -> TensorInfo; symbolic dims (strings) become None."""
+    out = []
+    for a in args:
+        shape = tuple(d if isinstance(d, int) else None for d in a.shape)
+        out.append(TensorInfo(a.name, shape, _ORT_DTYPES.get(a.type, a.type)))
+    return out
+
+
+class OnnxRuntimeEngine:
+    """One ``InferenceSession`` over one variant ONNX file."""
+
+    backend = "onnxruntime"
+
+    def __init__(
+        self,
+        path: Path,
+        precision: Precision,
+        *,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+        intra_op_threads: int = 0,
+        max_batch: int = 8,
+    ) -> None:
+        import onnxruntime as ort
+
+        available = set(ort.get_available_providers())
+        missing = [p for p in providers if p not in available]
+        if missing:
+            raise EngineLoadError(
+                f"ONNX Runtime providers {missing} are not available here "
+                f"(available: {sorted(available)}); install onnxruntime-gpu or change "
+                "DETECT_ORT_PROVIDERS"
+            )
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if intra_op_threads:
+            options.intra_op_num_threads = intra_op_threads
+        try:
+            self._session = ort.InferenceSession(str(path), options, providers=list(providers))
+        except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
+            raise EngineLoadError(f"ONNX Runtime cannot load {path}: {exc}") from exc
+        self._inputs = _infos(self._session.get_inputs())
+        self._outputs = _infos(self._session.get_outputs())
+        self._input_name = self._inputs[0].name
+        self._input_dtype = np.float16 if self._inputs[0].dtype == "float16" else np.float32
+        fixed_batch = self._inputs[0].shape[0]
+        self._max_batch = fixed_batch if fixed_batch is not None else max_batch
+        self._precision = precision
+        self._providers = self._session.get_providers()
+        self._closed = False
+        self._lock = threading.Lock()  # close() vs a concurrent infer()
+
+    @property
+    def inputs(self) -> list[TensorInfo]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> list[TensorInfo]:
+        return self._outputs
+
+    @property
+    def max_batch(self) -> int:
+        return self._max_batch
+
+    @property
+    def precision(self) -> Precision:
+        return self._precision
+
+    @property
+    def device(self) -> str:
+        first = self._providers[0]
+        return "cpu" if first == "CPUExecutionProvider" else f"cuda:0 ({first})"
+
+    def warmup(self) -> None:
+        _, c, h, w = (d if d is not None else 1 for d in self._inputs[0].shape)
+        for size in sorted({1, self._max_batch}):
+            self.infer(np.zeros((size, c, h, w), dtype=np.float32))
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        if self._closed:
+            raise InferenceError("engine is closed", fatal=True)
+        if batch.shape[0] > self._max_batch:
+            raise InferenceError(f"batch of {batch.shape[0]} exceeds max_batch {self._max_batch}")
+        feed = {self._input_name: np.ascontiguousarray(batch, dtype=self._input_dtype)}
+        try:
+            values = self._session.run(None, feed)
+        except Exception as exc:
+            fatal = any(marker in str(exc) for marker in _FATAL_MARKERS)
+            raise InferenceError(f"ONNX Runtime inference failed: {exc}", fatal=fatal) from exc
+        outputs = {info.name: np.asarray(v) for info, v in zip(self._outputs, values, strict=True)}
+        return check_outputs(batch.shape[0], outputs)
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                del self._session

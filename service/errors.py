@@ -1,0 +1,151 @@
+"""The service's error taxonomy and the one place that maps errors to HTTP.
+
+Every error leaves the service as ``{"error": {"code": ..., "message": ...}}`` with the right
+status. Bad input is 4xx, overload is 503 with ``Retry-After``, a missed deadline is 504, a dead
+engine is 503 (and readiness goes false). Nothing internal leaks into a message.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from engines.errors import ImageDecodeError, ImageTooLargeError, InferenceError
+
+log = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    """An error with an HTTP status, a stable machine-readable code and a human message."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class BadRequest(ServiceError):
+    status, code = 400, "bad_request"
+
+
+class InvalidImage(ServiceError):
+    status, code = 400, "invalid_image"
+
+
+class PrecisionUnavailable(ServiceError):
+    status, code = 400, "precision_unavailable"
+
+
+class Unauthorized(ServiceError):
+    status, code = 401, "unauthorized"
+
+    def __init__(self, message: str = "missing or invalid API key") -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class ModelNotFound(ServiceError):
+    status, code = 404, "model_not_found"
+
+
+class PayloadTooLarge(ServiceError):
+    status, code = 413, "payload_too_large"
+
+
+class ImageTooLarge(ServiceError):
+    status, code = 413, "image_too_large"
+
+
+class UnsupportedMediaType(ServiceError):
+    status, code = 415, "unsupported_media_type"
+
+
+class Overloaded(ServiceError):
+    """The queue is full or the server is draining: come back later."""
+
+    status, code = 503, "overloaded"
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, math.ceil(retry_after_s)))})
+
+
+class EngineUnavailable(ServiceError):
+    status, code = 503, "engine_unavailable"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": "5"})
+
+
+class DeadlineExceeded(ServiceError):
+    status, code = 504, "deadline_exceeded"
+
+
+class InferenceFailed(ServiceError):
+    status, code = 500, "inference_failed"
+
+
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if details is not None:
+        error["details"] = details
+    return {"error": error}
+
+
+def to_service_error(exc: BaseException) -> ServiceError:
+    """Translate engine-level errors into the service taxonomy."""
+    if isinstance(exc, ServiceError):
+        return exc
+    if isinstance(exc, ImageTooLargeError):
+        return ImageTooLarge(str(exc))
+    if isinstance(exc, ImageDecodeError):
+        return InvalidImage(str(exc))
+    if isinstance(exc, InferenceError):
+        if exc.fatal:
+            return EngineUnavailable(f"engine failed and was taken out of service: {exc}")
+        return InferenceFailed(str(exc))
+    return ServiceError("internal error")
+
+
+def _json(err: ServiceError) -> JSONResponse:
+    return JSONResponse(
+        error_body(err.code, err.message), status_code=err.status, headers=err.headers
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers that turn every error into the JSON error shape."""
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        return _json(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))} for e in exc.errors()
+        ]
+        first = details[0] if details else {"loc": [], "msg": "invalid request"}
+        where = ".".join(str(p) for p in first["loc"])
+        message = f"invalid parameter {where}: {first['msg']}"
+        return JSONResponse(error_body("invalid_parameter", message, details), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(
+            error_body(code, str(exc.detail)), status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        return _json(to_service_error(exc))

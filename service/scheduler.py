@@ -1,0 +1,292 @@
+"""Dynamic batching: one queue per (model, precision), batches run off the event loop.
+
+How a batch forms: a worker first takes a free execution slot (``concurrency`` per engine), then
+waits for the first queued request, then keeps collecting until ``max_batch`` requests wait or
+``max_wait`` has passed since the first was queued. Taking the slot *before* collecting is what
+makes batches grow under load: while every slot is busy, requests pile up and the next batch takes
+them all. When nobody else is on the way (no request between arrival and queueing) the worker
+does not wait at all, so a lone client pays no batching delay.
+
+Every accepted request gets exactly one outcome: its own outputs, its own error, or a deadline /
+shutdown error. Cancelled requests (client went away) are dropped before the engine sees them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from engines.errors import InferenceError
+from service.errors import DeadlineExceeded, EngineUnavailable, Overloaded
+
+log = logging.getLogger(__name__)
+
+Outputs = dict[str, np.ndarray]
+RunBatch = Callable[[np.ndarray], Outputs]
+
+
+class BatchObserver(Protocol):
+    """Receives what only the scheduler knows (queue wait, batch size, engine time)."""
+
+    def queued(self, depth: int) -> None: ...
+    def batch_started(self, size: int, queue_waits_s: list[float]) -> None: ...
+    def batch_finished(self, size: int, duration_s: float, ok: bool) -> None: ...
+    def rejected(self, reason: str) -> None: ...
+
+
+class _NullObserver:
+    def queued(self, depth: int) -> None: ...
+    def batch_started(self, size: int, queue_waits_s: list[float]) -> None: ...
+    def batch_finished(self, size: int, duration_s: float, ok: bool) -> None: ...
+    def rejected(self, reason: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    max_batch: int = 8
+    max_wait_s: float = 0.004
+    max_queue: int = 64
+    concurrency: int = 1
+
+
+@dataclass
+class _Request:
+    tensor: np.ndarray
+    future: asyncio.Future[Outputs]
+    enqueued_at: float
+    deadline: float
+
+
+@dataclass
+class _BatchTimes:
+    """Running per-image cost (EWMA), to refuse requests that cannot meet their deadline.
+
+    Per-image cost underestimates small batches (fixed overhead is spread thin), which errs on
+    the side of running a request rather than refusing it.
+    """
+
+    per_image_s: float = 0.0
+    samples: int = 0
+    _alpha: float = field(default=0.2, repr=False)
+
+    def observe(self, size: int, duration_s: float) -> None:
+        per_image = duration_s / size
+        if self.samples == 0:
+            self.per_image_s = per_image
+        else:
+            self.per_image_s += self._alpha * (per_image - self.per_image_s)
+        self.samples += 1
+
+    def estimate(self, size: int) -> float:
+        return self.per_image_s * size
+
+
+class BatchScheduler:
+    """Batches single-image requests for one engine variant."""
+
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        config: BatchingConfig,
+        *,
+        observer: BatchObserver | None = None,
+        executor: Executor | None = None,
+        on_fatal: Callable[[BaseException], None] | None = None,
+        name: str = "scheduler",
+    ) -> None:
+        self._run_batch = run_batch
+        self._config = config
+        self._observer: BatchObserver = observer or _NullObserver()
+        self._own_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(
+            max_workers=config.concurrency, thread_name_prefix=name
+        )
+        self._on_fatal = on_fatal
+        self._name = name
+        self._queue: deque[_Request] = deque()
+        self._wakeup = asyncio.Event()
+        self._incoming = 0
+        self._closing = False
+        self._dead: str | None = None
+        self._times = _BatchTimes()
+        self._workers: list[asyncio.Task[None]] = []
+        self._inflight_batches = 0
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._workers = [
+            loop.create_task(self._worker(), name=f"{self._name}-{i}")
+            for i in range(self._config.concurrency)
+        ]
+
+    async def close(self, timeout_s: float | None = None) -> None:
+        """Stop accepting, finish everything already accepted, then stop the workers."""
+        self._closing = True
+        self._wakeup.set()
+        if self._workers:
+            _done, pending = await asyncio.wait(self._workers, timeout=timeout_s)
+            for task in pending:
+                task.cancel()
+        # Anything still queued (only after a timeout) gets an answer rather than hanging.
+        while self._queue:
+            self._fail(self._queue.popleft(), Overloaded("server shutting down"))
+        if self._own_executor:
+            self._executor.shutdown(wait=False)
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def dead_reason(self) -> str | None:
+        return self._dead
+
+    def estimated_wait_s(self) -> float:
+        batches_ahead = len(self._queue) / self._config.max_batch + 1
+        per_batch = self._times.estimate(self._config.max_batch)
+        return per_batch * batches_ahead / self._config.concurrency
+
+    # -- submission ----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def incoming(self) -> Iterator[None]:
+        """Mark a request as on its way (decoding) so a forming batch waits for it."""
+        self._incoming += 1
+        try:
+            yield
+        finally:
+            self._incoming -= 1
+
+    async def submit(self, tensor: np.ndarray, deadline: float) -> Outputs:
+        """Queue one CHW tensor; return the engine outputs for it (leading dim 1).
+
+        ``deadline`` is a ``time.monotonic()`` instant. Raises ``Overloaded`` (queue full or
+        shutting down), ``DeadlineExceeded`` (cannot finish in time), ``EngineUnavailable``.
+        """
+        if self._dead is not None:
+            raise EngineUnavailable(self._dead)
+        if self._closing:
+            self._observer.rejected("shutting_down")
+            raise Overloaded("server is shutting down", retry_after_s=5)
+        if len(self._queue) >= self._config.max_queue:
+            self._observer.rejected("queue_full")
+            raise Overloaded(
+                f"queue full ({self._config.max_queue} waiting)",
+                retry_after_s=self.estimated_wait_s(),
+            )
+        now = time.monotonic()
+        if self._times.samples and now + self.estimated_wait_s() > deadline:
+            self._observer.rejected("deadline")
+            raise DeadlineExceeded(
+                f"deadline cannot be met: about {self.estimated_wait_s() * 1000:.0f} ms of "
+                f"work is ahead, {max(0.0, deadline - now) * 1000:.0f} ms left"
+            )
+        future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Request(tensor, future, now, deadline))
+        self._observer.queued(len(self._queue))
+        self._wakeup.set()
+        return await future
+
+    # -- batching ------------------------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        while True:
+            batch = await self._collect()
+            if batch is None:
+                return
+            await self._run(batch)
+
+    async def _collect(self) -> list[_Request] | None:
+        """Wait for the first request, then for more until full or max_wait has passed."""
+        while not self._queue:
+            if self._closing:
+                return None
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        first_at = self._queue[0].enqueued_at
+        while len(self._queue) < self._config.max_batch and not self._closing:
+            remaining = first_at + self._config.max_wait_s - time.monotonic()
+            if remaining <= 0 or self._incoming == 0:
+                break
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+        return self._take()
+
+    def _take(self) -> list[_Request]:
+        batch: list[_Request] = []
+        now = time.monotonic()
+        while self._queue and len(batch) < self._config.max_batch:
+            req = self._queue.popleft()
+            if req.future.done():  # cancelled: the client went away
+                self._observer.rejected("cancelled")
+                continue
+            if now + self._times.estimate(len(batch) + 1) > req.deadline:
+                self._observer.rejected("deadline")
+                self._fail(req, DeadlineExceeded("deadline passed while queued"))
+                continue
+            batch.append(req)
+        self._observer.queued(len(self._queue))
+        return batch
+
+    async def _run(self, batch: list[_Request]) -> None:
+        if not batch:
+            return
+        started = time.monotonic()
+        self._observer.batch_started(len(batch), [started - r.enqueued_at for r in batch])
+        tensor = np.stack([r.tensor for r in batch])
+        self._inflight_batches += 1
+        try:
+            outputs = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._run_batch, tensor
+            )
+            _check_batch(outputs, len(batch))
+        except BaseException as exc:  # every waiting request must hear about it
+            self._observer.batch_finished(len(batch), time.monotonic() - started, ok=False)
+            self._fail_batch(batch, exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        finally:
+            self._inflight_batches -= 1
+        duration = time.monotonic() - started
+        self._times.observe(len(batch), duration)
+        self._observer.batch_finished(len(batch), duration, ok=True)
+        for i, req in enumerate(batch):
+            if not req.future.done():
+                req.future.set_result({k: v[i : i + 1] for k, v in outputs.items()})
+
+    def _fail_batch(self, batch: list[_Request], exc: BaseException) -> None:
+        if isinstance(exc, InferenceError) and exc.fatal:
+            self._dead = f"engine {self._name} failed: {exc}"
+            log.error("%s", self._dead)
+            if self._on_fatal is not None:
+                self._on_fatal(exc)
+        else:
+            log.warning("batch of %d failed in %s: %s", len(batch), self._name, exc)
+        for req in batch:
+            self._fail(req, exc if isinstance(exc, Exception) else InferenceError(str(exc)))
+
+    @staticmethod
+    def _fail(req: _Request, exc: Exception) -> None:
+        if not req.future.done():
+            req.future.set_exception(exc)
+
+
+def _check_batch(outputs: Outputs, size: int) -> None:
+    for name, value in outputs.items():
+        if value.shape[:1] != (size,):
+            raise InferenceError(
+                f"engine returned {name} with shape {value.shape} for a batch of {size}"
+            )

@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     default_model: str = DEFAULT_MODEL
     default_precision: Literal["fp32", "fp16", "int8", "auto"] = "auto"
 
+    # What `detect-serve serve --prepare` builds when a model has no build yet.
+    prepare_precisions: list[Literal["fp32", "fp16", "int8"]] = Field(
+        default_factory=lambda: ["fp32", "int8"]
+    )
+
     # Execution backend for variants served from ONNX.
     backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
     ort_providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
@@ -44,6 +49,8 @@ class Settings(BaseSettings):
     max_queue: int = Field(64, ge=1)
     concurrent_batches: int = Field(1, ge=1, le=16)
     default_deadline_ms: float = Field(10_000.0, gt=0.0)
+    # `auto` prefers the fastest variant at least this close to FP32 (mAP50-95 agreement).
+    auto_min_agreement: float = Field(0.99, ge=0.0, le=1.0)
     # Load-adaptive `auto`: move to a faster variant when queue wait exceeds this.
     queue_wait_slo_ms: float = Field(50.0, gt=0.0)
 

@@ -58,10 +58,20 @@ class BatchingConfig:
     concurrency: int = 1
 
 
+@dataclass(frozen=True)
+class ItemResult:
+    """One request's share of a batch, with the times the response and metrics report."""
+
+    outputs: Outputs  # every output sliced to this request (leading dim 1)
+    queue_wait_s: float
+    inference_s: float
+    batch_size: int
+
+
 @dataclass
 class _Request:
     tensor: np.ndarray
-    future: asyncio.Future[Outputs]
+    future: asyncio.Future[ItemResult]
     enqueued_at: float
     deadline: float
 
@@ -145,6 +155,10 @@ class BatchScheduler:
             self._executor.shutdown(wait=False)
 
     @property
+    def observer(self) -> BatchObserver:
+        return self._observer
+
+    @property
     def queue_depth(self) -> int:
         return len(self._queue)
 
@@ -168,7 +182,7 @@ class BatchScheduler:
         finally:
             self._incoming -= 1
 
-    async def submit(self, tensor: np.ndarray, deadline: float) -> Outputs:
+    async def submit(self, tensor: np.ndarray, deadline: float) -> ItemResult:
         """Queue one CHW tensor; return the engine outputs for it (leading dim 1).
 
         ``deadline`` is a ``time.monotonic()`` instant. Raises ``Overloaded`` (queue full or
@@ -192,7 +206,7 @@ class BatchScheduler:
                 f"deadline cannot be met: about {self.estimated_wait_s() * 1000:.0f} ms of "
                 f"work is ahead, {max(0.0, deadline - now) * 1000:.0f} ms left"
             )
-        future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[ItemResult] = asyncio.get_running_loop().create_future()
         self._queue.append(_Request(tensor, future, now, deadline))
         self._observer.queued(len(self._queue))
         self._wakeup.set()
@@ -265,7 +279,14 @@ class BatchScheduler:
         self._observer.batch_finished(len(batch), duration, ok=True)
         for i, req in enumerate(batch):
             if not req.future.done():
-                req.future.set_result({k: v[i : i + 1] for k, v in outputs.items()})
+                req.future.set_result(
+                    ItemResult(
+                        outputs={k: v[i : i + 1] for k, v in outputs.items()},
+                        queue_wait_s=started - req.enqueued_at,
+                        inference_s=duration,
+                        batch_size=len(batch),
+                    )
+                )
 
     def _fail_batch(self, batch: list[_Request], exc: BaseException) -> None:
         if isinstance(exc, InferenceError) and exc.fatal:

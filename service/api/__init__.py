@@ -1,0 +1,1 @@
+"""HTTP routers, one per file. Handlers validate, submit, await and shape; no tensor code."""

@@ -1,0 +1,156 @@
+"""``detect-serve``: serve, fetch and list models, build precision variants, benchmark.
+
+detect-serve models fetch yolov3-tiny-coco     # fetch + convert the default model (offline)
+detect-serve build yolov3-tiny-coco            # FP32/FP16/INT8 variants, checked and timed
+detect-serve serve                             # REST API on 127.0.0.1:8000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from service.config import Settings
+
+log = logging.getLogger("detect-serve")
+Command = Callable[[argparse.Namespace], int]
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {
+        k: v
+        for k, v in {
+            "host": getattr(args, "host", None),
+            "port": getattr(args, "port", None),
+        }.items()
+        if v is not None
+    }
+    return Settings(**overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.app import create_app
+
+    settings = _settings(args)
+    if args.prepare:
+        prepare(settings)
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=args.log_level,
+        server_header=False,  # no version banner
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
+        access_log=args.access_log,
+    )
+    return 0
+
+
+def prepare(settings: Settings) -> None:
+    """Fetch missing model sources and build missing engines (both cached and idempotent)."""
+    from engines.model_sources import ensure_model_source
+
+    for name in settings.models:
+        ensure_model_source(settings.models_dir / name)
+        if settings.prepare_precisions:
+            from engines.build import BuildConfig, build_model
+            from engines.precision import Precision
+
+            config = BuildConfig(
+                precisions=tuple(Precision(p) for p in settings.prepare_precisions),
+                backend=settings.backend,
+                max_batch=settings.max_batch,
+            )
+            build_model(settings.models_dir / name, settings.engines_dir, config, progress=False)
+
+
+def cmd_models_fetch(args: argparse.Namespace) -> int:
+    from engines.model_sources import ensure_model_source
+
+    settings = Settings()
+    path = ensure_model_source(settings.models_dir / args.name)
+    print(path)
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    settings = Settings()
+    rows = []
+    for meta in sorted(settings.models_dir.glob("*/model.yaml")):
+        name = meta.parent.name
+        source = meta.parent / "source" / "model.onnx"
+        manifest = settings.engines_dir / name / "manifest.json"
+        rows.append({"name": name, "fetched": source.is_file(), "built": manifest.is_file()})
+    print(json.dumps(rows, indent=2))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="detect-serve",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the REST API")
+    serve.add_argument("--host", help="default: DETECT_HOST or 127.0.0.1")
+    serve.add_argument("--port", type=int, help="default: DETECT_PORT or 8000")
+    serve.add_argument(
+        "--prepare",
+        action="store_true",
+        help="fetch missing sources and build missing engines before serving",
+    )
+    serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.set_defaults(func=cmd_serve)
+
+    models = sub.add_parser("models", help="model repository").add_subparsers(
+        dest="models_command", required=True
+    )
+    fetch = models.add_parser("fetch", help="fetch + convert a model's source (idempotent)")
+    fetch.add_argument("name")
+    fetch.set_defaults(func=cmd_models_fetch)
+    models.add_parser("list", help="models in the repository").set_defaults(func=cmd_models_list)
+
+    _add_optional_commands(sub)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    func: Command = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a CLI prints the reason, not a traceback
+        from engines.errors import EngineError
+
+        if isinstance(exc, EngineError | ValueError | OSError):
+            print(f"detect-serve: error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _add_optional_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``build`` and ``bench`` live in their own modules (they pull in heavier dependencies)."""
+    from service.cli_build import add_build_command
+
+    add_build_command(sub)
+    try:
+        from service.cli_bench import add_bench_command
+    except ImportError:
+        return
+    add_bench_command(sub)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

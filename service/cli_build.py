@@ -1,0 +1,74 @@
+"""``detect-serve build``: make precision variants of a model, prove them, time them."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+from service.config import Settings
+
+
+def add_build_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    build = sub.add_parser(
+        "build",
+        help="build FP32/FP16/INT8 variants, check each against FP32, time them",
+        description="MODEL is a name in the model repository (models/NAME/) or a path to an "
+        ".onnx file (then --name is required and the file is added to the repository).",
+    )
+    build.add_argument("model", help="model name, or path/to/model.onnx with --name")
+    build.add_argument("--name", help="repository name for a model given as a path")
+    build.add_argument(
+        "--precision",
+        default="fp32,fp16,int8",
+        help="comma-separated precisions (default: fp32,fp16,int8)",
+    )
+    build.add_argument("--calib", type=Path, help="folder of calibration images (INT8)")
+    build.add_argument("--val", type=Path, help="folder of validation images")
+    build.add_argument("--labels", type=Path, help="COCO json with real labels for --val")
+    build.add_argument("--backend", choices=["onnxruntime", "tensorrt"], default=None)
+    build.add_argument("--max-batch", type=int, default=None)
+    build.add_argument(
+        "--calib-method", choices=["minmax", "entropy", "percentile"], default="minmax"
+    )
+    build.add_argument("--force", action="store_true", help="rebuild even if cached")
+    build.set_defaults(func=cmd_build)
+
+
+def _model_dir(args: argparse.Namespace, settings: Settings) -> Path:
+    given = Path(args.model)
+    if given.suffix == ".onnx" or given.is_file():
+        if not args.name:
+            raise ValueError("a model given as a file needs --name NAME")
+        if not given.is_file():
+            raise ValueError(f"{given} does not exist")
+        target = settings.models_dir / args.name / "source" / "model.onnx"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists() or target.read_bytes() != given.read_bytes():
+            shutil.copyfile(given, target)
+        return target.parent.parent
+    return settings.models_dir / args.model
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from engines.build import BuildConfig, build_model
+    from engines.model_sources import ensure_model_source
+    from engines.precision import Precision
+
+    settings = Settings()
+    model_dir = _model_dir(args, settings)
+    if (model_dir / "model.yaml").is_file():
+        ensure_model_source(model_dir)
+    config = BuildConfig(
+        precisions=tuple(Precision(p.strip()) for p in args.precision.split(",") if p.strip()),
+        calib_dir=args.calib,
+        val_dir=args.val,
+        labels=args.labels,
+        backend=args.backend or settings.backend,
+        max_batch=args.max_batch or settings.max_batch,
+        calibration_method=args.calib_method,
+        force=args.force,
+    )
+    manifest = build_model(model_dir, settings.engines_dir, config, progress=True)
+    accepted = [v for v in manifest.variants if v.status == "accepted"]
+    return 0 if accepted else 1

@@ -1,0 +1,83 @@
+"""Response bodies of the REST API (what clients and the OpenAPI schema see)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class Detection(BaseModel):
+    label: str = Field(examples=["person"])
+    class_id: int = Field(examples=[0])
+    score: float = Field(examples=[0.87])
+    box: list[float] = Field(
+        description="x1, y1, x2, y2 in original-image pixels",
+        examples=[[48.6, 398.1, 245.3, 902.7]],
+    )
+
+
+class Timing(BaseModel):
+    decode: float = Field(description="decode + letterbox, ms")
+    queue: float = Field(description="wait in the batching queue, ms")
+    inference: float = Field(description="engine time of the batch this image ran in, ms")
+    postprocess: float = Field(description="decode outputs + NMS + box mapping, ms")
+    total: float = Field(description="whole request inside the service, ms")
+
+
+class ImageResult(BaseModel):
+    width: int
+    height: int
+    detections: list[Detection]
+    timing_ms: Timing
+    batch_size: int = Field(description="images in the engine batch this image ran in")
+
+
+class DetectResponse(BaseModel):
+    """One image: its result inline. Several images: ``results`` in upload order."""
+
+    model: str = Field(examples=["yolov3-tiny-coco"])
+    precision: str = Field(examples=["fp32"])
+    backend: str = Field(examples=["onnxruntime"])
+    device: str = Field(examples=["cpu"])
+    width: int | None = Field(None, examples=[810])
+    height: int | None = Field(None, examples=[1080])
+    detections: list[Detection] | None = None
+    timing_ms: Timing | None = None
+    batch_size: int | None = None
+    results: list[ImageResult] | None = None
+
+
+class VariantInfo(BaseModel):
+    precision: str
+    backend: str
+    device: str
+    ready: bool
+    agreement: float | None = Field(None, description="mAP50-95 agreement with FP32")
+    latency_ms: dict[int, float] = Field(default_factory=dict, description="batch size -> ms")
+    note: str = ""
+
+
+class ModelEntry(BaseModel):
+    name: str
+    input_size: list[int]
+    layout: str
+    classes: list[str]
+    auto_precision: str
+    variants: list[VariantInfo]
+    unavailable: dict[str, str] = Field(
+        default_factory=dict, description="precision -> why not served"
+    )
+
+
+class ModelsResponse(BaseModel):
+    default_model: str
+    models: list[ModelEntry]
+    failed: dict[str, str] = Field(default_factory=dict, description="model -> why it did not load")
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

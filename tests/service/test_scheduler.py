@@ -1,0 +1,255 @@
+"""The batcher, driven in plain asyncio with a stand-in engine (no server, no model)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from engines.errors import InferenceError
+from service.errors import DeadlineExceeded, EngineUnavailable, Overloaded
+from service.scheduler import BatchingConfig, BatchScheduler, Outputs
+
+
+class StandInEngine:
+    """Echoes each row's id (tensor[0, 0, 0]) so tests can check outputs match inputs."""
+
+    def __init__(self, delay_s: float = 0.0, fail_if: Callable[[np.ndarray], bool] | None = None):
+        self.batches: list[list[int]] = []
+        self.delay_s = delay_s
+        self.fail_if = fail_if
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __call__(self, batch: np.ndarray) -> Outputs:
+        self.gate.wait(10)
+        ids = [int(v) for v in batch[:, 0, 0, 0]]
+        self.batches.append(ids)
+        if self.fail_if is not None and self.fail_if(batch):
+            raise InferenceError(f"batch {ids} failed")
+        time.sleep(self.delay_s)
+        return {"ids": batch[:, 0, 0, 0].copy(), "double": batch[:, 0, 0, 0] * 2}
+
+
+def item(i: int) -> np.ndarray:
+    return np.full((1, 2, 2), i, dtype=np.float32)
+
+
+def far() -> float:
+    return time.monotonic() + 60
+
+
+def run(coro_fn: Callable[[], object]) -> None:
+    asyncio.run(coro_fn())  # type: ignore[arg-type]
+
+
+def make(engine: StandInEngine, **config: float) -> BatchScheduler:
+    sched = BatchScheduler(engine, BatchingConfig(**config))  # type: ignore[arg-type]
+    sched.start()
+    return sched
+
+
+def test_batch_forms_on_size() -> None:
+    async def main() -> None:
+        engine = StandInEngine()
+        sched = make(engine, max_batch=4, max_wait_s=10.0, max_queue=16)
+        started = time.monotonic()
+        with sched.incoming():  # another request is on its way: the batcher may wait
+            tasks = [asyncio.create_task(sched.submit(item(i), far())) for i in range(4)]
+            results = await asyncio.gather(*tasks)
+        assert time.monotonic() - started < 5.0  # did not wait for max_wait
+        assert engine.batches == [[0, 1, 2, 3]]
+        assert [int(r.outputs["ids"][0]) for r in results] == [0, 1, 2, 3]
+        assert all(r.batch_size == 4 for r in results)
+        await sched.close()
+
+    run(main)
+
+
+def test_batch_forms_on_time() -> None:
+    async def main() -> None:
+        engine = StandInEngine()
+        sched = make(engine, max_batch=8, max_wait_s=0.15, max_queue=16)
+        started = time.monotonic()
+        with sched.incoming():
+            results = await asyncio.gather(*(sched.submit(item(i), far()) for i in range(3)))
+        waited = time.monotonic() - started
+        assert engine.batches == [[0, 1, 2]]
+        assert waited >= 0.14
+        assert results[0].queue_wait_s >= 0.14
+        await sched.close()
+
+    run(main)
+
+
+def test_lone_request_does_not_wait_for_batch() -> None:
+    async def main() -> None:
+        engine = StandInEngine()
+        sched = make(engine, max_batch=8, max_wait_s=5.0, max_queue=16)
+        started = time.monotonic()
+        await sched.submit(item(7), far())
+        assert time.monotonic() - started < 1.0
+        await sched.close()
+
+    run(main)
+
+
+def test_outputs_matched_one_for_one() -> None:
+    async def main() -> None:
+        engine = StandInEngine(delay_s=0.01)
+        sched = make(engine, max_batch=5, max_wait_s=0.01, max_queue=64)
+        results = await asyncio.gather(*(sched.submit(item(i), far()) for i in range(23)))
+        for i, r in enumerate(results):
+            assert int(r.outputs["ids"][0]) == i
+            assert int(r.outputs["double"][0]) == 2 * i
+            assert r.outputs["ids"].shape == (1,)
+        assert sorted(x for b in engine.batches for x in b) == list(range(23))
+        assert max(len(b) for b in engine.batches) <= 5
+        await sched.close()
+
+    run(main)
+
+
+def test_unmeetable_deadline_is_refused_before_running() -> None:
+    async def main() -> None:
+        engine = StandInEngine(delay_s=0.2)
+        sched = make(engine, max_batch=1, max_wait_s=0.0, max_queue=16)
+        await sched.submit(item(0), far())  # teaches the scheduler ~200 ms per image
+        with pytest.raises(DeadlineExceeded):
+            await sched.submit(item(1), time.monotonic() + 0.02)
+        assert engine.batches == [[0]]  # the refused request never reached the engine
+        await sched.close()
+
+    run(main)
+
+
+def test_deadline_passing_while_queued_is_refused_before_running() -> None:
+    async def main() -> None:
+        engine = StandInEngine(delay_s=0.05)
+        sched = make(engine, max_batch=1, max_wait_s=0.0, max_queue=16)
+        await sched.submit(item(0), far())
+        engine.gate.clear()  # the engine stalls on the next batch
+        blocker = asyncio.create_task(sched.submit(item(1), far()))
+        await asyncio.sleep(0.05)
+        late = asyncio.create_task(sched.submit(item(2), time.monotonic() + 0.15))
+        await asyncio.sleep(0.3)
+        engine.gate.set()
+        await blocker
+        with pytest.raises(DeadlineExceeded):
+            await late
+        assert [2] not in engine.batches
+        await sched.close()
+
+    run(main)
+
+
+def test_full_queue_is_refused_with_retry_after() -> None:
+    async def main() -> None:
+        engine = StandInEngine()
+        engine.gate.clear()
+        sched = make(engine, max_batch=2, max_wait_s=0.0, max_queue=2)
+        running = asyncio.create_task(sched.submit(item(0), far()))
+        await asyncio.sleep(0.05)  # item 0 is inside the engine, queue empty
+        queued = [asyncio.create_task(sched.submit(item(i), far())) for i in (1, 2)]
+        await asyncio.sleep(0.01)
+        with pytest.raises(Overloaded) as refused:
+            await sched.submit(item(3), far())
+        assert int(refused.value.headers["Retry-After"]) >= 1
+        engine.gate.set()
+        await asyncio.gather(running, *queued)  # accepted work still completes
+        await sched.close()
+
+    run(main)
+
+
+def test_raising_engine_fails_only_its_batch() -> None:
+    async def main() -> None:
+        engine = StandInEngine(fail_if=lambda b: bool((b[:, 0, 0, 0] == 1).any()))
+        sched = make(engine, max_batch=2, max_wait_s=0.05, max_queue=16)
+        with sched.incoming():
+            first = [asyncio.create_task(sched.submit(item(i), far())) for i in (0, 1)]
+            outcomes = await asyncio.gather(*first, return_exceptions=True)
+        assert all(isinstance(o, InferenceError) for o in outcomes)
+        with sched.incoming():
+            second = await asyncio.gather(*(sched.submit(item(i), far()) for i in (2, 3)))
+        assert [int(r.outputs["ids"][0]) for r in second] == [2, 3]
+        assert sched.dead_reason is None
+        await sched.close()
+
+    run(main)
+
+
+def test_fatal_engine_error_takes_variant_out_of_service() -> None:
+    async def main() -> None:
+        def fatal(_: np.ndarray) -> Outputs:
+            raise InferenceError("device lost", fatal=True)
+
+        seen: list[BaseException] = []
+        sched = BatchScheduler(fatal, BatchingConfig(max_batch=1), on_fatal=seen.append)
+        sched.start()
+        with pytest.raises(InferenceError):
+            await sched.submit(item(0), far())
+        assert sched.dead_reason and "device lost" in sched.dead_reason
+        assert len(seen) == 1
+        with pytest.raises(EngineUnavailable):
+            await sched.submit(item(1), far())
+        await sched.close()
+
+    run(main)
+
+
+def test_cancelled_requests_never_reach_the_engine() -> None:
+    async def main() -> None:
+        engine = StandInEngine()
+        engine.gate.clear()
+        sched = make(engine, max_batch=8, max_wait_s=0.0, max_queue=16)
+        running = asyncio.create_task(sched.submit(item(0), far()))
+        await asyncio.sleep(0.05)
+        waiting = {i: asyncio.create_task(sched.submit(item(i), far())) for i in (1, 2, 3, 4)}
+        await asyncio.sleep(0.01)
+        waiting[2].cancel()
+        waiting[4].cancel()
+        engine.gate.set()
+        await running
+        await asyncio.gather(waiting[1], waiting[3])
+        seen = {x for b in engine.batches for x in b}
+        assert seen == {0, 1, 3}
+        await sched.close()
+
+    run(main)
+
+
+def test_wrong_output_count_fails_every_request_of_the_batch() -> None:
+    async def main() -> None:
+        def short(batch: np.ndarray) -> Outputs:
+            return {"ids": batch[:1, 0, 0, 0]}
+
+        sched = BatchScheduler(short, BatchingConfig(max_batch=3, max_wait_s=0.05))
+        sched.start()
+        with sched.incoming():
+            outcomes = await asyncio.gather(
+                *(sched.submit(item(i), far()) for i in range(3)), return_exceptions=True
+            )
+        assert all(isinstance(o, InferenceError) for o in outcomes)
+        await sched.close()
+
+    run(main)
+
+
+def test_shutdown_drains_every_accepted_request() -> None:
+    async def main() -> None:
+        engine = StandInEngine(delay_s=0.02)
+        sched = make(engine, max_batch=4, max_wait_s=0.005, max_queue=64)
+        tasks = [asyncio.create_task(sched.submit(item(i), far())) for i in range(30)]
+        await asyncio.sleep(0.01)
+        await sched.close(timeout_s=30)
+        results = await asyncio.gather(*tasks)
+        assert [int(r.outputs["ids"][0]) for r in results] == list(range(30))
+        with pytest.raises(Overloaded):
+            await sched.submit(item(99), far())
+
+    run(main)

@@ -1,0 +1,73 @@
+"""The precision policy: explicit choices, `auto`, and load-adaptive moves with hysteresis."""
+
+from __future__ import annotations
+
+import pytest
+
+from engines.precision import Precision
+from service.errors import PrecisionUnavailable
+from service.selection import PrecisionSelector, VariantStats
+
+FP32 = VariantStats(Precision.FP32, per_image_latency_s=0.100, agreement=1.0)
+FP16 = VariantStats(Precision.FP16, per_image_latency_s=0.060, agreement=0.995)
+INT8 = VariantStats(Precision.INT8, per_image_latency_s=0.040, agreement=0.96)
+
+
+def selector(*variants: VariantStats, slo_s: float = 0.05) -> PrecisionSelector:
+    return PrecisionSelector(
+        list(variants), auto_min_agreement=0.99, queue_wait_slo_s=slo_s, hold_s=0.0
+    )
+
+
+def test_auto_picks_fastest_variant_within_the_auto_budget() -> None:
+    assert selector(FP32, FP16, INT8).select("auto") is Precision.FP16
+    assert selector(FP32, INT8).select("auto") is Precision.FP32
+    precise_int8 = VariantStats(Precision.INT8, 0.040, 0.995)
+    assert selector(FP32, FP16, precise_int8).select("auto") is Precision.INT8
+
+
+def test_explicit_precision_and_clear_refusals() -> None:
+    policy = selector(FP32, INT8)
+    assert policy.select("int8") is Precision.INT8
+    with pytest.raises(PrecisionUnavailable, match=r"rejected: agreement 0\.81"):
+        policy.select("fp16", {"fp16": "rejected: agreement 0.81 < 0.99"})
+    with pytest.raises(PrecisionUnavailable, match="unknown precision"):
+        policy.select("bf16")
+
+
+def test_auto_moves_to_faster_variant_under_pressure_and_back() -> None:
+    policy = selector(FP32, FP16, INT8)
+    assert policy.auto_choice is Precision.FP16
+    for _ in range(10):
+        policy.observe_queue_wait(Precision.FP16, 0.200)  # 4x the SLO
+    assert policy.auto_choice is Precision.INT8
+    # Pressure on the variant auto no longer sends to does not move it further.
+    policy.observe_queue_wait(Precision.FP16, 0.500)
+    assert policy.auto_choice is Precision.INT8
+    # Just under the SLO is not enough to come back (hysteresis) ...
+    for _ in range(10):
+        policy.observe_queue_wait(Precision.INT8, 0.040)
+    assert policy.auto_choice is Precision.INT8
+    # ... well under it is.
+    for _ in range(20):
+        policy.observe_queue_wait(Precision.INT8, 0.001)
+    assert policy.auto_choice is Precision.FP16
+
+
+def test_auto_never_moves_below_the_fastest_variant() -> None:
+    policy = selector(FP32)
+    for _ in range(10):
+        policy.observe_queue_wait(Precision.FP32, 10.0)
+    assert policy.auto_choice is Precision.FP32
+
+
+def test_hold_time_prevents_flapping() -> None:
+    policy = PrecisionSelector(
+        [FP32, FP16, INT8], auto_min_agreement=0.99, queue_wait_slo_s=0.05, hold_s=60.0
+    )
+    for _ in range(10):
+        policy.observe_queue_wait(Precision.FP16, 0.2)
+    assert policy.auto_choice is Precision.INT8
+    for _ in range(10):
+        policy.observe_queue_wait(Precision.INT8, 0.0)
+    assert policy.auto_choice is Precision.INT8  # within the hold time: no move back yet

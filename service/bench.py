@@ -1,0 +1,206 @@
+"""Benchmarks: the raw pipeline in-process vs the HTTP service, batching on and off.
+
+Figures from one run on one machine are comparable with each other, not across machines; the
+ratios (service / raw, batching on / off) are what the targets are about.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from engines.formats import detect_layout
+from engines.model_info import read_model_info
+from engines.runtime.base import Engine
+from service.config import Settings
+from service.pipeline import DetectOptions, ImagePipeline, PreparedImage
+from service.registry import engine_factory
+from service.variant_specs import discover_variants
+
+OPTIONS = DetectOptions(conf=0.25, iou=0.45, max_det=300, classes=None)
+
+
+@dataclass(frozen=True)
+class PipelinePoint:
+    batch: int
+    latency_ms: float  # median wall time of decode + preprocess + infer + postprocess per batch
+    images_per_s: float
+
+
+@dataclass(frozen=True)
+class HttpPoint:
+    label: str
+    clients: int
+    requests: int
+    errors: int
+    images_per_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    mean_batch: float
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def load_engine(settings: Settings, model: str, precision: str) -> tuple[Engine, ImagePipeline]:
+    source, specs, _ = discover_variants(
+        settings.models_dir, settings.engines_dir, model, settings.backend
+    )
+    spec = next(s for s in specs if s.precision.value == precision)
+    engine = engine_factory(settings, spec.backend)(spec, settings)
+    info = read_model_info(source, model)
+    layout = detect_layout(info.outputs, info.num_classes, info.layout)
+    return engine, ImagePipeline(info, layout, max_pixels=settings.max_pixels)
+
+
+def bench_pipeline(
+    engine: Engine,
+    pipeline: ImagePipeline,
+    images: list[bytes],
+    batches: Sequence[int],
+    seconds: float = 5.0,
+) -> list[PipelinePoint]:
+    """Sequential decode -> batch -> infer -> postprocess, as one process would do it."""
+    engine.warmup()
+    points = []
+    for batch in batches:
+        durations: list[float] = []
+        stop_at = time.perf_counter() + seconds
+        i = 0
+        while time.perf_counter() < stop_at or len(durations) < 3:
+            started = time.perf_counter()
+            prepared: list[PreparedImage] = [
+                pipeline.prepare(images[(i + k) % len(images)]) for k in range(batch)
+            ]
+            outputs = engine.infer(np.stack([p.tensor for p in prepared]))
+            for k, p in enumerate(prepared):
+                pipeline.finish({n: v[k : k + 1] for n, v in outputs.items()}, p, OPTIONS)
+            durations.append(time.perf_counter() - started)
+            i += batch
+        median = statistics.median(durations)
+        points.append(PipelinePoint(batch, median * 1000, batch / median))
+    return points
+
+
+async def _client(
+    client: httpx.AsyncClient,
+    images: list[bytes],
+    stop_at: float,
+    offset: int,
+    latencies: list[float],
+    batches: list[int],
+    errors: list[int],
+) -> None:
+    i = offset
+    while time.perf_counter() < stop_at:
+        started = time.perf_counter()
+        r = await client.post("/detect", files={"image": ("img.jpg", images[i % len(images)])})
+        if r.status_code == 200:
+            latencies.append(time.perf_counter() - started)
+            batches.append(int(r.json()["batch_size"]))
+        else:
+            errors.append(r.status_code)
+        i += 1
+
+
+async def bench_http(
+    url: str, images: list[bytes], clients: int, seconds: float, label: str
+) -> HttpPoint:
+    """``clients`` closed-loop clients uploading real JPEGs for ``seconds``."""
+    latencies: list[float] = []
+    batches: list[int] = []
+    errors: list[int] = []
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        for _ in range(2):  # warm connections and the server's thread pools
+            await client.post("/detect", files={"image": ("img.jpg", images[0])})
+        started = time.perf_counter()
+        stop_at = started + seconds
+        await asyncio.gather(
+            *(
+                _client(client, images, stop_at, k, latencies, batches, errors)
+                for k in range(clients)
+            )
+        )
+        elapsed = time.perf_counter() - started
+    ms = [v * 1000 for v in latencies]
+    return HttpPoint(
+        label=label,
+        clients=clients,
+        requests=len(latencies),
+        errors=len(errors),
+        images_per_s=len(latencies) / elapsed,
+        p50_ms=_percentile(ms, 50),
+        p95_ms=_percentile(ms, 95),
+        p99_ms=_percentile(ms, 99),
+        mean_batch=float(np.mean(batches)) if batches else float("nan"),
+    )
+
+
+def as_json(pipeline: list[PipelinePoint], http: list[HttpPoint], **extra: Any) -> dict[str, Any]:
+    return {"pipeline": [asdict(p) for p in pipeline], "http": [asdict(h) for h in http], **extra}
+
+
+def plot(pipeline: list[PipelinePoint], http: list[HttpPoint], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    left.plot(
+        [p.batch for p in pipeline],
+        [p.images_per_s for p in pipeline],
+        "o-",
+        label="raw pipeline (in-process)",
+    )
+    for h in http:
+        left.axhline(
+            h.images_per_s,
+            linestyle="--",
+            label=f"HTTP {h.label}, {h.clients} clients",
+            color="tab:green" if "on" in h.label else "tab:red",
+        )
+    left.set_xlabel("batch size")
+    left.set_ylabel("images / s")
+    left.set_xscale("log", base=2)
+    left.legend(fontsize=8)
+    labels = [f"{h.label}\n{h.clients} cl." for h in http]
+    x = np.arange(len(http))
+    for k, (q, name) in enumerate(((0, "p50"), (1, "p95"), (2, "p99"))):
+        values = [(h.p50_ms, h.p95_ms, h.p99_ms)[q] for h in http]
+        right.bar(x + (k - 1) * 0.27, values, 0.27, label=name)
+    right.set_xticks(x, labels, fontsize=8)
+    right.set_ylabel("latency, ms")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+async def bench_requests(url: str, images: list[bytes], total: int, clients: int) -> int:
+    """Send exactly ``total`` requests over ``clients`` connections; return the error count."""
+    remaining = total
+    errors = 0
+
+    async def worker(client: httpx.AsyncClient, k: int) -> None:
+        nonlocal remaining, errors
+        while remaining > 0:
+            remaining -= 1
+            r = await client.post("/detect", files={"image": ("i.jpg", images[k % len(images)])})
+            errors += r.status_code != 200
+            k += 1
+
+    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+        await asyncio.gather(*(worker(client, k) for k in range(clients)))
+    return errors

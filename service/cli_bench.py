@@ -1,0 +1,104 @@
+"""``detect-serve bench``: raw pipeline vs HTTP service, batching on vs off, RSS over time."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+from pathlib import Path
+
+from service.config import Settings
+from service.process import ServerProcess
+
+
+def add_bench_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bench = sub.add_parser("bench", help="benchmark the pipeline and the HTTP service")
+    bench.add_argument("--model", default=None, help="default: the configured default model")
+    bench.add_argument("--precision", default="fp32")
+    bench.add_argument("--batches", default="1,2,4,8", help="raw pipeline batch sizes")
+    bench.add_argument("--clients", default="1,16", help="concurrent HTTP clients to test")
+    bench.add_argument("--seconds", type=float, default=20.0, help="duration of each HTTP run")
+    bench.add_argument(
+        "--rss-requests",
+        type=int,
+        default=0,
+        help="also send this many requests and compare RSS after 10%% and 100%%",
+    )
+    bench.add_argument("--out", type=Path, default=Path("bench-results"))
+    bench.set_defaults(func=cmd_bench)
+
+
+def _images() -> list[bytes]:
+    from engines.sample_images import sample_image
+
+    return [sample_image(n).read_bytes() for n in ("bus", "zidane", "coffee", "astronaut")]
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from service.bench import as_json, bench_http, bench_pipeline, load_engine, plot
+    settings = Settings()
+    model = args.model or settings.default_model
+    images = _images()
+    engine, pipeline = load_engine(settings, model, args.precision)
+    raw = bench_pipeline(engine, pipeline, images, [int(b) for b in args.batches.split(",")])
+    engine.close()
+    for p in raw:
+        print(
+            f"raw pipeline  batch {p.batch:>2}: {p.latency_ms:8.1f} ms  {p.images_per_s:6.1f} img/s"
+        )
+    env = {
+        "DETECT_MODELS": json.dumps([model]),
+        "DETECT_DEFAULT_MODEL": model,
+        "DETECT_DEFAULT_PRECISION": args.precision,
+        "DETECT_MODELS_DIR": str(settings.models_dir.resolve()),
+        "DETECT_ENGINES_DIR": str(settings.engines_dir.resolve()),
+        "DETECT_MAX_QUEUE": "256",
+    }
+    http = []
+    rss: dict[str, int] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, max_batch in (("batching on", settings.max_batch), ("batching off", 1)):
+            server = ServerProcess.start(Path(tmp), {**env, "DETECT_MAX_BATCH": str(max_batch)})
+            try:
+                for clients in (int(c) for c in args.clients.split(",")):
+                    if max_batch == 1 and clients == 1:
+                        continue  # identical to batching on with one client
+                    point = asyncio.run(
+                        bench_http(server.url, images, clients, args.seconds, label)
+                    )
+                    http.append(point)
+                    print(
+                        f"HTTP {label:12} {clients:>2} clients: {point.images_per_s:6.1f} img/s "
+                        f"p50 {point.p50_ms:7.1f} p95 {point.p95_ms:7.1f} "
+                        f"p99 {point.p99_ms:7.1f} ms  mean batch {point.mean_batch:4.1f} "
+                        f"errors {point.errors}"
+                    )
+                if args.rss_requests and max_batch > 1:
+                    rss = _rss_over_requests(server, images, args.rss_requests)
+            finally:
+                server.stop()
+    args.out.mkdir(parents=True, exist_ok=True)
+    best = max(p.images_per_s for p in raw)
+    report = as_json(
+        raw, http, model=model, precision=args.precision, raw_best_images_per_s=best, rss_bytes=rss
+    )
+    (args.out / "bench.json").write_text(json.dumps(report, indent=2))
+    plot(raw, http, args.out / "bench.png")
+    print(f"wrote {args.out / 'bench.json'} and {args.out / 'bench.png'}")
+    return 0
+
+
+def _rss_over_requests(server: ServerProcess, images: list[bytes], total: int) -> dict[str, int]:
+    from service.bench import bench_requests
+
+    first = max(1, total // 10)
+    asyncio.run(bench_requests(server.url, images, first, clients=8))
+    after_first = server.rss_bytes()
+    asyncio.run(bench_requests(server.url, images, total - first, clients=8))
+    after_all = server.rss_bytes()
+    print(
+        f"RSS after {first} requests: {after_first / 2**20:.1f} MiB; after {total}: "
+        f"{after_all / 2**20:.1f} MiB ({(after_all / after_first - 1) * 100:+.1f}%)"
+    )
+    return {f"after_{first}": after_first, f"after_{total}": after_all}

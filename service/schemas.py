@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
 
 
@@ -81,3 +83,17 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+# Statuses any route may answer (auth, body limit, unknown model, overload); documented on every
+# route so clients and schema-driven fuzzers know them.
+COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": why}
+    for code, why in {
+        401: "missing or invalid API key (when API keys are configured)",
+        404: "unknown model or route",
+        413: "request body over the byte limit",
+        422: "invalid parameter",
+        503: "overloaded, draining, or engine out of service (see Retry-After)",
+    }.items()
+}

@@ -1,0 +1,118 @@
+"""Overload soak: 3x measured capacity for 30 s against a real server on loopback.
+
+    python scripts/soak.py [--factor 3] [--seconds 30] [--deadline-ms 2000]
+
+Prints and writes (bench-results/soak.json): capacity, offered and answered rates, status counts,
+whether every 503 carried Retry-After, whether every 200 was a correct answer (the bus photo must
+show a bus), accepted p50/p99 vs the deadline, RSS before/after, and latency after the load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from engines.sample_images import sample_image
+from service.bench import bench_http
+from service.process import ServerProcess
+
+
+async def open_loop(
+    url: str, image: bytes, rate: float, seconds: float, deadline_ms: float
+) -> tuple[Counter[int], list[float], int, int]:
+    """Fire requests at a fixed rate regardless of answers (what overload really looks like)."""
+    statuses: Counter[int] = Counter()
+    accepted_ms: list[float] = []
+    wrong = missing_retry_after = 0
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
+
+    async def one(client: httpx.AsyncClient) -> None:
+        nonlocal wrong, missing_retry_after
+        started = time.perf_counter()
+        try:
+            r = await client.post(
+                "/detect", files={"image": ("bus.jpg", image)}, params={"deadline_ms": deadline_ms}
+            )
+        except httpx.HTTPError:
+            statuses[0] += 1
+            return
+        statuses[r.status_code] += 1
+        if r.status_code == 200:
+            accepted_ms.append((time.perf_counter() - started) * 1000)
+            if not any(d["label"] == "bus" for d in r.json()["detections"]):
+                wrong += 1
+        elif r.status_code == 503 and "retry-after" not in r.headers:
+            missing_retry_after += 1
+
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        tasks = []
+        start = time.perf_counter()
+        n = 0
+        while (now := time.perf_counter()) - start < seconds:
+            due = start + n / rate
+            if due > now:
+                await asyncio.sleep(due - now)
+            tasks.append(asyncio.create_task(one(client)))
+            n += 1
+        await asyncio.gather(*tasks)
+    return statuses, accepted_ms, wrong, missing_retry_after
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--factor", type=float, default=3.0)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--deadline-ms", type=float, default=2000.0)
+    parser.add_argument("--out", type=Path, default=Path("bench-results/soak.json"))
+    args = parser.parse_args()
+    image = sample_image("bus").read_bytes()
+    with tempfile.TemporaryDirectory() as tmp:
+        server = ServerProcess.start(Path(tmp), {"DETECT_MAX_QUEUE": "32"})
+        try:
+            capacity = asyncio.run(bench_http(server.url, [image], 16, 10, "capacity"))
+            before = asyncio.run(bench_http(server.url, [image], 1, 5, "before"))
+            rss_before = server.rss_bytes()
+            rate = capacity.images_per_s * args.factor
+            statuses, ok_ms, wrong, no_retry = asyncio.run(
+                open_loop(server.url, image, rate, args.seconds, args.deadline_ms)
+            )
+            rss_after = server.rss_bytes()
+            recovery_started = time.perf_counter()
+            after = asyncio.run(bench_http(server.url, [image], 1, 5, "after"))
+            recovery_s = time.perf_counter() - recovery_started
+        finally:
+            server.stop()
+    report = {
+        "capacity_images_per_s": capacity.images_per_s,
+        "offered_per_s": rate,
+        "seconds": args.seconds,
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "answered_200_per_s": statuses[200] / args.seconds,
+        "wrong_answers": wrong,
+        "503_without_retry_after": no_retry,
+        "accepted_p50_ms": statistics.median(ok_ms) if ok_ms else None,
+        "accepted_p99_ms": float(np.percentile(ok_ms, 99)) if ok_ms else None,
+        "deadline_ms": args.deadline_ms,
+        "rss_before_mib": rss_before / 2**20,
+        "rss_after_mib": rss_after / 2**20,
+        "single_client_p50_before_ms": before.p50_ms,
+        "single_client_p50_after_ms": after.p50_ms,
+        "after_measured_over_s": recovery_s,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

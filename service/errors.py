@@ -114,9 +114,16 @@ def to_service_error(exc: BaseException) -> ServiceError:
     return ServiceError("internal error")
 
 
-def _json(err: ServiceError) -> JSONResponse:
+def _body(request: Request, code: str, message: str, details: Any = None) -> dict[str, Any]:
+    # The KServe v2 protocol fixes its own error shape: {"error": "<message>"}.
+    if request.url.path.startswith("/v2"):
+        return {"error": message}
+    return error_body(code, message, details)
+
+
+def _json(request: Request, err: ServiceError) -> JSONResponse:
     return JSONResponse(
-        error_body(err.code, err.message), status_code=err.status, headers=err.headers
+        _body(request, err.code, err.message), status_code=err.status, headers=err.headers
     )
 
 
@@ -124,28 +131,30 @@ def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers that turn every error into the JSON error shape."""
 
     @app.exception_handler(ServiceError)
-    async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        return _json(exc)
+    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return _json(request, exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         details = [
             {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))} for e in exc.errors()
         ]
         first = details[0] if details else {"loc": [], "msg": "invalid request"}
         where = ".".join(str(p) for p in first["loc"])
         message = f"invalid parameter {where}: {first['msg']}"
-        return JSONResponse(error_body("invalid_parameter", message, details), status_code=422)
+        body = _body(request, "invalid_parameter", message, details)
+        return JSONResponse(body, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse(
-            error_body(code, str(exc.detail)), status_code=exc.status_code,
+            _body(request, code, str(exc.detail)),
+            status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
         )
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)
-        return _json(to_service_error(exc))
+        return _json(request, to_service_error(exc))

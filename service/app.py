@@ -85,11 +85,17 @@ def _use_error_shape_in_openapi(app: FastAPI) -> None:
             return app.openapi_schema
         schema = original()
         error_ref = {"$ref": "#/components/schemas/ErrorResponse"}
-        for path in schema.get("paths", {}).values():
+        v2_error = {
+            "type": "object",
+            "required": ["error"],
+            "properties": {"error": {"type": "string"}},
+        }
+        for route, path in schema.get("paths", {}).items():
+            shape = v2_error if route.startswith("/v2") else error_ref
             for operation in path.values():
                 for status, response in operation.get("responses", {}).items():
                     if status.startswith(("4", "5")):
-                        response["content"] = {"application/json": {"schema": error_ref}}
+                        response["content"] = {"application/json": {"schema": shape}}
         app.openapi_schema = schema
         return schema
 

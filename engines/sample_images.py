@@ -1,0 +1,63 @@
+"""Real photos shipped inside registry packages: test inputs and the default calibration set.
+
+Licences: the Ultralytics assets are AGPL-3.0 project files; scikit-image's sample images are
+public domain or CC0 (see skimage/data/README in the wheel); scikit-learn's china.jpg is CC BY
+2.0 (Wikimedia). They are downloaded, never committed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engines.sources import RegistryFile, fetch
+
+_ULTRALYTICS = "ultralytics==8.4.190"
+_SKIMAGE = "scikit-image==0.26.0"
+
+SAMPLE_IMAGES: dict[str, RegistryFile] = {
+    "bus": RegistryFile(
+        _ULTRALYTICS,
+        "wheel",
+        "ultralytics/assets/bus.jpg",
+        "c02019c4979c191eb739ddd944445ef408dad5679acab6fd520ef9d434bfbc63",
+    ),
+    "zidane": RegistryFile(
+        _ULTRALYTICS,
+        "wheel",
+        "ultralytics/assets/zidane.jpg",
+        "16d73869e3267a7d4ed00de8e860833bd1657c1b252e94c0c348277adc7b6edb",
+    ),
+    "coffee": RegistryFile(
+        _SKIMAGE,
+        "wheel",
+        "skimage/data/coffee.png",
+        "cc02f8ca188b167c775a7101b5d767d1e71792cf762c33d6fa15a4599b5a8de7",
+    ),
+    "astronaut": RegistryFile(
+        _SKIMAGE,
+        "wheel",
+        "skimage/data/astronaut.png",
+        "88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5",
+    ),
+    "chelsea": RegistryFile(
+        _SKIMAGE,
+        "wheel",
+        "skimage/data/chelsea.png",
+        "596aa1e7cb875eb79f437e310381d26b338a81c2da23439704a73c4651e8c4bb",
+    ),
+    "rocket": RegistryFile(
+        _SKIMAGE,
+        "wheel",
+        "skimage/data/rocket.jpg",
+        "c2dd0de7c538df8d111e479619b129464d0269d0ae5fd18ca91d33a7fdfea95c",
+    ),
+}
+
+
+def sample_image(name: str) -> Path:
+    """Local path of a named sample photo (downloaded and verified on first use)."""
+    try:
+        spec = SAMPLE_IMAGES[name]
+    except KeyError:
+        raise KeyError(f"no sample image {name!r}; known: {', '.join(SAMPLE_IMAGES)}") from None
+    return fetch(spec)

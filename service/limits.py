@@ -17,10 +17,13 @@ class BodyTooLarge(Exception):
     """Raised from ``receive`` when a streamed body crosses the limit."""
 
 
-async def _send_413(send: Send, limit: int) -> None:
-    body = json.dumps(
-        error_body("payload_too_large", f"request body exceeds the limit of {limit} bytes")
-    ).encode()
+async def _send_413(send: Send, limit: int, path: str) -> None:
+    message = f"request body exceeds the limit of {limit} bytes"
+    # KServe v2 clients expect that protocol's own error shape.
+    shape = (
+        {"error": message} if path.startswith("/v2") else error_body("payload_too_large", message)
+    )
+    body = json.dumps(shape).encode()
     await send(
         {
             "type": "http.response.start",
@@ -51,7 +54,7 @@ class BodyLimitMiddleware:
                 except ValueError:
                     declared = -1
                 if declared > self.limit:
-                    await _send_413(send, self.limit)
+                    await _send_413(send, self.limit, scope.get("path", ""))
                     return
         seen = 0
         started = False
@@ -75,4 +78,4 @@ class BodyLimitMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLarge:
             if not started:
-                await _send_413(send, self.limit)
+                await _send_413(send, self.limit, scope.get("path", ""))

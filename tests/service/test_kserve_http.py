@@ -18,7 +18,9 @@ MODEL = "yolov3-tiny-coco"
 
 
 @pytest.fixture(scope="module")
-def client(server: Server) -> triton.InferenceServerClient:
+def client(server_factory: Callable[..., Server]) -> triton.InferenceServerClient:
+    # Raw float tensors are big (2 MB per 416x416 image, ~4x that as JSON text).
+    server = server_factory({"DETECT_MAX_BODY_BYTES": str(64 * 1024 * 1024)})
     return triton.InferenceServerClient(server.url.removeprefix("http://"))
 
 

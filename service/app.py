@@ -45,11 +45,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await run_in_threadpool(registry.load)
         registry.start()
         ok, reasons = registry.readiness()
-        log.info("ready" if ok else "not ready: %s", "; ".join(reasons))
+        if ok:
+            log.info("ready: %s", ", ".join(settings.models))
+        else:
+            log.error("not ready: %s", "; ".join(reasons))
         try:
             yield
         finally:
             await registry.close(settings.shutdown_grace_s)
+            log.info("drained: every accepted request was answered")
 
     app = FastAPI(
         title="detect-serve",

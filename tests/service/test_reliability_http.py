@@ -69,7 +69,9 @@ def test_sigterm_under_load_finishes_accepted_requests_and_exits(
             post(server, data)  # the listener is closed: new work is refused
         results = [f.result(timeout=60) for f in accepted]
     assert [r.status_code for r in results] == [200] * 12, [r.text for r in results]
-    assert server.process.wait(30) == 0
+    # uvicorn re-raises the signal after its graceful shutdown, so -SIGTERM is a clean exit too.
+    assert server.process.wait(30) in (0, -signal.SIGTERM)
+    assert "drained: every accepted request was answered" in server.log()
     assert time.monotonic() - signalled < 20
 
 

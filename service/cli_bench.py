@@ -37,6 +37,7 @@ def _images() -> list[bytes]:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from service.bench import as_json, bench_http, bench_pipeline, load_engine, plot
+
     settings = Settings()
     model = args.model or settings.default_model
     images = _images()

@@ -111,6 +111,7 @@ def to_service_error(exc: BaseException) -> ServiceError:
         if exc.fatal:
             return EngineUnavailable(f"engine failed and was taken out of service: {exc}")
         return InferenceFailed(str(exc))
+    log.error("unexpected error: %r", exc, exc_info=exc)
     return ServiceError("internal error")
 
 

@@ -60,9 +60,7 @@ async def run_images(
     async def one(image: PreparedImage, decode_s: float) -> ImageOutcome:
         result: ItemResult = await variant.scheduler.submit(image.tensor, deadline)
         started = time.perf_counter()
-        detections = await run_in_threadpool(
-            model.pipeline.finish, result.outputs, image, options
-        )
+        detections = await run_in_threadpool(model.pipeline.finish, result.outputs, image, options)
         post_s = time.perf_counter() - started
         metrics.postprocess_duration.labels(*labels).observe(post_s)
         timing = {

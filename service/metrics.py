@@ -12,8 +12,23 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 # From 100 us (a small GPU batch) to 30 s (a saturated CPU queue): roughly x2.5 per step so that
 # histogram_quantile() stays within ~25% anywhere in that range.
 LATENCY_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
 )
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
@@ -27,59 +42,92 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "detect_requests", "Detection requests answered, by HTTP status code.",
-            ("model", "precision", "status"), registry=r,
+            "detect_requests",
+            "Detection requests answered, by HTTP status code.",
+            ("model", "precision", "status"),
+            registry=r,
         )
         self.request_duration = Histogram(
             "detect_request_duration_seconds",
             "End-to-end request latency inside the service (decode to response).",
-            MODEL_PRECISION, buckets=LATENCY_BUCKETS, registry=r,
+            MODEL_PRECISION,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.queue_wait = Histogram(
-            "detect_queue_wait_seconds", "Time an image waited in the batching queue.",
-            MODEL_PRECISION, buckets=LATENCY_BUCKETS, registry=r,
+            "detect_queue_wait_seconds",
+            "Time an image waited in the batching queue.",
+            MODEL_PRECISION,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.inference_duration = Histogram(
-            "detect_inference_duration_seconds", "Engine time for one batch.",
-            MODEL_PRECISION, buckets=LATENCY_BUCKETS, registry=r,
+            "detect_inference_duration_seconds",
+            "Engine time for one batch.",
+            MODEL_PRECISION,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.preprocess_duration = Histogram(
-            "detect_preprocess_duration_seconds", "Decode + letterbox time per image.",
-            MODEL_PRECISION, buckets=LATENCY_BUCKETS, registry=r,
+            "detect_preprocess_duration_seconds",
+            "Decode + letterbox time per image.",
+            MODEL_PRECISION,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.postprocess_duration = Histogram(
-            "detect_postprocess_duration_seconds", "Decode + NMS + box mapping per image.",
-            MODEL_PRECISION, buckets=LATENCY_BUCKETS, registry=r,
+            "detect_postprocess_duration_seconds",
+            "Decode + NMS + box mapping per image.",
+            MODEL_PRECISION,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.batch_size = Histogram(
-            "detect_batch_size", "Images per engine batch.",
-            MODEL_PRECISION, buckets=BATCH_SIZE_BUCKETS, registry=r,
+            "detect_batch_size",
+            "Images per engine batch.",
+            MODEL_PRECISION,
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
         )
         self.images = Counter(
-            "detect_images", "Images run through an engine.", MODEL_PRECISION, registry=r,
+            "detect_images",
+            "Images run through an engine.",
+            MODEL_PRECISION,
+            registry=r,
         )
         self.queue_depth = Gauge(
-            "detect_queue_depth", "Images waiting in the batching queue.",
-            MODEL_PRECISION, registry=r,
+            "detect_queue_depth",
+            "Images waiting in the batching queue.",
+            MODEL_PRECISION,
+            registry=r,
         )
         self.inflight = Gauge(
-            "detect_inflight_requests", "Detection requests being handled (HPA scaling signal).",
-            ("model",), registry=r,
+            "detect_inflight_requests",
+            "Detection requests being handled (HPA scaling signal).",
+            ("model",),
+            registry=r,
         )
         self.rejected = Counter(
-            "detect_rejected", "Requests refused before inference, by reason.",
-            ("model", "reason"), registry=r,
+            "detect_rejected",
+            "Requests refused before inference, by reason.",
+            ("model", "reason"),
+            registry=r,
         )
         self.precision_selected = Counter(
             "detect_precision_selected",
             "Precision asked for by the request vs the precision that answered.",
-            ("model", "requested", "selected"), registry=r,
+            ("model", "requested", "selected"),
+            registry=r,
         )
         self.engine_info = Gauge(
-            "detect_engine_info", "Loaded engine variants (value 1), with backend and device.",
-            ("model", "precision", "backend", "device"), registry=r,
+            "detect_engine_info",
+            "Loaded engine variants (value 1), with backend and device.",
+            ("model", "precision", "backend", "device"),
+            registry=r,
         )
         self.engine_ready = Gauge(
-            "detect_engine_ready", "1 when the variant is warmed up and serving, 0 otherwise.",
-            MODEL_PRECISION, registry=r,
+            "detect_engine_ready",
+            "1 when the variant is warmed up and serving, 0 otherwise.",
+            MODEL_PRECISION,
+            registry=r,
         )

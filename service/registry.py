@@ -154,8 +154,10 @@ class ModelRegistry:
         if not variants:
             raise EngineError(f"no variant of {name} could be loaded: {unavailable}")
         selector = PrecisionSelector(
-            [VariantStats(p, v.spec.per_image_latency_s, v.spec.agreement)
-             for p, v in variants.items()],
+            [
+                VariantStats(p, v.spec.per_image_latency_s, v.spec.agreement)
+                for p, v in variants.items()
+            ],
             auto_min_agreement=s.auto_min_agreement,
             queue_wait_slo_s=s.queue_wait_slo_ms / 1000,
         )
@@ -214,7 +216,8 @@ class ModelRegistry:
                 reasons.append(f"{model.name}: no healthy variant ({model.unavailable})")
             reasons.extend(
                 f"{model.name}/{p.value}: {v.scheduler.dead_reason}"
-                for p, v in model.variants.items() if v.scheduler.dead_reason
+                for p, v in model.variants.items()
+                if v.scheduler.dead_reason
             )
         return not reasons, reasons
 
@@ -225,5 +228,3 @@ class ModelRegistry:
         await asyncio.gather(*(v.scheduler.close(timeout_s) for v in variants))
         for v in variants:
             v.engine.close()
-
-

@@ -90,6 +90,7 @@ class ErrorResponse(BaseModel):
 COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": why}
     for code, why in {
+        400: "malformed request",
         401: "missing or invalid API key (when API keys are configured)",
         404: "unknown model or route",
         413: "request body over the byte limit",

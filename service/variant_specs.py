@@ -53,8 +53,15 @@ def discover_variants(
     manifest = engines_dir / name / "manifest.json"
     if not manifest.is_file():
         log.warning("%s has no build in %s; serving the source model as fp32", name, engines_dir)
-        return source, [VariantSpec(Precision.FP32, "onnxruntime", source, 1.0,
-                                    note="source model, not built")], {}
+        return (
+            source,
+            [
+                VariantSpec(
+                    Precision.FP32, "onnxruntime", source, 1.0, note="source model, not built"
+                )
+            ],
+            {},
+        )
     return (source, *_from_manifest(engines_dir, name, backend))
 
 

@@ -9,6 +9,8 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 
 from service.deps import AuthDep, MetricsDep, ModelDep, SettingsDep
 from service.errors import BadRequest, UnsupportedMediaType, to_service_error
@@ -63,7 +65,12 @@ async def read_images(request: Request, max_images: int) -> list[bytes]:
     """Multipart ``image`` fields or a raw image body -> list of bytes (never empty)."""
     content_type = request.headers.get("content-type", "").lower()
     if content_type.startswith("multipart/form-data"):
-        form = await request.form(max_files=max_images + 1, max_fields=max_images + 8)
+        try:
+            form = await request.form(max_files=max_images + 1, max_fields=max_images + 8)
+        except (MultiPartException, HTTPException) as exc:
+            # Starlette raises MultiPartException, or HTTPException(400) inside an app.
+            detail = exc.message if isinstance(exc, MultiPartException) else exc.detail
+            raise BadRequest(f"malformed multipart body: {detail}") from None
         uploads = [v for v in form.getlist("image") if isinstance(v, UploadFile)]
         if not uploads:
             raise BadRequest("multipart body has no file field named 'image'")
@@ -170,7 +177,8 @@ async def detect(
         str | None, Query(max_length=2048, description="Class ids or names, comma separated")
     ] = None,
     deadline_ms: Annotated[
-        float | None, Query(gt=0, le=600_000, allow_inf_nan=False, description="Time budget")
+        float | None,
+        Query(ge=1, le=600_000, allow_inf_nan=False, description="Time budget in ms"),
     ] = None,
     x_deadline_ms: Annotated[float | None, Header(gt=0, le=600_000, allow_inf_nan=False)] = None,
 ) -> DetectResponse:
@@ -224,4 +232,3 @@ async def detect(
     else:
         body.results = results
     return body
-

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
 
 from engines.precision import Precision
 from service.api.kserve_codec import HEADER_LENGTH, decode_inputs, encode_outputs, split_body
@@ -43,16 +44,17 @@ def _shape(dims: tuple[int | None, ...]) -> list[int]:
 
 
 @router.get("/health/live", summary="v2 liveness")
-async def v2_live(request: Request, settings: SettingsDep) -> Response:
+async def v2_live(request: Request, settings: SettingsDep) -> JSONResponse:
     check_api_key_for_ops(request, settings)
-    return Response(status_code=200)
+    return JSONResponse({"live": True})
 
 
 @router.get("/health/ready", summary="v2 readiness")
-async def v2_ready(request: Request, registry: RegistryDep, settings: SettingsDep) -> Response:
+async def v2_ready(request: Request, registry: RegistryDep, settings: SettingsDep) -> JSONResponse:
     check_api_key_for_ops(request, settings)
     ok, _ = registry.readiness()
-    return Response(status_code=200 if ok and not registry.draining else 503)
+    ok = ok and not registry.draining
+    return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
 
 @router.get("", summary="v2 server metadata")
@@ -108,14 +110,15 @@ async def v2_config(
 @router.get(
     "/models/{model_name}/versions/{version}/ready", dependencies=ops, include_in_schema=False
 )
-async def v2_model_ready(model_name: str, registry: RegistryDep) -> Response:
+async def v2_model_ready(model_name: str, registry: RegistryDep) -> JSONResponse:
     model, precision = resolve(registry, model_name)
     variants = (
         model.variants.values()
         if precision is None
         else [v for p, v in model.variants.items() if p.value == precision]
     )
-    return Response(status_code=200 if any(v.ready for v in variants) else 400)
+    ready = any(v.ready for v in variants)
+    return JSONResponse({"name": model_name, "ready": ready}, status_code=200 if ready else 400)
 
 
 async def _run_rows(
@@ -170,5 +173,3 @@ async def v2_infer(
     extra = {"parameters": {"precision": chosen, "backend": variant.engine.backend}}
     body, headers = encode_outputs(header, outputs, model_name, extra)
     return Response(body, headers=headers, media_type=headers["content-type"])
-
-

@@ -15,8 +15,26 @@ from tests.conftest import Server
 pytestmark = pytest.mark.slow
 
 SENT: list[int] = []
+# A 504 for a deadline the fuzzer made impossibly short (1 ms) is the documented answer, not a
+# server fault; every other 5xx fails the test.
+EXPECTED_5XX = {504: "deadline_exceeded"}
+
+
+@schemathesis.check
+def no_server_error(
+    ctx: schemathesis.CheckContext, response: schemathesis.Response, case: schemathesis.Case
+) -> bool | None:
+    if response.status_code < 500:
+        return None
+    code = (response.json() or {}).get("error", {}) if response.content else {}
+    expected = EXPECTED_5XX.get(response.status_code)
+    if expected and isinstance(code, dict) and code.get("code") == expected:
+        return None
+    raise AssertionError(f"server error {response.status_code}: {response.text[:300]}")
+
+
 CHECKS = [
-    schemathesis.checks.not_a_server_error,
+    no_server_error,
     schemathesis.checks.status_code_conformance,
     schemathesis.checks.content_type_conformance,
     schemathesis.checks.response_schema_conformance,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import Enum
+
+import onnx
 
 
 class Precision(str, Enum):
@@ -14,3 +17,34 @@ class Precision(str, Enum):
 
     def __str__(self) -> str:
         return self.value
+
+
+# Ops whose float16 range or precision is too small for detection heads (exp of box sizes,
+# reductions, divisions): converted graphs keep them in float32.
+FP16_FRAGILE_OPS = (
+    "Exp",
+    "Log",
+    "Pow",
+    "Sqrt",
+    "Div",
+    "Softmax",
+    "ReduceMean",
+    "ReduceSum",
+    "Resize",
+    "Range",
+    "TopK",
+    "NonMaxSuppression",
+)
+
+
+def to_fp16(model: onnx.ModelProto, keep_float: Sequence[str] = ()) -> onnx.ModelProto:
+    """Float16 graph with float32 inputs/outputs; fragile ops and ``keep_float`` nodes stay fp32."""
+    from onnxconverter_common import float16
+
+    converted: onnx.ModelProto = float16.convert_float_to_float16(
+        model,
+        keep_io_types=True,
+        op_block_list=list(float16.DEFAULT_OP_BLOCK_LIST) + list(FP16_FRAGILE_OPS),
+        node_block_list=list(keep_float),
+    )
+    return converted

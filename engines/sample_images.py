@@ -51,7 +51,36 @@ SAMPLE_IMAGES: dict[str, RegistryFile] = {
         "skimage/data/rocket.jpg",
         "c2dd0de7c538df8d111e479619b129464d0269d0ae5fd18ca91d33a7fdfea95c",
     ),
+    "camera": RegistryFile(
+        _SKIMAGE,
+        "wheel",
+        "skimage/data/camera.png",
+        "b0793d2adda0fa6ae899c03989482bff9a42d3d5690fc7e3648f2795d730c23a",
+    ),
+    "motorcycle_left": RegistryFile(
+        _SKIMAGE,
+        "wheel",
+        "skimage/data/motorcycle_left.png",
+        "db18e9c4157617403c3537a6ba355dfeafe9a7eabb6b9b94cb33f6525dd49179",
+    ),
+    "motorcycle_right": RegistryFile(
+        _SKIMAGE,
+        "wheel",
+        "skimage/data/motorcycle_right.png",
+        "5fc913ae870e42a4b662314bc904d1786bcad8e2f0b9b67dba5a229406357797",
+    ),
 }
+
+# The default demo sets of the builder, disjoint: calibrate on one, validate on the other.
+CALIBRATION_PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "rocket",
+    "camera",
+    "motorcycle_left",
+    "motorcycle_right",
+)
+VALIDATION_PHOTOS = ("bus", "zidane", "coffee")
 
 
 def sample_image(name: str) -> Path:

@@ -1,0 +1,40 @@
+"""In-process engine timing per batch size, after warm-up (figures for the manifest and `auto`)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from engines.runtime.base import Engine
+
+
+def batch_sizes(max_batch: int) -> list[int]:
+    """1, 2, 4, ... up to and including ``max_batch``."""
+    sizes, b = [], 1
+    while b < max_batch:
+        sizes.append(b)
+        b *= 2
+    return [*sizes, max_batch]
+
+
+def time_engine(
+    engine: Engine, sizes: Sequence[int], *, min_runs: int = 3, min_seconds: float = 1.0
+) -> dict[int, float]:
+    """Median milliseconds of ``engine.infer`` per batch size."""
+    _, c, h, w = (d if d is not None else 1 for d in engine.inputs[0].shape)
+    rng = np.random.default_rng(0)
+    medians: dict[int, float] = {}
+    for size in sizes:
+        batch = rng.uniform(0, 1, (size, c, h, w)).astype(np.float32)
+        engine.infer(batch)  # warm-up for this shape
+        runs: list[float] = []
+        started = time.perf_counter()
+        while len(runs) < min_runs or time.perf_counter() - started < min_seconds:
+            t0 = time.perf_counter()
+            engine.infer(batch)
+            runs.append(time.perf_counter() - t0)
+        medians[size] = round(statistics.median(runs) * 1000, 3)
+    return medians

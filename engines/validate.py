@@ -1,0 +1,133 @@
+"""How close a variant is to FP32: COCO mAP of its detections with FP32's as ground truth.
+
+Agreement is measured on validation images disjoint from calibration. FP32 detections above
+``REFERENCE_CONF`` are the ground truth; the variant's detections down to ``CANDIDATE_CONF`` are
+scored, as a COCO evaluation would. 1.0 means the variant finds the same boxes with the same
+ranking. With real labels (a COCO json), the same evaluator gives mAP against them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engines.calibration import ImageSet
+from engines.formats import OutputLayout
+from engines.postprocess import Detections, postprocess
+from engines.preprocess import letterbox
+from engines.runtime.base import Engine
+
+REFERENCE_CONF = 0.25
+CANDIDATE_CONF = 0.001
+IOU = 0.45
+MAX_DET = 300
+
+
+@dataclass(frozen=True)
+class Agreement:
+    map50_95: float
+    map50: float
+    reference_boxes: int
+
+
+def detect_all(
+    engine: Engine,
+    images: ImageSet,
+    layout: OutputLayout,
+    size: tuple[int, int],
+    pad_value: int,
+    conf: float,
+) -> list[Detections]:
+    """Run every image through letterbox -> engine -> decode -> NMS, in batches."""
+    results: list[Detections] = []
+    step = max(1, engine.max_batch)
+    for start in range(0, len(images), step):
+        chunk = images.images[start : start + step]
+        prepared = [letterbox(image, size, pad_value=pad_value) for image in chunk]
+        outputs = engine.infer(np.stack([t for t, _ in prepared]))
+        for k, (_, transform) in enumerate(prepared):
+            candidates = layout.decode(outputs, k, conf)
+            results.append(postprocess(candidates, transform, iou=IOU, max_det=MAX_DET))
+    return results
+
+
+def _xywh(box: np.ndarray) -> list[float]:
+    return [float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])]
+
+
+def _coco_map(gt: dict[str, Any], predictions: list[dict[str, Any]]) -> tuple[float, float]:
+    from faster_coco_eval import COCO, COCOeval_faster
+
+    if not gt["annotations"]:
+        return (1.0, 1.0) if not predictions else (0.0, 0.0)
+    truth = COCO(gt)
+    found = truth.loadRes(predictions) if predictions else None
+    if found is None:
+        return 0.0, 0.0
+    evaluation = COCOeval_faster(truth, found, "bbox", print_function=lambda *_: None)
+    evaluation.evaluate()
+    evaluation.accumulate()
+    evaluation.summarize()
+    stats = [max(0.0, float(s)) for s in evaluation.stats[:2]]
+    return stats[0], stats[1]
+
+
+def _predictions(detections: Sequence[Detections]) -> list[dict[str, Any]]:
+    return [
+        {"image_id": i + 1, "category_id": int(c) + 1, "bbox": _xywh(b), "score": float(s)}
+        for i, d in enumerate(detections)
+        for b, s, c in zip(d.boxes, d.scores, d.class_ids, strict=True)
+    ]
+
+
+def agreement(
+    reference: Sequence[Detections], candidate: Sequence[Detections], num_classes: int
+) -> Agreement:
+    """mAP50-95 / mAP50 of ``candidate`` against ``reference`` detections as ground truth."""
+    annotations: list[dict[str, Any]] = []
+    for i, d in enumerate(reference):
+        for b, s, c in zip(d.boxes, d.scores, d.class_ids, strict=True):
+            if s >= REFERENCE_CONF:
+                xywh = _xywh(b)
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": i + 1,
+                        "category_id": int(c) + 1,
+                        "bbox": xywh,
+                        "area": xywh[2] * xywh[3],
+                        "iscrowd": 0,
+                    }
+                )
+    gt = {
+        "images": [{"id": i + 1, "width": 1, "height": 1} for i in range(len(reference))],
+        "categories": [{"id": c + 1, "name": str(c)} for c in range(num_classes)],
+        "annotations": annotations,
+    }
+    m, m50 = _coco_map(gt, _predictions(candidate))
+    return Agreement(round(m, 4), round(m50, 4), len(annotations))
+
+
+def label_map(labels: Path, names: Sequence[str], detections: Sequence[Detections]) -> float:
+    """mAP50-95 against a labelled COCO json whose images are the validation files, in order."""
+    gt = json.loads(labels.read_text())
+    by_name = {c["name"]: c["id"] for c in gt["categories"]}
+    ordered = sorted(gt["images"], key=lambda im: im["file_name"])
+    predictions = []
+    for image, d in zip(ordered, detections, strict=False):
+        for b, s, c in zip(d.boxes, d.scores, d.class_ids, strict=True):
+            if names[int(c)] in by_name:
+                predictions.append(
+                    {
+                        "image_id": image["id"],
+                        "category_id": by_name[names[int(c)]],
+                        "bbox": _xywh(b),
+                        "score": float(s),
+                    }
+                )
+    return _coco_map(gt, predictions)[0]

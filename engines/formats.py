@@ -44,9 +44,7 @@ class OutputLayout(Protocol):
 
     def matches(self, outputs: Sequence[TensorInfo], num_classes: int | None) -> bool: ...
 
-    def decode(
-        self, outputs: Mapping[str, np.ndarray], index: int, conf: float
-    ) -> Candidates: ...
+    def decode(self, outputs: Mapping[str, np.ndarray], index: int, conf: float) -> Candidates: ...
 
 
 def _cxcywh_to_xyxy(b: np.ndarray) -> np.ndarray:
@@ -158,9 +156,7 @@ LAYOUTS: dict[str, OutputLayout] = {
 
 
 def _describe(outputs: Sequence[TensorInfo]) -> str:
-    return ", ".join(
-        f"{o.name} {tuple('?' if d is None else d for d in o.shape)}" for o in outputs
-    )
+    return ", ".join(f"{o.name} {tuple('?' if d is None else d for d in o.shape)}" for o in outputs)
 
 
 def detect_layout(

@@ -7,6 +7,9 @@ from collections import defaultdict
 import onnx
 
 COMPUTE_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
+HEAD_REASON = (
+    "decode head: mixes pixel-scale boxes with 0..1 scores; one INT8 scale cannot hold both"
+)
 
 
 def decode_head(model: onnx.ModelProto) -> list[str]:

@@ -95,8 +95,12 @@ def _build(spec: ModelSpec, files: dict[str, Path], target: Path) -> None:
         shutil.copyfile(files["model"], target)
         return
     names = [n.strip() for n in files["names"].read_text().splitlines() if n.strip()]
-    meta = {**_metadata(spec), "source": json.dumps(
-        {role: f.requirement + ":" + f.member for role, f in spec.source.files.items()})}
+    meta = {
+        **_metadata(spec),
+        "source": json.dumps(
+            {role: f.requirement + ":" + f.member for role, f in spec.source.files.items()}
+        ),
+    }
     model = darknet.convert(files["cfg"].read_text(), files["weights"].read_bytes(), names, meta)
     onnx.save(model, str(target))
 

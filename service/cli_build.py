@@ -36,18 +36,20 @@ def add_build_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def _model_dir(args: argparse.Namespace, settings: Settings) -> Path:
-    given = Path(args.model)
+    model: str = args.model
+    name: str | None = args.name
+    given = Path(model)
     if given.suffix == ".onnx" or given.is_file():
-        if not args.name:
+        if not name:
             raise ValueError("a model given as a file needs --name NAME")
         if not given.is_file():
             raise ValueError(f"{given} does not exist")
-        target = settings.models_dir / args.name / "source" / "model.onnx"
+        target = settings.models_dir / name / "source" / "model.onnx"
         target.parent.mkdir(parents=True, exist_ok=True)
         if not target.exists() or target.read_bytes() != given.read_bytes():
             shutil.copyfile(given, target)
         return target.parent.parent
-    return settings.models_dir / args.model
+    return settings.models_dir / model
 
 
 def cmd_build(args: argparse.Namespace) -> int:

@@ -140,7 +140,9 @@ class ModelRegistry:
 
     def _load_model(self, name: str) -> ServedModel:
         s = self._settings
-        source, specs, unavailable = discover_variants(s.models_dir, s.engines_dir, name, s.backend)
+        source, specs, unavailable = discover_variants(
+            s.models_dir, s.engines_dir, name, s.backend, tuple(s.ort_providers)
+        )
         info = read_model_info(source, name)
         layout = detect_layout(info.outputs, info.num_classes, info.layout)
         pipeline = ImagePipeline(info, layout, max_pixels=s.max_pixels)

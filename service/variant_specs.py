@@ -8,6 +8,7 @@ from pathlib import Path
 
 from engines.errors import EngineLoadError
 from engines.precision import Precision
+from engines.variants import load_servable_variants
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,11 @@ def source_onnx(models_dir: Path, name: str) -> Path:
 
 
 def discover_variants(
-    models_dir: Path, engines_dir: Path, name: str, backend: str
+    models_dir: Path,
+    engines_dir: Path,
+    name: str,
+    backend: str,
+    providers: tuple[str, ...] = ("CPUExecutionProvider",),
 ) -> tuple[Path, list[VariantSpec], dict[str, str]]:
     """Return (source onnx, servable variants, precision -> reason it is not served).
 
@@ -62,15 +67,15 @@ def discover_variants(
             ],
             {},
         )
-    return (source, *_from_manifest(engines_dir, name, backend))
+    return (source, *_from_manifest(engines_dir, name, backend, providers))
 
 
 def _from_manifest(
-    engines_dir: Path, name: str, backend: str
+    engines_dir: Path, name: str, backend: str, providers: tuple[str, ...]
 ) -> tuple[list[VariantSpec], dict[str, str]]:
-    from engines.variants import load_servable_variants
-
-    servable, refused = load_servable_variants(engines_dir, name, backend)
+    servable, refused = load_servable_variants(engines_dir, name, backend, providers)
+    for precision, why in refused.items():
+        log.warning("%s/%s not served: %s", name, precision.value, why)
     specs = [
         VariantSpec(
             precision=v.precision,

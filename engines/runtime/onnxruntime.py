@@ -16,8 +16,14 @@ from engines.runtime.base import TensorInfo, check_outputs
 
 log = logging.getLogger(__name__)
 
-_ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
-               "tensor(int32)": "int32", "tensor(uint8)": "uint8", "tensor(double)": "float64"}
+_ORT_DTYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(uint8)": "uint8",
+    "tensor(double)": "float64",
+}
 
 # Errors that mean the session itself is broken (device lost, out of memory), not just one batch.
 _FATAL_MARKERS = ("CUDA failure", "cudaErrorIllegalAddress", "device-side assert", "out of memory")

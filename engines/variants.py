@@ -1,0 +1,93 @@
+"""What the server may load from a build: accepted variants whose artifacts are intact and were
+built for this host's tools and device. Anything else is refused with the reason."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engines.errors import ArtifactMismatchError
+from engines.host import HostInfo, current_host
+from engines.manifest import Manifest, Variant
+from engines.precision import Precision
+from engines.sources import sha256_file
+
+
+@dataclass(frozen=True)
+class ServableVariant:
+    precision: Precision
+    backend: str
+    device: str
+    artifact: Path
+    agreement: float | None
+    latency_ms: dict[int, float] = field(default_factory=dict)
+
+
+def verify_variant(variant: Variant, folder: Path, host: HostInfo) -> Path:
+    """The artifact path if it may be served here; ``ArtifactMismatchError`` saying why not."""
+    rebuild = "rebuild with `detect-serve build`"
+    if variant.backend != host.backend:
+        raise ArtifactMismatchError(
+            f"{variant.precision.value}: built for backend {variant.backend}, server runs "
+            f"{host.backend}; {rebuild}"
+        )
+    if variant.device != host.device:
+        raise ArtifactMismatchError(
+            f"{variant.precision.value}: built on device {variant.device!r}, this host has "
+            f"{host.device!r}; {rebuild}"
+        )
+    for tool, version in variant.tool_versions.items():
+        here = host.tool_versions.get(tool, "missing")
+        if version != here:
+            raise ArtifactMismatchError(
+                f"{variant.precision.value}: built with {tool} {version}, this host has {here}; "
+                f"{rebuild}"
+            )
+    if variant.artifact is None or variant.artifact_sha256 is None:
+        raise ArtifactMismatchError(f"{variant.precision.value}: manifest names no artifact")
+    path = folder / variant.artifact
+    if not path.is_file():
+        raise ArtifactMismatchError(f"{variant.precision.value}: artifact {path} is missing")
+    actual = sha256_file(path)
+    if actual != variant.artifact_sha256:
+        raise ArtifactMismatchError(
+            f"{variant.precision.value}: {path.name} has sha256 {actual[:16]}..., the manifest "
+            f"recorded {variant.artifact_sha256[:16]}... (tampered or corrupt); {rebuild}"
+        )
+    return path
+
+
+def load_servable_variants(
+    engines_dir: Path,
+    model: str,
+    backend: str,
+    providers: tuple[str, ...] = ("CPUExecutionProvider",),
+) -> tuple[list[ServableVariant], dict[Precision, str]]:
+    """(variants to serve, precision -> why it is not served) from ``engines_dir/model``."""
+    folder = engines_dir / model
+    manifest = Manifest.load(folder)
+    if manifest is None:
+        raise ArtifactMismatchError(f"no manifest in {folder}; run `detect-serve build {model}`")
+    host = current_host(backend, providers)
+    servable: list[ServableVariant] = []
+    refused: dict[Precision, str] = {}
+    for variant in manifest.variants:
+        if not variant.accepted:
+            refused[variant.precision] = variant.status
+            continue
+        try:
+            path = verify_variant(variant, folder, host)
+        except ArtifactMismatchError as exc:
+            refused[variant.precision] = f"refused: {exc}"
+            continue
+        servable.append(
+            ServableVariant(
+                variant.precision,
+                variant.backend,
+                variant.device,
+                path,
+                variant.accuracy.map50_95_agreement if variant.accuracy else None,
+                {int(b): ms for b, ms in variant.latency_ms.items()},
+            )
+        )
+    return servable, refused

@@ -250,7 +250,9 @@ def _build_one(
     if precision is Precision.INT8:
         assert calib is not None
         options = Int8Options(
-            config.calibration_method, symmetric_activations=config.backend == "tensorrt"
+            config.calibration_method,
+            symmetric_activations=config.backend == "tensorrt",
+            op_types=("Conv",) if config.mixed_precision else None,
         )
         search = Int8Search(calib, options, budget, config.mixed_precision, config.max_fallbacks)
         _say(progress, f"int8: calibrating on {len(calib)} images ({calib.description})")

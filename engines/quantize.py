@@ -39,6 +39,10 @@ class Int8Options:
     per_channel: bool = True
     # TensorRT only takes symmetric (zero-point 0) activations; ONNX Runtime takes both.
     symmetric_activations: bool = False
+    # Q/DQ at convolution inputs only: the placement TensorRT's own quantization toolkit uses,
+    # and measurably closer to FP32 here than also quantizing pools and activations.
+    # None = every op the quantizer supports (the whole graph, decode head included).
+    op_types: tuple[str, ...] | None = ("Conv",)
 
 
 def quantize_int8(
@@ -65,9 +69,7 @@ def quantize_int8(
         per_channel=options.per_channel,
         activation_type=activation,
         weight_type=QuantType.QInt8,
-        # Q/DQ at convolution inputs only: the placement TensorRT's own quantization toolkit
-        # uses, and measurably closer to FP32 here than also quantizing pools and activations.
-        op_types_to_quantize=["Conv"],
+        op_types_to_quantize=list(options.op_types) if options.op_types else None,
         nodes_to_exclude=list(keep_float),
         calibrate_method=METHODS[options.method],
         extra_options={

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import shutil
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 from service.config import Settings
@@ -52,8 +56,24 @@ def _model_dir(args: argparse.Namespace, settings: Settings) -> Path:
     return settings.models_dir / model
 
 
+@contextlib.contextmanager
+def quiet_tool_warnings() -> Iterator[None]:
+    """The converters' per-tensor chatter (fp16 truncation notes, ORT's pre-processing hint)
+    would bury the build's own progress; errors still come through."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            yield
+        finally:
+            root.setLevel(level)
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     from engines.build import BuildConfig, build_model
+    from engines.build_report import summary_table
     from engines.model_sources import ensure_model_source
     from engines.precision import Precision
 
@@ -71,6 +91,9 @@ def cmd_build(args: argparse.Namespace) -> int:
         calibration_method=args.calib_method,
         force=args.force,
     )
-    manifest = build_model(model_dir, settings.engines_dir, config, progress=True)
+    with quiet_tool_warnings():
+        manifest = build_model(model_dir, settings.engines_dir, config, progress=True)
+    print(summary_table(manifest))
+    print(f"manifest: {settings.engines_dir / manifest.model / 'manifest.json'}")
     accepted = [v for v in manifest.variants if v.status == "accepted"]
     return 0 if accepted else 1

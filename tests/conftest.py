@@ -60,3 +60,13 @@ def server_factory(
 def server(server_factory: Callable[..., Server]) -> Server:
     """The default model served from its source (FP32, CPU), with a 4 MiB body limit."""
     return server_factory({"DETECT_MAX_BODY_BYTES": str(4 * 1024 * 1024)})
+
+
+@pytest.fixture(scope="session")
+def built_engines(tmp_path_factory: pytest.TempPathFactory, default_model_source: Path) -> Path:
+    """The default model built at every precision (one build shared by the whole session)."""
+    from engines.build import BuildConfig, build_model
+
+    engines_dir = tmp_path_factory.mktemp("engines")
+    build_model(REPO / "models" / DEFAULT_MODEL, engines_dir, BuildConfig(), progress=False)
+    return engines_dir

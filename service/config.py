@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "yolov3-tiny-coco"
+PrecisionName = Literal["fp32", "fp16", "int8"]
 
 
 class Settings(BaseSettings):
@@ -32,8 +33,8 @@ class Settings(BaseSettings):
     default_precision: Literal["fp32", "fp16", "int8", "auto"] = "auto"
 
     # What `detect-serve serve --prepare` builds when a model has no build yet.
-    prepare_precisions: list[Literal["fp32", "fp16", "int8"]] = Field(
-        default_factory=lambda: ["fp32", "int8"]
+    prepare_precisions: list[PrecisionName] = Field(
+        default_factory=lambda: list[PrecisionName](["fp32", "int8"])
     )
 
     # Execution backend for variants served from ONNX.

@@ -70,3 +70,27 @@ def built_engines(tmp_path_factory: pytest.TempPathFactory, default_model_source
     engines_dir = tmp_path_factory.mktemp("engines")
     build_model(REPO / "models" / DEFAULT_MODEL, engines_dir, BuildConfig(), progress=False)
     return engines_dir
+
+
+def _gpu_available() -> tuple[bool, str]:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return False, "TensorRT is not installed (GPU hosts: pip install '.[gpu]')"
+    from engines.host import gpu_name
+
+    name = gpu_name()
+    return (True, name) if name else (False, "no CUDA device visible to cuda-python")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`gpu` tests run only where TensorRT and a CUDA device are present; the skip says why."""
+    if not any(item.get_closest_marker("gpu") for item in items):
+        return
+    available, why = _gpu_available()
+    if available:
+        return
+    skip = pytest.mark.skip(reason=f"gpu test skipped: {why}")
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(skip)

@@ -1,0 +1,151 @@
+"""TensorRT backend: pure-Python parts here; plan build and execution on a GPU (marked `gpu`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from engines.errors import EngineLoadError
+from engines.precision import Precision
+from engines.runtime.tensorrt import split_ultralytics_engine
+
+
+def test_ultralytics_engine_header_is_split_off() -> None:
+    meta = {"names": {"0": "person"}, "imgsz": [640, 640], "stride": 32}
+    text = json.dumps(meta).encode()
+    plan = b"\x00ftrt-plan-bytes" * 10
+    found, rest = split_ultralytics_engine(len(text).to_bytes(4, "little") + text + plan)
+    assert found == meta and rest == plan
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"ftrt",
+        b"\xff\xff\xff\x7f" + b"x" * 20,
+        (5).to_bytes(4, "little") + b"notjs" + b"p",
+        (2).to_bytes(4, "little") + b"[]" + b"plan",
+    ],
+    ids=["empty", "short", "huge-length", "not-json", "json-not-object"],
+)
+def test_plain_plans_are_left_alone(data: bytes) -> None:
+    assert split_ultralytics_engine(data) == (None, data)
+
+
+def test_missing_tensorrt_is_a_load_error(tmp_path: Path) -> None:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("TensorRT is installed here; the missing-library path cannot be shown")
+    from engines.runtime.tensorrt import TensorRTEngine
+    from engines.tensorrt_build import build_plan
+
+    with pytest.raises(EngineLoadError, match="TensorRT is not installed"):
+        TensorRTEngine(tmp_path / "x.plan", Precision.FP32, max_batch=4)
+    with pytest.raises(EngineLoadError, match="TensorRT is not installed"):
+        build_plan(
+            tmp_path / "x.onnx",
+            tmp_path / "x.plan",
+            opt_batch=2,
+            max_batch=4,
+            workspace_bytes=1 << 28,
+            timing_cache_path=None,
+        )
+
+
+def small_conv_model(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.normal(size=(8, 3, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["images", "w"], ["c"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["c"], ["output0"]),
+        ],
+        "small",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, 32, 32])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["batch", 8, 32, 32])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.gpu
+def test_plan_matches_onnxruntime_at_batch_1_and_max(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from engines.runtime.tensorrt import TensorRTEngine
+    from engines.tensorrt_build import build_plan
+
+    source = small_conv_model(tmp_path / "small.onnx")
+    info = build_plan(
+        source,
+        tmp_path / "small.plan",
+        opt_batch=2,
+        max_batch=4,
+        workspace_bytes=1 << 28,
+        timing_cache_path=tmp_path / "timing.cache",
+    )
+    assert (tmp_path / "timing.cache").is_file() and info.sha256
+    engine = TensorRTEngine(tmp_path / "small.plan", Precision.FP32, max_batch=4)
+    session = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
+    try:
+        for size in (1, 4):
+            batch = rng.uniform(0, 1, (size, 3, 32, 32)).astype(np.float32)
+            got = engine.infer(batch)["output0"]
+            np.testing.assert_allclose(
+                got, session.run(None, {"images": batch})[0], rtol=1e-2, atol=1e-2
+            )
+        batches = [rng.uniform(0, 1, (2, 3, 32, 32)).astype(np.float32) for _ in range(8)]
+        with ThreadPoolExecutor(4) as pool:
+            outs = list(pool.map(lambda b: engine.infer(b)["output0"], batches))
+        for b, out in zip(batches, outs, strict=True):
+            np.testing.assert_allclose(
+                out, session.run(None, {"images": b})[0], rtol=1e-2, atol=1e-2
+            )
+    finally:
+        engine.close()
+
+
+@pytest.mark.gpu
+def test_built_variants_compile_and_agree(built_engines: Path, tmp_path: Path) -> None:
+    from engines.runtime.tensorrt import TensorRTEngine
+    from engines.tensorrt_build import build_plan
+
+    folder = built_engines / "yolov3-tiny-coco"
+    session = ort.InferenceSession(str(folder / "fp32.onnx"), providers=["CPUExecutionProvider"])
+    batch = np.random.default_rng(2).uniform(0, 1, (2, 3, 416, 416)).astype(np.float32)
+    expected = session.run(None, {"images": batch})[0]
+    for precision, tol in (("fp32", 1e-2), ("fp16", 0.5), ("int8", 5.0)):
+        plan = tmp_path / f"{precision}.plan"
+        build_plan(
+            folder / f"{precision}.onnx",
+            plan,
+            opt_batch=2,
+            max_batch=4,
+            workspace_bytes=1 << 30,
+            timing_cache_path=tmp_path / "timing.cache",
+        )
+        engine = TensorRTEngine(plan, Precision(precision), max_batch=4)
+        try:
+            got = engine.infer(batch)["output0"]
+        finally:
+            engine.close()
+        assert got.shape == expected.shape
+        # scores (cols 4:) agree closely; pixel boxes within the tolerance of the precision
+        np.testing.assert_allclose(
+            got[..., 4:], expected[..., 4:], atol=0.05 if precision != "int8" else 0.15
+        )
+        assert np.median(np.abs(got[..., :4] - expected[..., :4])) < tol

@@ -1,0 +1,71 @@
+"""NVML collector with a stand-in pynvml module (no GPU needed)."""
+
+from __future__ import annotations
+
+import sys
+import types
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from service.gpu_metrics import register_gpu_collector
+
+
+@dataclass
+class Memory:
+    used: int
+    total: int
+
+
+@dataclass
+class Rates:
+    gpu: int
+
+
+@pytest.fixture
+def fake_nvml(monkeypatch: pytest.MonkeyPatch) -> Iterator[types.ModuleType]:
+    module = types.ModuleType("pynvml")
+    module.nvmlInit = lambda: None  # type: ignore[attr-defined]
+    module.nvmlDeviceGetCount = lambda: 2  # type: ignore[attr-defined]
+    module.nvmlDeviceGetHandleByIndex = lambda i: i  # type: ignore[attr-defined]
+    module.nvmlDeviceGetName = lambda h: b"NVIDIA H100" if h == 0 else "NVIDIA L4"  # type: ignore[attr-defined]
+    module.nvmlDeviceGetMemoryInfo = lambda h: Memory(used=(h + 1) * 2**30, total=80 * 2**30)  # type: ignore[attr-defined]
+    module.nvmlDeviceGetUtilizationRates = lambda h: Rates(gpu=40 + h)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "pynvml", module)
+    yield module
+
+
+def test_gpu_metrics_exported_per_device(fake_nvml: types.ModuleType) -> None:
+    registry = CollectorRegistry()
+    assert register_gpu_collector(registry)
+    text = generate_latest(registry).decode()
+    assert 'detect_gpu_memory_used_bytes{gpu="0",name="NVIDIA H100"} 1.073741824e+09' in text
+    assert 'detect_gpu_utilization_ratio{gpu="1",name="NVIDIA L4"} 0.41' in text
+    assert 'detect_gpu_memory_total_bytes{gpu="1",name="NVIDIA L4"}' in text
+
+
+def test_no_gpu_means_no_gpu_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = types.ModuleType("pynvml")
+
+    def fail() -> None:
+        raise RuntimeError("NVML Shared Library Not Found")
+
+    module.nvmlInit = fail  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "pynvml", module)
+    registry = CollectorRegistry()
+    assert not register_gpu_collector(registry)
+    assert "detect_gpu" not in generate_latest(registry).decode()
+
+
+def test_a_failing_gpu_read_does_not_break_the_scrape(fake_nvml: types.ModuleType) -> None:
+    registry = CollectorRegistry()
+    register_gpu_collector(registry)
+
+    def broken(h: int) -> Memory:
+        raise RuntimeError("GPU is lost")
+
+    fake_nvml.nvmlDeviceGetMemoryInfo = broken  # type: ignore[attr-defined]
+    text = generate_latest(registry).decode()
+    assert "# TYPE detect_gpu_memory_used_bytes gauge" in text

@@ -186,6 +186,9 @@ class ModelRegistry:
             on_fatal=lambda exc: self._on_fatal(name, spec.precision, exc),
             name=f"{name}-{spec.precision.value}",
         )
+        self._metrics.initialise_variant(name, spec.precision.value)
+        self._metrics.queue_capacity.labels(name, spec.precision.value).set(s.max_queue)
+        self._metrics.queue_depth.labels(name, spec.precision.value).set(0)
         self._metrics.engine_info.labels(
             name, spec.precision.value, engine.backend, engine.device
         ).set(1)

@@ -1,0 +1,310 @@
+"""Generate deploy/grafana/dashboards/detect-serving.json (run after changing a panel).
+
+python scripts/make_dashboard.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+OUT = Path(__file__).resolve().parent.parent / "deploy/grafana/dashboards/detect-serving.json"
+DS = {"type": "prometheus", "uid": "prometheus"}
+SEL = 'model=~"$model",precision=~"$precision"'
+RATE = "$__rate_interval"
+
+
+def quantiles(metric: str, by: str = "precision") -> list[tuple[str, str]]:
+    return [
+        (
+            f"p{q} {{{{{by}}}}}",
+            f"histogram_quantile(0.{q}, sum by (le, {by}) (rate({metric}_bucket{{{SEL}}}[{RATE}])))",
+        )
+        for q in ("50", "95", "99")
+    ]
+
+
+ROWS: list[tuple[str, list[dict[str, Any]]]] = [
+    (
+        "Traffic",
+        [
+            {
+                "title": "Requests / s by precision",
+                "unit": "reqps",
+                "targets": [
+                    (
+                        "{{precision}} {{status}}",
+                        f"sum by (precision, status) (rate(detect_requests_total{{{SEL}}}[{RATE}]))",
+                    )
+                ],
+            },
+            {
+                "title": "Images / s by precision",
+                "unit": "short",
+                "targets": [
+                    (
+                        "{{precision}}",
+                        f"sum by (precision) (rate(detect_images_total{{{SEL}}}[{RATE}]))",
+                    )
+                ],
+            },
+            {
+                "title": "Requested vs selected precision",
+                "unit": "reqps",
+                "targets": [
+                    (
+                        "{{requested}} -> {{selected}}",
+                        "sum by (requested, selected) (rate(detect_precision_selected_total"
+                        f'{{model=~"$model"}}[{RATE}]))',
+                    )
+                ],
+            },
+        ],
+    ),
+    (
+        "Latency",
+        [
+            {
+                "title": "Request latency (p50/p95/p99) by precision",
+                "unit": "s",
+                "targets": quantiles("detect_request_duration_seconds"),
+            },
+            {
+                "title": "Decode + letterbox time (p50/p95/p99)",
+                "unit": "s",
+                "targets": quantiles("detect_preprocess_duration_seconds"),
+            },
+            {
+                "title": "Postprocess time (p50/p95/p99)",
+                "unit": "s",
+                "targets": quantiles("detect_postprocess_duration_seconds"),
+            },
+        ],
+    ),
+    (
+        "Batching",
+        [
+            {
+                "title": "Batch size distribution",
+                "unit": "short",
+                "type": "heatmap",
+                "targets": [
+                    ("{{le}}", f"sum by (le) (rate(detect_batch_size_bucket{{{SEL}}}[{RATE}]))")
+                ],
+                "format": "heatmap",
+            },
+            {
+                "title": "Mean batch size by precision",
+                "unit": "short",
+                "targets": [
+                    (
+                        "{{precision}}",
+                        f"sum by (precision) (rate(detect_batch_size_sum{{{SEL}}}[{RATE}])) / "
+                        f"sum by (precision) (rate(detect_batch_size_count{{{SEL}}}[{RATE}]))",
+                    )
+                ],
+            },
+            {
+                "title": "Queue depth / capacity",
+                "unit": "short",
+                "targets": [
+                    ("depth {{precision}}", f"sum by (precision) (detect_queue_depth{{{SEL}}})"),
+                    (
+                        "capacity {{precision}}",
+                        f"sum by (precision) (detect_queue_capacity{{{SEL}}})",
+                    ),
+                ],
+            },
+            {
+                "title": "Queue wait (p50/p95/p99)",
+                "unit": "s",
+                "targets": quantiles("detect_queue_wait_seconds"),
+            },
+        ],
+    ),
+    (
+        "Engines",
+        [
+            {
+                "title": "Inference time per batch (p50/p95/p99)",
+                "unit": "s",
+                "targets": quantiles("detect_inference_duration_seconds"),
+            },
+            {
+                "title": "Loaded variants",
+                "type": "table",
+                "targets": [
+                    (
+                        "",
+                        f"max by (model, precision, backend, device) (detect_engine_info{{{SEL}}})",
+                    )
+                ],
+                "format": "table",
+            },
+            {
+                "title": "Variant ready (1 = serving)",
+                "unit": "short",
+                "targets": [
+                    ("{{precision}}", f"max by (precision) (detect_engine_ready{{{SEL}}})")
+                ],
+            },
+            {
+                "title": "In-flight requests",
+                "unit": "short",
+                "targets": [
+                    ("{{model}}", 'sum by (model) (detect_inflight_requests{model=~"$model"})')
+                ],
+            },
+        ],
+    ),
+    (
+        "Errors and rejections",
+        [
+            {
+                "title": "Error ratio (5xx / all)",
+                "unit": "percentunit",
+                "targets": [
+                    (
+                        "5xx ratio",
+                        f'sum(rate(detect_requests_total{{{SEL},status=~"5.."}}[{RATE}])) / '
+                        f"clamp_min(sum(rate(detect_requests_total{{{SEL}}}[{RATE}])), 1e-9)",
+                    )
+                ],
+            },
+            {
+                "title": "Responses by status",
+                "unit": "reqps",
+                "targets": [
+                    (
+                        "{{status}}",
+                        f"sum by (status) (rate(detect_requests_total{{{SEL}}}[{RATE}]))",
+                    )
+                ],
+            },
+            {
+                "title": "Rejections by reason",
+                "unit": "reqps",
+                "targets": [
+                    (
+                        "{{reason}}",
+                        f'sum by (reason) (rate(detect_rejected_total{{model=~"$model"}}[{RATE}]))',
+                    )
+                ],
+            },
+        ],
+    ),
+    (
+        "GPU",
+        [
+            {
+                "title": "GPU memory used",
+                "unit": "percentunit",
+                "targets": [
+                    (
+                        "{{gpu}} {{name}}",
+                        "max by (gpu, name) (detect_gpu_memory_used_bytes / detect_gpu_memory_total_bytes)",
+                    )
+                ],
+            },
+            {
+                "title": "GPU utilisation",
+                "unit": "percentunit",
+                "targets": [
+                    ("{{gpu}} {{name}}", "max by (gpu, name) (detect_gpu_utilization_ratio)")
+                ],
+            },
+        ],
+    ),
+]
+
+
+def panel(spec: dict[str, Any], pid: int, x: int, y: int, width: int) -> dict[str, Any]:
+    kind = spec.get("type", "timeseries")
+    return {
+        "id": pid,
+        "type": kind,
+        "title": spec["title"],
+        "datasource": DS,
+        "gridPos": {"h": 8, "w": width, "x": x, "y": y},
+        "fieldConfig": {"defaults": {"unit": spec.get("unit", "short")}, "overrides": []},
+        "options": {"legend": {"displayMode": "list", "placement": "bottom"}}
+        if kind == "timeseries"
+        else {},
+        "targets": [
+            {
+                "refId": chr(65 + i),
+                "datasource": DS,
+                "expr": expr,
+                "legendFormat": legend,
+                "format": spec.get("format", "time_series"),
+                "instant": kind == "table",
+            }
+            for i, (legend, expr) in enumerate(spec["targets"])
+        ],
+    }
+
+
+def variable(name: str, query: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "label": name,
+        "type": "query",
+        "datasource": DS,
+        "query": {"query": query, "refId": f"{name}-values"},
+        "definition": query,
+        "refresh": 2,
+        "includeAll": True,
+        "multi": True,
+        "allValue": ".*",
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+        "sort": 1,
+    }
+
+
+def dashboard() -> dict[str, Any]:
+    panels: list[dict[str, Any]] = []
+    y, pid = 0, 1
+    for title, specs in ROWS:
+        panels.append(
+            {
+                "id": pid,
+                "type": "row",
+                "title": title,
+                "collapsed": False,
+                "gridPos": {"h": 1, "w": 24, "x": 0, "y": y},
+                "panels": [],
+            }
+        )
+        pid, y = pid + 1, y + 1
+        width = 24 // len(specs)
+        for k, spec in enumerate(specs):
+            panels.append(panel(spec, pid, k * width, y, width))
+            pid += 1
+        y += 8
+    return {
+        "uid": "detect-serving",
+        "title": "Detection serving",
+        "tags": ["detect-serve"],
+        "schemaVersion": 39,
+        "version": 1,
+        "editable": True,
+        "refresh": "10s",
+        "time": {"from": "now-30m", "to": "now"},
+        "timezone": "",
+        "templating": {
+            "list": [
+                variable("model", "label_values(detect_engine_info, model)"),
+                variable(
+                    "precision", 'label_values(detect_engine_info{model=~"$model"}, precision)'
+                ),
+            ]
+        },
+        "annotations": {"list": []},
+        "panels": panels,
+    }
+
+
+if __name__ == "__main__":
+    OUT.write_text(json.dumps(dashboard(), indent=2) + "\n")
+    print(f"wrote {OUT}")

@@ -1,0 +1,218 @@
+"""A real Prometheus scrapes the real service; every dashboard and alert query must return data.
+
+A panel or alert naming a metric the service does not export, or a query that yields nothing or
+NaN for the precisions that had traffic, fails here. GPU queries are the one allowed exception on
+a host without a GPU: their metrics exist only where NVML finds a device.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from service.process import free_port
+from tests.conftest import REPO, Server
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        shutil.which("prometheus") is None,
+        reason="prometheus missing: apt-get install prometheus (scripts/test.sh)",
+    ),
+]
+DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "detect-serving.json"
+ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
+TRAFFIC = ("fp32", "int8")
+GPU_ONLY = "detect_gpu_"
+
+
+@pytest.fixture(scope="module")
+def served(server_factory: Callable[..., Server], built_engines: Path) -> Server:
+    return server_factory({"DETECT_ENGINES_DIR": str(built_engines)})
+
+
+@pytest.fixture(scope="module")
+def prometheus(served: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    work = tmp_path_factory.mktemp("prometheus")
+    shutil.copy(ALERTS, work / "alerts.yml")
+    target = served.url.removeprefix("http://")
+    (work / "prometheus.yml").write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "rule_files": ["alerts.yml"],
+                "scrape_configs": [
+                    {"job_name": "detect", "static_configs": [{"targets": [target]}]}
+                ],
+            }
+        )
+    )
+    port = free_port()
+    with (work / "prometheus.log").open("wb") as log:
+        process = subprocess.Popen(
+            [
+                "prometheus",
+                f"--config.file={work / 'prometheus.yml'}",
+                f"--storage.tsdb.path={work / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        else:
+            raise RuntimeError((work / "prometheus.log").read_text())
+        yield url
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+@pytest.fixture(scope="module")
+def traffic(served: Server, prometheus: str, photo: Callable[[str], bytes]) -> None:
+    """Requests at two precisions, a few bad ones and a deadline rejection, then 2+ scrapes."""
+    deadline = time.monotonic() + 30
+    while not query(prometheus, 'up{job="detect"} == 1'):  # counters must start before traffic
+        assert time.monotonic() < deadline, "Prometheus never scraped the service"
+        time.sleep(0.3)
+    time.sleep(1.5)
+    with served.client() as client:
+        for _ in range(3):
+            for precision in TRAFFIC:
+                r = client.post(
+                    "/detect", files={"image": ("b", photo("bus"))}, params={"precision": precision}
+                )
+                assert r.status_code == 200, r.text
+            bad = client.post(
+                "/detect", files={"image": ("x", b"not an image")}, params={"precision": "fp32"}
+            )
+            assert bad.status_code == 400
+        for precision in TRAFFIC:
+            late = client.post(
+                "/detect",
+                files={"image": ("b", photo("bus"))},
+                params={"precision": precision, "deadline_ms": 1},
+            )
+            assert late.status_code == 504
+    time.sleep(5)  # several 1 s scrapes, so rate() over the window has samples
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    board = json.loads(DASHBOARD.read_text())
+    queries = [
+        (f"panel {p['title']!r}", t["expr"]) for p in board["panels"] for t in p.get("targets", [])
+    ]
+    for var in board["templating"]["list"]:
+        inner = re.fullmatch(r"label_values\((.*), *(\w+)\)", var["definition"])
+        assert inner, var["definition"]
+        queries.append((f"variable {var['name']}", inner.group(1)))
+    return queries
+
+
+def _top_level_comparison(expr: str) -> str:
+    """The query part of ``<query> <op> <threshold>``: where the dashboards' data comes from."""
+    depth = 0
+    for i in range(len(expr) - 1, -1, -1):
+        depth += {")": 1, "(": -1}.get(expr[i], 0)
+        if depth == 0 and expr[i : i + 4] in (" == ", " >= ", " <= ", " != "):
+            return expr[:i]
+        if depth == 0 and expr[i : i + 3] in (" > ", " < "):
+            return expr[:i]
+    return expr
+
+
+def alert_queries() -> list[tuple[str, str]]:
+    groups = yaml.safe_load(ALERTS.read_text())["groups"]
+    return [
+        (f"alert {r['alert']}", _top_level_comparison(r["expr"]))
+        for g in groups
+        for r in g["rules"]
+    ]
+
+
+def substitute(expr: str) -> str:
+    return (
+        expr.replace("$model", "yolov3-tiny-coco")
+        .replace("$precision", "|".join(TRAFFIC))
+        .replace("$__rate_interval", "30s")
+        .replace("$__interval", "5s")
+    )
+
+
+def query(prometheus: str, expr: str) -> list[dict[str, Any]]:
+    r = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=10)
+    body = r.json()
+    assert body["status"] == "success", (expr, body)
+    result: list[dict[str, Any]] = body["data"]["result"]
+    return result
+
+
+@pytest.mark.parametrize(
+    ("where", "expr"),
+    dashboard_queries() + alert_queries(),
+    ids=lambda v: v if isinstance(v, str) and len(v) < 60 else None,
+)
+def test_every_query_returns_finite_data(
+    traffic: None, prometheus: str, where: str, expr: str
+) -> None:
+    result = query(prometheus, substitute(expr))
+    if GPU_ONLY in expr:
+        assert result == [], f"{where}: GPU metrics on a host without a GPU?"
+        pytest.skip(f"{where}: GPU metrics exist only where NVML finds a GPU")
+    assert result, f"{where}: {expr} returned no data"
+    precisions = {s["metric"].get("precision") for s in result} - {None}
+    if precisions:
+        assert set(TRAFFIC) <= precisions, f"{where}: only {precisions} in {expr}"
+    # Variants without traffic may legitimately be NaN (a quantile of nothing); ours may not.
+    values = [float(s["value"][1]) for s in result
+              if s["metric"].get("precision") in (None, *TRAFFIC)]
+    assert all(math.isfinite(v) for v in values), f"{where}: {expr} -> {values}"
+
+
+def test_every_metric_named_is_exported(traffic: None, served: Server) -> None:
+    exported = httpx.get(f"{served.url}/metrics").text
+    text = DASHBOARD.read_text() + ALERTS.read_text()
+    named = set(re.findall(r"\b(detect_[a-z_]+?)(?:_bucket|_sum|_count)?\b", text))
+    gpu_source = (REPO / "service" / "gpu_metrics.py").read_text()
+    for name in sorted(named):
+        if name.startswith(GPU_ONLY):
+            assert name in gpu_source, f"{name} is defined nowhere"
+            continue
+        assert re.search(rf"^{name}(_bucket|_sum|_count|_total)?[{{ ]", exported, re.M), (
+            f"{name} is used by a panel or alert but not exported"
+        )
+
+
+def test_promtool_check_metrics_is_clean(traffic: None, served: Server) -> None:
+    if shutil.which("promtool") is None:
+        pytest.skip("promtool missing")
+    exported = httpx.get(f"{served.url}/metrics").text
+    done = subprocess.run(
+        ["promtool", "check", "metrics"],
+        input=exported,
+        text=True,
+        capture_output=True,
+        check=False,
+    )
+    assert done.returncode == 0 and not (done.stdout + done.stderr).strip(), (
+        done.stdout + done.stderr
+    )

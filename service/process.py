@@ -38,7 +38,7 @@ class ServerProcess:
         args: list[str] | None = None,
     ) -> ServerProcess:
         """Start a server whose settings come from ``env`` (DETECT_*); wait for readiness."""
-        port = free_port()
+        port = int((env or {}).get("DETECT_PORT") or free_port())
         full_env = {
             **os.environ,
             "DETECT_HOST": "127.0.0.1",

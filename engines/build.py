@@ -106,6 +106,7 @@ def _cache_key(
         "host": asdict(host),
         "val": val_hash,
         "max_batch": config.max_batch,
+        "labels": sha256_file(config.labels) if config.labels else None,
     }
     if precision is Precision.INT8:
         relevant |= {
@@ -154,6 +155,8 @@ def build_model(
         input_size=info.input_size,
         class_names=list(info.class_names),
     )
+    if config.labels is not None and config.val_dir is None:
+        raise EngineError("--labels needs --val: the labelled images themselves")
     val = (
         ImageSet.from_folder(config.val_dir)
         if config.val_dir
@@ -211,7 +214,7 @@ def _build_todo(
         reference_engine, val, layout, info.input_size, pad_value, CANDIDATE_CONF
     )
     reference_engine.close()
-    ref = Reference(val, detections, info, layout, pad_value)
+    ref = Reference(val, detections, info, layout, pad_value, config.labels)
     for precision in todo:
         started = time.perf_counter()
         variant = Variant(

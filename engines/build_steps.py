@@ -19,7 +19,7 @@ from engines.postprocess import Detections
 from engines.precision import Precision, to_fp16
 from engines.quantize import Int8Options, quantize_int8
 from engines.runtime.base import Engine
-from engines.validate import CANDIDATE_CONF, agreement, detect_all
+from engines.validate import CANDIDATE_CONF, agreement, detect_all, label_map
 
 log = logging.getLogger(__name__)
 EngineLoader = Callable[[Path, Precision], Engine]
@@ -34,6 +34,7 @@ class Reference:
     info: ModelInfo
     layout: OutputLayout
     pad_value: int
+    labels: Path | None = None  # COCO json with real boxes for the validation files
 
 
 @dataclass
@@ -50,6 +51,9 @@ def measure(engine: Engine, ref: Reference, budget: float) -> Accuracy:
         engine, ref.images, ref.layout, ref.info.input_size, ref.pad_value, CANDIDATE_CONF
     )
     score = agreement(ref.detections, found, ref.info.num_classes)
+    labelled = None
+    if ref.labels is not None:
+        labelled = label_map(ref.labels, ref.images.names, ref.info.class_names, found)
     return Accuracy(
         map50_95_agreement=score.map50_95,
         map50_agreement=score.map50,
@@ -57,6 +61,7 @@ def measure(engine: Engine, ref: Reference, budget: float) -> Accuracy:
         reference_boxes=score.reference_boxes,
         validation_images=len(ref.images),
         validation_hash=ref.images.content_hash,
+        labelled_map50_95=labelled,
     )
 
 

@@ -69,7 +69,20 @@ SAMPLE_IMAGES: dict[str, RegistryFile] = {
         "skimage/data/motorcycle_right.png",
         "5fc913ae870e42a4b662314bc904d1786bcad8e2f0b9b67dba5a229406357797",
     ),
+    "terrain2": RegistryFile(
+        "sahi==0.12.8",
+        "sdist",
+        "demo/demo_data/terrain2.png",
+        "74edb8eb53871163b0ca1854e1c39029a21371de965d7caa704e39f349e3916a",
+    ),
 }
+# Real labels (COCO json, 5 cars) for the terrain2 photo.
+TERRAIN2_LABELS = RegistryFile(
+    "sahi==0.12.8",
+    "sdist",
+    "demo/demo_data/terrain2_coco.json",
+    "4081bfdfd326652d795a830397e24b38bc968fd7377f86f2b7ffc244968b5747",
+)
 
 # The default demo sets of the builder, disjoint: calibrate on one, validate on the other.
 CALIBRATION_PHOTOS = (

@@ -113,21 +113,31 @@ def agreement(
     return Agreement(round(m, 4), round(m50, 4), len(annotations))
 
 
-def label_map(labels: Path, names: Sequence[str], detections: Sequence[Detections]) -> float:
-    """mAP50-95 against a labelled COCO json whose images are the validation files, in order."""
+def label_map(
+    labels: Path,
+    files: Sequence[str],
+    class_names: Sequence[str],
+    detections: Sequence[Detections],
+) -> float:
+    """mAP50-95 against a labelled COCO json; images are matched by file name, classes by name."""
     gt = json.loads(labels.read_text())
     by_name = {c["name"]: c["id"] for c in gt["categories"]}
-    ordered = sorted(gt["images"], key=lambda im: im["file_name"])
+    image_ids = {Path(im["file_name"]).name: im["id"] for im in gt["images"]}
+    missing = [f for f in files if f not in image_ids]
+    if missing:
+        raise ValueError(f"{labels} has no annotations for {', '.join(missing[:5])}")
     predictions = []
-    for image, d in zip(ordered, detections, strict=False):
+    for file, d in zip(files, detections, strict=True):
         for b, s, c in zip(d.boxes, d.scores, d.class_ids, strict=True):
-            if names[int(c)] in by_name:
+            name = class_names[int(c)]
+            if name in by_name:
                 predictions.append(
                     {
-                        "image_id": image["id"],
-                        "category_id": by_name[names[int(c)]],
+                        "image_id": image_ids[file],
+                        "category_id": by_name[name],
                         "bbox": _xywh(b),
                         "score": float(s),
                     }
                 )
-    return _coco_map(gt, predictions)[0]
+    gt["images"] = [im for im in gt["images"] if Path(im["file_name"]).name in set(files)]
+    return round(_coco_map(gt, predictions)[0], 4)

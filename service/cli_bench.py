@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import tempfile
 from pathlib import Path
 
@@ -38,6 +39,7 @@ def _images() -> list[bytes]:
 def cmd_bench(args: argparse.Namespace) -> int:
     from service.bench import as_json, bench_http, bench_pipeline, load_engine, plot
 
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the report
     settings = Settings()
     model = args.model or settings.default_model
     images = _images()

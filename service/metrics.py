@@ -102,8 +102,10 @@ class Metrics:
             registry=r,
         )
         self.queue_capacity = Gauge(
-            "detect_queue_capacity", "Queue bound: images that may wait before 503s.",
-            MODEL_PRECISION, registry=r,
+            "detect_queue_capacity",
+            "Queue bound: images that may wait before 503s.",
+            MODEL_PRECISION,
+            registry=r,
         )
         self.inflight = Gauge(
             "detect_inflight_requests",
@@ -142,9 +144,15 @@ class Metrics:
         A series born at its first request is first scraped already non-zero, so rate() sees
         no increase and the first minutes of traffic vanish from dashboards and alerts.
         """
-        for metric in (self.request_duration, self.queue_wait, self.inference_duration,
-                       self.preprocess_duration, self.postprocess_duration, self.batch_size,
-                       self.images):
+        for metric in (
+            self.request_duration,
+            self.queue_wait,
+            self.inference_duration,
+            self.preprocess_duration,
+            self.postprocess_duration,
+            self.batch_size,
+            self.images,
+        ):
             metric.labels(model, precision)
         self.requests.labels(model, precision, "200")
         self.rejected.labels(model, "queue_full")

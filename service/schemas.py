@@ -85,16 +85,22 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+def error_responses(descriptions: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for error statuses, all with the JSON error body."""
+    return {
+        code: {"model": ErrorResponse, "description": why} for code, why in descriptions.items()
+    }
+
+
 # Statuses any route may answer (auth, body limit, unknown model, overload); documented on every
 # route so clients and schema-driven fuzzers know them.
-COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse, "description": why}
-    for code, why in {
+COMMON_ERRORS = error_responses(
+    {
         400: "malformed request",
         401: "missing or invalid API key (when API keys are configured)",
         404: "unknown model or route",
         413: "request body over the byte limit",
         422: "invalid parameter",
         503: "overloaded, draining, or engine out of service (see Retry-After)",
-    }.items()
-}
+    }
+)

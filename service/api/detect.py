@@ -17,7 +17,7 @@ from service.errors import BadRequest, UnsupportedMediaType, to_service_error
 from service.inference import ImageOutcome, pick_variant, prepare_images, run_images
 from service.pipeline import DetectOptions
 from service.registry import ServedModel, ServedVariant
-from service.schemas import Detection, DetectResponse, ErrorResponse, ImageResult, Timing
+from service.schemas import Detection, DetectResponse, ImageResult, Timing, error_responses
 
 router = APIRouter(tags=["detection"], dependencies=[AuthDep])
 T = TypeVar("T")
@@ -46,9 +46,8 @@ REQUEST_BODY: dict[str, Any] = {
         },
     }
 }
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse, "description": why}
-    for code, why in {
+ERRORS = error_responses(
+    {
         400: "invalid image, unknown class or unavailable precision",
         401: "missing or invalid API key",
         404: "unknown model",
@@ -57,8 +56,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         422: "invalid query parameter",
         503: "overloaded or draining (see Retry-After) or engine out of service",
         504: "the deadline cannot be met",
-    }.items()
-}
+    }
+)
 
 
 async def read_images(request: Request, max_images: int) -> list[bytes]:

@@ -183,8 +183,9 @@ def test_every_query_returns_finite_data(
     if precisions:
         assert set(TRAFFIC) <= precisions, f"{where}: only {precisions} in {expr}"
     # Variants without traffic may legitimately be NaN (a quantile of nothing); ours may not.
-    values = [float(s["value"][1]) for s in result
-              if s["metric"].get("precision") in (None, *TRAFFIC)]
+    values = [
+        float(s["value"][1]) for s in result if s["metric"].get("precision") in (None, *TRAFFIC)
+    ]
     assert all(math.isfinite(v) for v in values), f"{where}: {expr} -> {values}"
 
 

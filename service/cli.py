@@ -66,6 +66,7 @@ def prepare(settings: Settings) -> None:
                 precisions=tuple(Precision(p) for p in settings.prepare_precisions),
                 backend=settings.backend,
                 max_batch=settings.max_batch,
+                providers=tuple(settings.ort_providers),
             )
             build_model(settings.models_dir / name, settings.engines_dir, config, progress=False)
 

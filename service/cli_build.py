@@ -90,6 +90,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         max_batch=args.max_batch or settings.max_batch,
         calibration_method=args.calib_method,
         force=args.force,
+        providers=tuple(settings.ort_providers),
     )
     with quiet_tool_warnings():
         manifest = build_model(model_dir, settings.engines_dir, config, progress=True)

@@ -219,6 +219,30 @@ ROWS: list[tuple[str, list[dict[str, Any]]]] = [
 ]
 
 
+# Panel-type options for current Grafana: a heatmap of pre-bucketed Prometheus histograms must not
+# re-bucket (calculate: false); the variants table shows labels only (the value is always 1).
+OPTIONS: dict[str, dict[str, Any]] = {
+    "timeseries": {"legend": {"displayMode": "list", "placement": "bottom"}},
+    "heatmap": {
+        "calculate": False,
+        "yAxis": {"axisPlacement": "left", "unit": "short"},
+        "cellGap": 1,
+        "color": {"mode": "scheme", "scheme": "Oranges", "steps": 64},
+        "legend": {"show": True},
+        "tooltip": {"mode": "single", "yHistogram": True},
+    },
+    "table": {"showHeader": True},
+}
+TRANSFORMATIONS: dict[str, list[dict[str, Any]]] = {
+    "table": [
+        {
+            "id": "organize",
+            "options": {"excludeByName": {"Time": True, "Value": True, "__name__": True}},
+        }
+    ],
+}
+
+
 def panel(spec: dict[str, Any], pid: int, x: int, y: int, width: int) -> dict[str, Any]:
     kind = spec.get("type", "timeseries")
     return {
@@ -228,9 +252,8 @@ def panel(spec: dict[str, Any], pid: int, x: int, y: int, width: int) -> dict[st
         "datasource": DS,
         "gridPos": {"h": 8, "w": width, "x": x, "y": y},
         "fieldConfig": {"defaults": {"unit": spec.get("unit", "short")}, "overrides": []},
-        "options": {"legend": {"displayMode": "list", "placement": "bottom"}}
-        if kind == "timeseries"
-        else {},
+        "options": OPTIONS.get(kind, {}),
+        "transformations": TRANSFORMATIONS.get(kind, []),
         "targets": [
             {
                 "refId": chr(65 + i),

@@ -39,13 +39,18 @@ class NvmlCollector(Collector):
                 name = self._nvml.nvmlDeviceGetName(handle)
                 name = name.decode() if isinstance(name, bytes) else str(name)
                 memory = self._nvml.nvmlDeviceGetMemoryInfo(handle)
-                rates = self._nvml.nvmlDeviceGetUtilizationRates(handle)
             except Exception as exc:  # a GPU that stops answering must not break /metrics
                 log.warning("NVML read of GPU %d failed: %s", index, exc)
                 continue
             values = [str(index), name]
             used.add_metric(values, float(memory.used))
             total.add_metric(values, float(memory.total))
+            try:
+                # Not supported on MIG instances and some boards; memory is still worth having.
+                rates = self._nvml.nvmlDeviceGetUtilizationRates(handle)
+            except Exception as exc:
+                log.debug("NVML utilisation of GPU %d unavailable: %s", index, exc)
+                continue
             util.add_metric(values, float(rates.gpu) / 100.0)
         yield from (used, total, util)
 

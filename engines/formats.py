@@ -7,7 +7,12 @@ letterboxed-input pixels, scores, class ids) above a confidence threshold, vecto
 - ``yolov5``: one output (B, N, 5+nc): cx, cy, w, h, objectness, per-class scores.
 - ``end2end``: one output (B, K, 6): x1, y1, x2, y2, score, class; NMS already done.
 - ``efficient_nms``: ``num_dets`` (B,1), ``det_boxes`` (B,K,4), ``det_scores`` (B,K),
-  ``det_classes`` (B,K) (TensorRT's EfficientNMS plugin outputs); NMS already done.
+  ``det_classes`` (B,K) (TensorRT's EfficientNMS plugin outputs); NMS already done. Exporters
+  name these differently (``num_detections``/``detection_boxes``, ``bboxes``/``labels``), so
+  each output's role is read from a keyword in its name.
+
+Decoders compute in float32 whatever the output dtype: an FP16 variant's (cx, w) -> (x1, x2)
+arithmetic in float16 would lose up to half a pixel at 640.
 """
 
 from __future__ import annotations
@@ -23,7 +28,15 @@ from engines.runtime.base import TensorInfo
 
 # Above this many rows a (B, N, 6) output is a one-class yolov5 head, not an end2end top-K.
 _MAX_END2END_K = 1000
-_EFFICIENT_NMS = ("num_dets", "det_boxes", "det_scores", "det_classes")
+# Role of each efficient_nms output -> keywords its name may contain, checked in this order so
+# that "num_boxes" is a count, not boxes.
+_NMS_ROLES: dict[str, tuple[str, ...]] = {
+    "count": ("num",),
+    "boxes": ("box",),
+    "scores": ("score", "conf"),
+    "classes": ("class", "label"),
+}
+_NMS_RANKS = {"count": (1, 2), "boxes": (3,), "scores": (2,), "classes": (2,)}
 
 
 @dataclass(frozen=True)
@@ -82,12 +95,10 @@ class YoloV8Layout:
         return rows is not None and rows > 4 and (cols is None or cols > rows)
 
     def decode(self, outputs: Mapping[str, np.ndarray], index: int, conf: float) -> Candidates:
-        pred = _single(outputs)[index].T  # (N, 4+nc)
-        scores = pred[:, 4:]
-        # Filter on the max score first so the box conversion only touches survivors.
-        rough = scores.max(axis=1) >= conf
-        pred, scores = pred[rough], scores[rough]
-        return _best_class(scores, conf, _cxcywh_to_xyxy(pred[:, :4]), nms_done=False)
+        pred = _single(outputs)[index].T  # (N, 4+nc), a view
+        # Filter on the max score first so the conversion and copies only touch survivors.
+        pred = pred[pred[:, 4:].max(axis=1) >= conf].astype(np.float32)
+        return _best_class(pred[:, 4:], conf, _cxcywh_to_xyxy(pred[:, :4]), nms_done=False)
 
 
 class YoloV5Layout:
@@ -103,7 +114,8 @@ class YoloV5Layout:
 
     def decode(self, outputs: Mapping[str, np.ndarray], index: int, conf: float) -> Candidates:
         pred = _single(outputs)[index]  # (N, 5+nc)
-        pred = pred[pred[:, 4] >= conf]  # score = obj * cls <= obj: a cheap first cut
+        # score = obj * cls <= obj (both in 0..1): a cheap first cut before any copy.
+        pred = pred[pred[:, 4] >= conf].astype(np.float32)
         scores = pred[:, 5:] * pred[:, 4:5]
         return _best_class(scores, conf, _cxcywh_to_xyxy(pred[:, :4]), nms_done=False)
 
@@ -118,8 +130,9 @@ class End2EndLayout:
         return num_classes != 1 or (k is not None and k <= _MAX_END2END_K)
 
     def decode(self, outputs: Mapping[str, np.ndarray], index: int, conf: float) -> Candidates:
-        pred = _single(outputs)[index]
-        pred = pred[pred[:, 4] >= conf]
+        pred = _single(outputs)[index].astype(np.float32)
+        # A non-finite class column cannot be cast to an id; such rows are garbage anyway.
+        pred = pred[(pred[:, 4] >= conf) & np.isfinite(pred[:, 5])]
         return Candidates(
             boxes=pred[:, :4].astype(np.float32),
             scores=pred[:, 4].astype(np.float32),
@@ -128,21 +141,44 @@ class End2EndLayout:
         )
 
 
+def _nms_roles(names: Sequence[str]) -> dict[str, str] | None:
+    """Role -> output name for the four efficient_nms outputs, or None if they are not that."""
+    if len(names) != len(_NMS_ROLES):
+        return None
+    roles: dict[str, str] = {}
+    for name in names:
+        lowered = name.lower()
+        role = next((r for r, keys in _NMS_ROLES.items() if any(k in lowered for k in keys)), None)
+        if role is None or role in roles:
+            return None
+        roles[role] = name
+    return roles
+
+
 class EfficientNmsLayout:
     name = "efficient_nms"
 
     def matches(self, outputs: Sequence[TensorInfo], num_classes: int | None) -> bool:
-        return {o.name for o in outputs} == set(_EFFICIENT_NMS)
+        roles = _nms_roles([o.name for o in outputs])
+        if roles is None:
+            return False
+        by_name = {o.name: o for o in outputs}
+        return all(len(by_name[roles[r]].shape) in ranks for r, ranks in _NMS_RANKS.items())
 
     def decode(self, outputs: Mapping[str, np.ndarray], index: int, conf: float) -> Candidates:
-        count = int(np.asarray(outputs["num_dets"][index]).reshape(-1)[0])
-        boxes = outputs["det_boxes"][index][:count]
-        scores = outputs["det_scores"][index][:count]
-        classes = outputs["det_classes"][index][:count]
-        keep = scores >= conf
+        roles = _nms_roles(list(outputs))
+        if roles is None:
+            raise ModelFormatError(f"efficient_nms expects four outputs, got {sorted(outputs)}")
+        boxes = outputs[roles["boxes"]][index].astype(np.float32)
+        scores = outputs[roles["scores"]][index].astype(np.float32)
+        classes = outputs[roles["classes"]][index]
+        # The count comes from the engine: clamp it so a bad value cannot wrap the slice.
+        count = int(np.asarray(outputs[roles["count"]][index]).reshape(-1)[0])
+        count = min(max(count, 0), scores.shape[0])
+        keep = np.flatnonzero((scores[:count] >= conf) & np.isfinite(classes[:count]))
         return Candidates(
-            boxes=boxes[keep].astype(np.float32),
-            scores=scores[keep].astype(np.float32),
+            boxes=boxes[keep],
+            scores=scores[keep],
             class_ids=classes[keep].astype(np.int64),
             nms_done=True,
         )

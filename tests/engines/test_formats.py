@@ -14,7 +14,7 @@ from engines.model_info import read_model_info
 from engines.postprocess import postprocess
 from engines.preprocess import LetterboxTransform
 from engines.runtime.base import TensorInfo
-from tests.engines.layout_models import KNOWN, NUM_CLASSES, make_layout_model
+from tests.engines.layout_models import KNOWN, NUM_CLASSES, layout_outputs, make_layout_model
 
 IDENTITY = LetterboxTransform(1.0, 0.0, 0.0, 64, 64)
 ALL = ["yolov8", "yolov5", "end2end", "efficient_nms"]
@@ -76,8 +76,23 @@ def info(name: str, *shape: int | None) -> TensorInfo:
         ([info("o", 1, 300, 6)], 80, "end2end"),
         ([info("o", 1, 8400, 6)], 1, "yolov5"),  # one-class yolov5 head, not a top-K
         (
-            [info(n, 1, 100) for n in ("num_dets", "det_boxes", "det_scores", "det_classes")],
+            [
+                info("num_dets", None, 1),
+                info("det_boxes", None, 100, 4),
+                info("det_scores", None, 100),
+                info("det_classes", None, 100),
+            ],
             80,
+            "efficient_nms",
+        ),
+        (  # the same plugin outputs under another exporter's names
+            [
+                info("num_detections", 1, 1),
+                info("bboxes", 1, 100, 4),
+                info("scores", 1, 100),
+                info("labels", 1, 100),
+            ],
+            None,
             "efficient_nms",
         ),
     ],
@@ -89,9 +104,44 @@ def test_detect_layout_from_shapes(
 
 
 def test_unknown_layout_is_a_clear_error() -> None:
-    with pytest.raises(ModelFormatError, match="match no known detection layout"):
+    with pytest.raises(ModelFormatError, match=r"logits \(1, 1000\).*supported: .*yolov8"):
         detect_layout([info("logits", 1, 1000)], 1000)
+    with pytest.raises(ModelFormatError, match="match no known detection layout"):
+        detect_layout([info(n, 1, 100) for n in ("num", "boxes", "scores", "classes")], None)
     with pytest.raises(ModelFormatError, match="do not fit the declared layout"):
         detect_layout([info("o", 1, 84, 8400)], 80, override="yolov5")
     with pytest.raises(ModelFormatError, match="unknown output layout"):
         detect_layout([info("o", 1, 84, 8400)], 80, override="ssd")
+
+
+def batched(layout: str, dtype: type = np.float32) -> dict[str, np.ndarray]:
+    """``layout_outputs`` with a batch dimension of 1, float outputs cast to ``dtype``."""
+    return {
+        name: (value.astype(dtype) if value.dtype == np.float32 else value)[None]
+        for name, value in layout_outputs(layout).items()
+    }
+
+
+@pytest.mark.parametrize("layout", ["yolov8", "yolov5", "end2end"])
+def test_float16_outputs_decode_to_float32(layout: str) -> None:
+    decoded = LAYOUTS[layout].decode(batched(layout, np.float16), 0, conf=0.25)
+    assert decoded.boxes.dtype == np.float32 and decoded.scores.dtype == np.float32
+    assert decoded.class_ids.dtype == np.int64
+    np.testing.assert_allclose(decoded.boxes[:2], KNOWN[:2, :4], atol=0.05)
+
+
+def test_efficient_nms_count_is_clamped_and_names_may_differ() -> None:
+    outputs = batched("efficient_nms")
+    renamed = dict(
+        zip(["num_detections", "bboxes", "scores", "labels"], outputs.values(), strict=True)
+    )
+    for count, expected in [(99, 2), (-3, 0), (1, 1)]:
+        renamed["num_detections"] = np.array([[count]], np.int32)
+        assert len(LAYOUTS["efficient_nms"].decode(renamed, 0, conf=0.25)) == expected
+
+
+def test_end2end_rows_with_nan_class_are_dropped() -> None:
+    outputs = batched("end2end")
+    outputs["output0"][0, 0, 5] = np.nan
+    decoded = LAYOUTS["end2end"].decode(outputs, 0, conf=0.25)
+    assert decoded.class_ids.tolist() == [0]

@@ -39,7 +39,7 @@ def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
     area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     union = area_a[:, None] + area_b[None, :] - inter
-    out = np.zeros_like(inter)
+    out: np.ndarray = np.zeros(inter.shape, dtype=np.float64)
     np.divide(inter, union, out=out, where=union > 0)
     return out
 
@@ -85,7 +85,8 @@ def nms(
             break
     if not kept_pos:
         return np.zeros(0, dtype=np.int64)
-    return order[np.concatenate(kept_pos)[:limit]].astype(np.int64)
+    kept: np.ndarray = order[np.concatenate(kept_pos)[:limit]].astype(np.int64)
+    return kept
 
 
 def batched_nms(
@@ -116,9 +117,10 @@ def _usable(boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
     A broken variant (an FP16 overflow, a bad INT8 scale) can emit inf/NaN; one inf coordinate
     would make the class offsets NaN and silently suppress everything.
     """
-    finite = np.isfinite(boxes).all(axis=1) & np.isfinite(scores)
+    usable: np.ndarray = np.isfinite(boxes).all(axis=1) & np.isfinite(scores)
     with np.errstate(invalid="ignore"):
-        return finite & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        usable &= (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    return usable
 
 
 def postprocess(

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
 from engines.formats import Candidates
-from engines.postprocess import batched_nms, nms, postprocess
+from engines.postprocess import MAX_NMS_CANDIDATES, batched_nms, nms, postprocess
 from engines.preprocess import LetterboxTransform
 
 
-def iou(a: np.ndarray, b: np.ndarray) -> float:
+def iou(a: list[float], b: list[float]) -> float:
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = ix * iy
@@ -21,15 +23,13 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 def reference_nms(
     boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray | None, threshold: float
 ) -> list[int]:
-    """Textbook greedy NMS, one pair at a time."""
-    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    """Textbook greedy NMS, one pair at a time, in plain Python floats."""
+    box, score = boxes.astype(np.float64).tolist(), scores.tolist()
+    label = [0] * len(score) if classes is None else classes.tolist()
+    order = sorted(range(len(score)), key=lambda i: (-score[i], i))
     kept: list[int] = []
     for i in order:
-        if all(
-            (classes is not None and classes[i] != classes[k])
-            or iou(boxes[i], boxes[k]) <= threshold
-            for k in kept
-        ):
+        if all(label[i] != label[k] or iou(box[i], box[k]) <= threshold for k in kept):
             kept.append(i)
     return kept
 
@@ -79,3 +79,80 @@ def test_postprocess_maps_to_original_pixels_clips_and_caps() -> None:
     assert len(result) == 2  # the zero-width box is dropped
     capped = postprocess(candidates, transform, iou=0.5, max_det=1)
     assert capped.scores.tolist() == [pytest.approx(0.9)]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_nms_across_blocks_matches_brute_force(seed: int) -> None:
+    """More boxes than one block, so suppression by earlier blocks' boxes is exercised."""
+    rng = np.random.default_rng(200 + seed)
+    n = int(rng.integers(300, 700))
+    boxes, scores = random_boxes(rng, n), rng.uniform(0, 1, n).astype(np.float32)
+    classes = rng.integers(0, 3, n)
+    assert nms(boxes, scores, 0.5).tolist() == reference_nms(boxes, scores, None, 0.5)
+    got = batched_nms(boxes, scores, classes, 0.5).tolist()
+    assert got == reference_nms(boxes, scores, classes, 0.5)
+
+
+@pytest.mark.parametrize("max_keep", [0, 1, 7, 300, 10_000])
+def test_max_keep_is_a_prefix_of_full_nms(max_keep: int) -> None:
+    rng = np.random.default_rng(max_keep)
+    boxes, scores = random_boxes(rng, 600), rng.uniform(0, 1, 600).astype(np.float32)
+    classes = rng.integers(0, 5, 600)
+    full = batched_nms(boxes, scores, classes, 0.45).tolist()
+    assert (
+        batched_nms(boxes, scores, classes, 0.45, max_keep=max_keep).tolist() == (full[:max_keep])
+    )
+
+
+def test_huge_or_negative_class_ids_stay_apart() -> None:
+    boxes = np.array([[0, 0, 10, 10]] * 3, np.float32)
+    kept = batched_nms(
+        boxes, np.array([0.9, 0.8, 0.7], np.float32), np.array([-5, 10**12, -5]), 0.5
+    )
+    assert kept.tolist() == [0, 1]
+
+
+def test_non_finite_and_degenerate_candidates_are_dropped_not_suppressing() -> None:
+    boxes = np.array(
+        [[np.inf, 0, 5, 5], [0, 0, 10, 10], [np.nan, 0, 10, 10], [5, 5, 5, 9], [20, 20, 30, 30]],
+        np.float32,
+    )
+    candidates = Candidates(
+        boxes=boxes,
+        scores=np.array([0.99, 0.9, 0.95, 0.97, np.nan], np.float32),
+        class_ids=np.zeros(5, np.int64),
+        nms_done=False,
+    )
+    result = postprocess(candidates, LetterboxTransform(1.0, 0, 0, 100, 100), iou=0.5, max_det=10)
+    np.testing.assert_array_equal(result.boxes, [[0, 0, 10, 10]])
+
+
+def test_adversarial_candidate_count_is_bounded_and_fast() -> None:
+    """conf=0 on a big head: every anchor is a candidate, mostly non-overlapping."""
+    rng = np.random.default_rng(7)
+    n = MAX_NMS_CANDIDATES + 5000
+    xy = rng.uniform(0, 1280, (n, 2)).astype(np.float32)
+    candidates = Candidates(
+        boxes=np.concatenate([xy, xy + 3], 1),
+        scores=rng.uniform(0, 1, n).astype(np.float32),
+        class_ids=rng.integers(0, 80, n),
+        nms_done=False,
+    )
+    start = time.perf_counter()
+    result = postprocess(
+        candidates, LetterboxTransform(1.0, 0, 0, 1283, 1283), iou=0.45, max_det=1000
+    )
+    assert time.perf_counter() - start < 2.0
+    assert len(result) == 1000
+    assert np.all(np.diff(result.scores) <= 0)
+
+
+def test_model_nms_output_is_sorted_and_capped() -> None:
+    candidates = Candidates(
+        boxes=np.array([[0, 0, 5, 5], [1, 1, 6, 6], [2, 2, 7, 7]], np.float32),
+        scores=np.array([0.3, 0.9, 0.6], np.float32),
+        class_ids=np.array([0, 0, 0], np.int64),
+        nms_done=True,  # overlapping boxes stay: the model already decided
+    )
+    result = postprocess(candidates, LetterboxTransform(1.0, 0, 0, 10, 10), iou=0.1, max_det=2)
+    assert result.scores.tolist() == pytest.approx([0.9, 0.6])

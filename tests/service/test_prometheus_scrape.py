@@ -33,13 +33,26 @@ pytestmark = [
 ]
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "detect-serving.json"
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
+MODEL = "yolov3-tiny-coco"
 TRAFFIC = ("fp32", "int8")
 GPU_ONLY = "detect_gpu_"
 
 
 @pytest.fixture(scope="module")
 def served(server_factory: Callable[..., Server], built_engines: Path) -> Server:
-    return server_factory({"DETECT_ENGINES_DIR": str(built_engines)})
+    server = server_factory({"DETECT_ENGINES_DIR": str(built_engines)})
+    with server.client() as client:
+        body = client.get("/models").json()
+    model = next(m for m in body["models"] if m["name"] == MODEL)
+    ready = {v["precision"] for v in model["variants"] if v["ready"]}
+    assert set(TRAFFIC) <= ready, f"traffic needs {TRAFFIC} served; /models lists {ready}"
+    return server
+
+
+@pytest.fixture(scope="module")
+def gpu_exported(served: Server) -> bool:
+    """Whether this host's /metrics carries NVML metrics (only where a GPU is visible)."""
+    return GPU_ONLY in httpx.get(f"{served.url}/metrics").text
 
 
 @pytest.fixture(scope="module")
@@ -149,13 +162,29 @@ def alert_queries() -> list[tuple[str, str]]:
     ]
 
 
-def substitute(expr: str) -> str:
-    return (
-        expr.replace("$model", "yolov3-tiny-coco")
-        .replace("$precision", "|".join(TRAFFIC))
-        .replace("$__rate_interval", "30s")
-        .replace("$__interval", "5s")
-    )
+# What Grafana puts in for the variables: "All" is the variables' allValue (.*); a multi-value
+# selection is a regex alternation; $__rate_interval is at least four scrape intervals.
+SELECTIONS: dict[str, dict[str, str]] = {
+    "all": {"model": ".*", "precision": ".*"},
+    "both": {"model": MODEL, "precision": "(" + "|".join(TRAFFIC) + ")"},
+    **{p: {"model": MODEL, "precision": p} for p in TRAFFIC},
+}
+BUILTINS = {"__rate_interval": "30s", "__interval": "5s", "__range": "5m"}
+
+
+def substitute(expr: str, selection: dict[str, str]) -> str:
+    values = {**BUILTINS, **selection}
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2)
+        assert name in values, f"unknown template variable ${name} in {expr}"
+        return values[name]
+
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", value, expr)
+
+
+def expected_precisions(selection: str) -> set[str]:
+    return set(TRAFFIC) if selection in ("all", "both") else {selection}
 
 
 def query(prometheus: str, expr: str) -> list[dict[str, Any]]:
@@ -166,27 +195,51 @@ def query(prometheus: str, expr: str) -> list[dict[str, Any]]:
     return result
 
 
+def query_cases() -> list[tuple[str, str, str]]:
+    """Each query under every variable selection; queries without variables (alerts) once."""
+    return [
+        (where, expr, selection)
+        for where, expr in dashboard_queries() + alert_queries()
+        for selection in (SELECTIONS if "$" in expr else ["all"])
+    ]
+
+
 @pytest.mark.parametrize(
-    ("where", "expr"),
-    dashboard_queries() + alert_queries(),
+    ("where", "expr", "selection"),
+    query_cases(),
     ids=lambda v: v if isinstance(v, str) and len(v) < 60 else None,
 )
 def test_every_query_returns_finite_data(
-    traffic: None, prometheus: str, where: str, expr: str
+    traffic: None, prometheus: str, gpu_exported: bool, where: str, expr: str, selection: str
 ) -> None:
-    result = query(prometheus, substitute(expr))
-    if GPU_ONLY in expr:
-        assert result == [], f"{where}: GPU metrics on a host without a GPU?"
-        pytest.skip(f"{where}: GPU metrics exist only where NVML finds a GPU")
-    assert result, f"{where}: {expr} returned no data"
+    result = query(prometheus, substitute(expr, SELECTIONS[selection]))
+    if GPU_ONLY in expr and not gpu_exported:
+        # The one allowed exception: NVML metrics exist only on a host with a GPU.
+        assert result == [], f"{where}: data for GPU metrics the service does not export?"
+        pytest.skip(f"{where}: empty on purpose, detect_gpu_* exist only where NVML finds a GPU")
+    assert result, f"{where}: {expr} returned no data ({selection})"
     precisions = {s["metric"].get("precision") for s in result} - {None}
+    wanted = expected_precisions(selection)
     if precisions:
-        assert set(TRAFFIC) <= precisions, f"{where}: only {precisions} in {expr}"
+        assert wanted <= precisions, f"{where}: only {precisions} in {expr} ({selection})"
+    if precisions and "$precision" in expr and selection in TRAFFIC:
+        assert precisions == wanted, f"{where}: $precision does not filter {expr}"
     # Variants without traffic may legitimately be NaN (a quantile of nothing); ours may not.
     values = [
-        float(s["value"][1]) for s in result if s["metric"].get("precision") in (None, *TRAFFIC)
+        float(s["value"][1]) for s in result if s["metric"].get("precision") in (None, *wanted)
     ]
+    assert values, f"{where}: no series for {wanted} in {expr}"
     assert all(math.isfinite(v) for v in values), f"{where}: {expr} -> {values}"
+
+
+def test_alert_rules_evaluate_cleanly(traffic: None, prometheus: str) -> None:
+    """Prometheus itself loaded alerts.yml and evaluates every rule without error."""
+    groups = httpx.get(f"{prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
+    rules = {r["name"]: r for g in groups for r in g["rules"]}
+    assert set(rules) == {name.removeprefix("alert ") for name, _ in alert_queries()}
+    for name, rule in rules.items():
+        assert rule["health"] == "ok", (name, rule.get("lastError"))
+        assert query(prometheus, rule["query"]) is not None  # the full expression, comparison too
 
 
 def test_every_metric_named_is_exported(traffic: None, served: Server) -> None:

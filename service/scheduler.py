@@ -129,7 +129,7 @@ class BatchScheduler:
         self._dead: str | None = None
         self._times = _BatchTimes()
         self._workers: list[asyncio.Task[None]] = []
-        self._inflight_batches = 0
+        self._running_images = 0
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -167,9 +167,9 @@ class BatchScheduler:
         return self._dead
 
     def estimated_wait_s(self) -> float:
-        batches_ahead = len(self._queue) / self._config.max_batch + 1
-        per_batch = self._times.estimate(self._config.max_batch)
-        return per_batch * batches_ahead / self._config.concurrency
+        """Work ahead of a new request: everything queued or running, plus itself."""
+        ahead = len(self._queue) + self._running_images + 1
+        return self._times.estimate(ahead) / self._config.concurrency
 
     # -- submission ----------------------------------------------------------------------------
 
@@ -260,7 +260,7 @@ class BatchScheduler:
         started = time.monotonic()
         self._observer.batch_started(len(batch), [started - r.enqueued_at for r in batch])
         tensor = np.stack([r.tensor for r in batch])
-        self._inflight_batches += 1
+        self._running_images += len(batch)
         try:
             outputs = await asyncio.get_running_loop().run_in_executor(
                 self._executor, self._run_batch, tensor
@@ -273,7 +273,7 @@ class BatchScheduler:
                 raise
             return
         finally:
-            self._inflight_batches -= 1
+            self._running_images -= len(batch)
         duration = time.monotonic() - started
         self._times.observe(len(batch), duration)
         self._observer.batch_finished(len(batch), duration, ok=True)

@@ -240,17 +240,20 @@ class BatchScheduler:
 
     def _take(self) -> list[_Request]:
         batch: list[_Request] = []
-        now = time.monotonic()
         while self._queue and len(batch) < self._config.max_batch:
             req = self._queue.popleft()
             if req.future.done():  # cancelled: the client went away
                 self._observer.rejected("cancelled")
                 continue
-            if now + self._times.estimate(len(batch) + 1) > req.deadline:
-                self._observer.rejected("deadline")
-                self._fail(req, DeadlineExceeded("deadline passed while queued"))
-                continue
             batch.append(req)
+        # Every request must be able to wait for the whole batch: drop those that cannot (the
+        # tightest deadlines first), which also shortens the batch for the others.
+        now = time.monotonic()
+        while batch and now + self._times.estimate(len(batch)) > min(r.deadline for r in batch):
+            late = min(batch, key=lambda r: r.deadline)
+            batch.remove(late)
+            self._observer.rejected("deadline")
+            self._fail(late, DeadlineExceeded("deadline cannot be met by the next batch"))
         self._observer.queued(len(self._queue))
         return batch
 

@@ -56,7 +56,7 @@ ROWS: list[tuple[str, list[dict[str, Any]]]] = [
                     (
                         "{{requested}} -> {{selected}}",
                         "sum by (requested, selected) (rate(detect_precision_selected_total"
-                        f'{{model=~"$model"}}[{RATE}]))',
+                        f'{{model=~"$model",selected=~"$precision"}}[{RATE}]))',
                     )
                 ],
             },

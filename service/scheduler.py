@@ -31,6 +31,9 @@ from service.errors import DeadlineExceeded, EngineUnavailable, Overloaded
 log = logging.getLogger(__name__)
 
 Outputs = dict[str, np.ndarray]
+# Batch times are an average of noisy measurements; refuse work that would need them all to be
+# at least this much better than average to meet its deadline.
+DEADLINE_SAFETY = 1.25
 RunBatch = Callable[[np.ndarray], Outputs]
 
 
@@ -166,6 +169,9 @@ class BatchScheduler:
     def dead_reason(self) -> str | None:
         return self._dead
 
+    def _safe(self, images: int) -> float:
+        return self._times.estimate(images) * DEADLINE_SAFETY
+
     def estimated_wait_s(self) -> float:
         """Work ahead of a new request: everything queued or running, plus itself."""
         ahead = len(self._queue) + self._running_images + 1
@@ -200,7 +206,7 @@ class BatchScheduler:
                 retry_after_s=self.estimated_wait_s(),
             )
         now = time.monotonic()
-        if self._times.samples and now + self.estimated_wait_s() > deadline:
+        if self._times.samples and now + self.estimated_wait_s() * DEADLINE_SAFETY > deadline:
             self._observer.rejected("deadline")
             raise DeadlineExceeded(
                 f"deadline cannot be met: about {self.estimated_wait_s() * 1000:.0f} ms of "
@@ -249,7 +255,7 @@ class BatchScheduler:
         # Every request must be able to wait for the whole batch: drop those that cannot (the
         # tightest deadlines first), which also shortens the batch for the others.
         now = time.monotonic()
-        while batch and now + self._times.estimate(len(batch)) > min(r.deadline for r in batch):
+        while batch and now + self._safe(len(batch)) > min(r.deadline for r in batch):
             late = min(batch, key=lambda r: r.deadline)
             batch.remove(late)
             self._observer.rejected("deadline")

@@ -37,3 +37,11 @@ class InferenceError(EngineError):
 
 class ArtifactMismatchError(EngineLoadError):
     """A built artifact does not match its manifest or this host (hash, tool version, device)."""
+
+
+class SourceFetchError(EngineError):
+    """A pinned registry package could not be downloaded, or lacks the expected member."""
+
+
+class SourceIntegrityError(EngineError):
+    """A downloaded archive or file does not have the sha256 it is pinned to."""

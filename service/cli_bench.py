@@ -93,15 +93,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _rss_over_requests(server: ServerProcess, images: list[bytes], total: int) -> dict[str, int]:
+    """Send ``total`` requests in tenths, printing the server's RSS after each tenth."""
     from service.bench import bench_requests
 
-    first = max(1, total // 10)
-    asyncio.run(bench_requests(server.url, images, first, clients=8))
-    after_first = server.rss_bytes()
-    asyncio.run(bench_requests(server.url, images, total - first, clients=8))
-    after_all = server.rss_bytes()
-    print(
-        f"RSS after {first} requests: {after_first / 2**20:.1f} MiB; after {total}: "
-        f"{after_all / 2**20:.1f} MiB ({(after_all / after_first - 1) * 100:+.1f}%)"
-    )
-    return {f"after_{first}": after_first, f"after_{total}": after_all}
+    step = max(1, total // 10)
+    rss: dict[str, int] = {}
+    sent = 0
+    while sent < total:
+        n = min(step, total - sent)
+        errors = asyncio.run(bench_requests(server.url, images, n, clients=8))
+        sent += n
+        rss[f"after_{sent}"] = server.rss_bytes()
+        print(f"RSS after {sent} requests: {rss[f'after_{sent}'] / 2**20:.1f} MiB "
+              f"({errors} errors)", flush=True)
+    first, last = rss[f"after_{step}"], rss[f"after_{total}"]
+    print(f"RSS growth from {step} to {total} requests: {(last / first - 1) * 100:+.1f}%")
+    return rss

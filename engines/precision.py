@@ -41,6 +41,11 @@ def to_fp16(model: onnx.ModelProto, keep_float: Sequence[str] = ()) -> onnx.Mode
     """Float16 graph with float32 inputs/outputs; fragile ops and ``keep_float`` nodes stay fp32."""
     from onnxconverter_common import float16
 
+    # The converter matches nodes by name and fails on unnamed ones; name them on a copy.
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = f"{node.op_type}_{i}"
     converted: onnx.ModelProto = float16.convert_float_to_float16(
         model,
         keep_io_types=True,

@@ -25,7 +25,7 @@ from engines.darknet_cfg import DarknetFormatError, Section, WeightsReader, pars
 
 OPSET = 17
 # Bump whenever the produced graph changes: model_sources rebuilds when the recorded one differs.
-CONVERTER_VERSION = "2"
+CONVERTER_VERSION = "3"
 CONVERTER = f"detect-serve darknet {CONVERTER_VERSION}"
 OUTPUT = "output0"
 
@@ -180,7 +180,9 @@ def _yolo(net: _Net, index: int, s: Section, x: _Tensor) -> _Tensor:
     )
     split = g.const("split", np.array([2, 2, 1, nc], dtype=np.int64))
     txy, twh, tobj, tcls = (g.name(n) for n in ("txy", "twh", "tobj", "tcls"))
-    g.nodes.append(helper.make_node("Split", [t, split], [txy, twh, tobj, tcls], axis=-1))
+    g.nodes.append(
+        helper.make_node("Split", [t, split], [txy, twh, tobj, tcls], g.name("split"), axis=-1)
+    )
     gy, gx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
     grid = g.const("grid", np.stack([gx, gy], axis=-1)[None, None].astype(np.float32))
     in_h, in_w = net.input_hw
@@ -241,14 +243,16 @@ def convert(
     """
     net, channels = _build_net(cfg_text, weights)
     g, hw = net.graph, net.input_hw
-    g.nodes.append(helper.make_node("Concat", [h.decoded for h in net.heads], [OUTPUT], axis=1))
+    # Every node gets a unique name: graph tools (the FP16 converter) match nodes by name.
+    heads = [h.decoded for h in net.heads]
+    g.nodes.append(helper.make_node("Concat", heads, [OUTPUT], OUTPUT, axis=1))
     if bad := [h.classes for h in net.heads if h.classes != len(class_names)]:
         raise DarknetFormatError(f"{len(class_names)} class names for {bad[0]} classes")
     nc = 5 + len(class_names)
     rows = sum(h.rows for h in net.heads)
     outputs = [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["batch", rows, nc])]
     for k, head in enumerate(net.heads if expose_heads else []):
-        g.nodes.append(helper.make_node("Identity", [head.raw.name], [f"raw{k}"]))
+        g.nodes.append(helper.make_node("Identity", [head.raw.name], [f"raw{k}"], f"raw{k}"))
         dims: list[str | int] = ["batch", head.raw.channels, head.raw.height, head.raw.width]
         outputs.append(helper.make_tensor_value_info(f"raw{k}", TensorProto.FLOAT, dims))
     images = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", channels, *hw])

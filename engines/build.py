@@ -8,34 +8,34 @@ tool versions, device): same key and intact artifact -> no work.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from engines.build_cache import cache_key, cached_variant
+from engines.build_report import Reporter
 from engines.build_steps import (
     Candidate,
     EngineLoader,
-    Int8Search,
     Reference,
+    compile_variant,
     make_fp16,
     make_fp32,
-    make_int8,
+    measure,
+    open_engine,
 )
-from engines.build_steps import measure as measure_accuracy
-from engines.calibration import ImageSet
+from engines.calibration import CalibrationSet, ImageSet, image_sets
 from engines.errors import EngineError, ModelFormatError
 from engines.formats import detect_layout
 from engines.host import HostInfo, current_host
 from engines.manifest import Calibration, Manifest, Variant
+from engines.mixed_precision import Int8Search, make_int8
 from engines.model_info import ModelInfo, read_model_info
 from engines.precision import Precision
 from engines.quantize import CalibrationName, Int8Options
 from engines.runtime.base import Engine
-from engines.sample_images import CALIBRATION_PHOTOS, VALIDATION_PHOTOS
 from engines.sources import sha256_file
 from engines.timing import batch_sizes, time_engine
 from engines.validate import CANDIDATE_CONF, detect_all
@@ -61,12 +61,12 @@ class BuildConfig:
     precisions: tuple[Precision, ...] = (Precision.FP32, Precision.FP16, Precision.INT8)
     calib_dir: Path | None = None
     val_dir: Path | None = None
-    labels: Path | None = None
+    labels: Path | None = None  # COCO json with real boxes for the files in val_dir
     backend: str = "onnxruntime"
     max_batch: int = 8
     calibration_method: CalibrationName = "minmax"
-    calibration_images: int = 48
-    validation_images: int = 24
+    calibration_images: int = 48  # demo set size (no calib_dir)
+    validation_images: int = 24  # demo set size (no val_dir)
     budgets: Budgets = field(default_factory=Budgets)
     mixed_precision: bool = True  # False: whole-graph INT8, no float-kept nodes
     max_fallbacks: int = 6
@@ -74,58 +74,55 @@ class BuildConfig:
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     timing: bool = True
 
+    def __post_init__(self) -> None:
+        if not self.precisions:
+            raise ValueError("no precision requested")
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
+        if self.backend not in ("onnxruntime", "tensorrt"):
+            raise ValueError(f"unknown backend {self.backend!r}: onnxruntime or tensorrt")
+        if self.labels is not None and self.val_dir is None:
+            raise ValueError("labels need val_dir: the labelled images themselves")
 
-def _say(progress: bool, message: str) -> None:
-    log.info("%s", message)
-    if progress:
-        print(f"  {message}", file=sys.stderr, flush=True)
+    def int8_options(self) -> Int8Options:
+        # TensorRT takes only symmetric activations; whole-graph mode quantizes every op.
+        return Int8Options(
+            self.calibration_method,
+            symmetric_activations=self.backend == "tensorrt",
+            op_types=("Conv",) if self.mixed_precision else None,
+        )
 
-
-def _loader(config: BuildConfig, max_batch: int) -> EngineLoader:
-    from engines.runtime.onnxruntime import OnnxRuntimeEngine
-
-    def load(path: Path, precision: Precision) -> Engine:
-        return OnnxRuntimeEngine(path, precision, providers=config.providers, max_batch=max_batch)
-
-    return load
-
-
-def _cache_key(
-    source_sha: str,
-    precision: Precision,
-    config: BuildConfig,
-    host: HostInfo,
-    calib_hash: str,
-    val_hash: str,
-) -> str:
-    relevant = {
-        "source": source_sha,
-        "precision": precision.value,
-        "backend": config.backend,
-        "budget": config.budgets.of(precision),
-        "host": asdict(host),
-        "val": val_hash,
-        "max_batch": config.max_batch,
-        "labels": sha256_file(config.labels) if config.labels else None,
-    }
-    if precision is Precision.INT8:
-        relevant |= {
-            "calib": calib_hash,
-            "method": config.calibration_method,
-            "mixed": config.mixed_precision,
-            "fallbacks": config.max_fallbacks,
+    def variant_inputs(self, precision: Precision) -> dict[str, Any]:
+        """The options a variant of ``precision`` depends on (part of its cache key)."""
+        inputs: dict[str, Any] = {
+            "precision": precision.value,
+            "backend": self.backend,
+            "budget": self.budgets.of(precision),
+            "max_batch": self.max_batch,
+            "timing": self.timing,
+            "labels": sha256_file(self.labels) if self.labels else None,
         }
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+        if precision is Precision.INT8:
+            inputs |= {
+                "int8": self.int8_options().describe(),
+                "mixed": self.mixed_precision,
+                "fallbacks": self.max_fallbacks,
+            }
+        return inputs
 
 
-def _cached(manifest: Manifest | None, precision: Precision, key: str, out: Path) -> Variant | None:
-    old = manifest.variant(precision) if manifest else None
-    if old is None or old.cache_key != key:
-        return None
-    if old.artifact is None:
-        return old  # a recorded rejection with the same inputs stays rejected
-    path = out / old.artifact
-    return old if path.is_file() and sha256_file(path) == old.artifact_sha256 else None
+@dataclass(frozen=True)
+class _Job:
+    """Everything one build run shares across its variants."""
+
+    source: Path
+    info: ModelInfo
+    out: Path
+    val: ImageSet
+    calib: ImageSet | None
+    config: BuildConfig
+    host: HostInfo
+    report: Reporter
 
 
 def _load_model(model_dir: Path) -> tuple[Path, ModelInfo, str]:
@@ -137,14 +134,37 @@ def _load_model(model_dir: Path) -> tuple[Path, ModelInfo, str]:
     return source, info, layout.name
 
 
+def _keys(job: _Job, source_sha: str) -> dict[Precision, str]:
+    keys = {}
+    for precision in job.config.precisions:
+        inputs = {"source": source_sha, "val": job.val.content_hash}
+        inputs |= job.config.variant_inputs(precision)
+        if precision is Precision.INT8 and job.calib is not None:
+            inputs["calib"] = job.calib.content_hash
+        keys[precision] = cache_key(inputs, job.host)
+    return keys
+
+
 def build_model(
     model_dir: Path, engines_dir: Path, config: BuildConfig, *, progress: bool = True
 ) -> Manifest:
-    """Build (or reuse) every requested variant of the model in ``model_dir``."""
+    """Build (or reuse) every requested variant of the model in ``model_dir``.
+
+    Writes ``engines_dir/<model>/manifest.json`` beside the artifacts and returns it. Raises
+    ``ModelFormatError`` for a file that is not a detection ONNX and ``ImageSetError`` for an
+    unusable image folder, before anything is recorded.
+    """
     source, info, layout_name = _load_model(model_dir)
+    val, calib = image_sets(
+        config.val_dir or config.validation_images,
+        (config.calib_dir or config.calibration_images)
+        if Precision.INT8 in config.precisions
+        else None,
+    )
     out = engines_dir / info.name
     out.mkdir(parents=True, exist_ok=True)
     host = current_host(config.backend, config.providers)
+    job = _Job(source, info, out, val, calib, config, host, Reporter(progress))
     source_sha = sha256_file(source)
     previous = Manifest.load(out)
     manifest = Manifest(
@@ -155,155 +175,126 @@ def build_model(
         input_size=info.input_size,
         class_names=list(info.class_names),
     )
-    if config.labels is not None and config.val_dir is None:
-        raise EngineError("--labels needs --val: the labelled images themselves")
-    val = (
-        ImageSet.from_folder(config.val_dir)
-        if config.val_dir
-        else ImageSet.from_samples(VALIDATION_PHOTOS, config.validation_images)
-    )
-    calib: ImageSet | None = None
-    if Precision.INT8 in config.precisions:
-        calib = (
-            ImageSet.from_folder(config.calib_dir)
-            if config.calib_dir
-            else ImageSet.from_samples(CALIBRATION_PHOTOS, config.calibration_images)
-        )
-        if calib.content_hash == val.content_hash:
-            raise EngineError("calibration and validation images must be different sets")
-    keys = {
-        p: _cache_key(
-            source_sha, p, config, host, calib.content_hash if calib else "", val.content_hash
-        )
-        for p in config.precisions
-    }
-    todo = [
-        p for p in config.precisions if config.force or _cached(previous, p, keys[p], out) is None
-    ]
+    keys = _keys(job, source_sha)
+    todo = []
     for p in config.precisions:
-        if p not in todo:
-            _say(progress, f"{p.value}: cached, nothing to do")
-            manifest.variants.append(_cached(previous, p, keys[p], out))  # type: ignore[arg-type]
+        reuse = None if config.force else cached_variant(previous, keys[p], out, p.value)
+        if reuse is None:
+            todo.append(p)
+        else:
+            job.report.say(f"{p.value}: cached, nothing to do")
+            manifest.variants.append(reuse)
     if todo:
-        _build_todo(todo, source, info, out, val, calib, config, host, keys, manifest, progress)
+        _build_todo(job, todo, keys, manifest)
     manifest.variants.sort(key=lambda v: list(Precision).index(v.precision))
     manifest.save(out)
     return manifest
 
 
-def _build_todo(
-    todo: list[Precision],
-    source: Path,
-    info: ModelInfo,
-    out: Path,
-    val: ImageSet,
-    calib: ImageSet | None,
-    config: BuildConfig,
-    host: HostInfo,
-    keys: dict[Precision, str],
-    manifest: Manifest,
-    progress: bool,
-) -> None:
-    load = _loader(config, config.max_batch)
-    layout = detect_layout(info.outputs, info.num_classes, info.layout)
-    pad = info.metadata.get("pad_value", "114")
+def _loader(config: BuildConfig) -> EngineLoader:
+    from engines.runtime.onnxruntime import OnnxRuntimeEngine
+
+    def load(path: Path, precision: Precision) -> Engine:
+        return OnnxRuntimeEngine(
+            path, precision, providers=config.providers, max_batch=config.max_batch
+        )
+
+    return load
+
+
+def _reference(job: _Job, load: EngineLoader) -> Reference:
+    layout = detect_layout(job.info.outputs, job.info.num_classes, job.info.layout)
+    pad = job.info.metadata.get("pad_value", "114")
     pad_value = int(pad) if pad.isdigit() else 114
-    _say(progress, f"reference: FP32 on {len(val)} validation images ({val.description})")
-    reference_engine = load(source, Precision.FP32)
-    detections = detect_all(
-        reference_engine, val, layout, info.input_size, pad_value, CANDIDATE_CONF
-    )
-    reference_engine.close()
-    ref = Reference(val, detections, info, layout, pad_value, config.labels)
+    engine = load(job.source, Precision.FP32)
+    try:
+        with job.report.bar("reference fp32 on validation", len(job.val)) as tick:
+            detections = detect_all(
+                engine, job.val, layout, job.info.input_size, pad_value, CANDIDATE_CONF, tick
+            )
+    finally:
+        engine.close()
+    return Reference(job.val, detections, job.info, layout, pad_value, job.config.labels)
+
+
+def _build_todo(
+    job: _Job, todo: list[Precision], keys: dict[Precision, str], manifest: Manifest
+) -> None:
+    load = _loader(job.config)
+    ref = _reference(job, load)
     for precision in todo:
         started = time.perf_counter()
         variant = Variant(
             precision=precision,
-            backend=config.backend,
-            device=host.device,
+            backend=job.config.backend,
+            device=job.host.device,
             status="building",
-            tool_versions=host.tool_versions,
+            tool_versions=job.host.tool_versions,
             cache_key=keys[precision],
         )
         try:
-            _build_one(precision, source, out, ref, calib, config, load, variant, progress)
+            _build_one(job, precision, ref, load, variant)
         except (EngineError, OSError, ValueError, RuntimeError) as exc:
+            # Recorded, never accepted: the next build retries only with --force or new inputs.
             variant.status = f"rejected: build failed: {exc}"
             variant.artifact = variant.artifact_sha256 = None
         variant.build_seconds = round(time.perf_counter() - started, 1)
-        _say(progress, f"{precision.value}: {variant.status} ({variant.build_seconds}s)")
+        job.report.say(f"{precision.value}: {variant.status} ({variant.build_seconds}s)")
         manifest.variants = [v for v in manifest.variants if v.precision != precision]
         manifest.variants.append(variant)
-        manifest.save(out)  # progress survives an interrupted build; nothing unproven is accepted
+        manifest.save(job.out)  # progress survives an interrupted build; nothing unproven accepted
+
+
+def _make(job: _Job, precision: Precision, ref: Reference, load: EngineLoader) -> Candidate:
+    if precision is Precision.FP32:
+        return make_fp32(job.source, job.out)
+    if precision is Precision.FP16:
+        return make_fp16(job.source, job.out)
+    assert job.calib is not None  # image_sets loads it whenever INT8 is requested
+    options = job.config.int8_options()
+    ranges = job.out / f"calibration-{options.ranges_key}-{job.calib.content_hash[:12]}.json"
+    pad, size = ref.pad_value, job.info.input_size
+    calibration = CalibrationSet(job.calib, job.info.input_name, size, pad, ranges)
+    budget = job.config.budgets.of(precision)
+    search = Int8Search(
+        calibration, options, budget, job.config.mixed_precision, job.config.max_fallbacks
+    )
+    job.report.say(
+        f"int8: {options.describe()}; {len(calibration)} images ({job.calib.description})"
+    )
+    with job.report.bar("int8 calibration", len(calibration)) as tick:
+        calibration.on_feed = tick
+        return make_int8(job.source, job.out, ref, search, load, job.report.say)
 
 
 def _build_one(
-    precision: Precision,
-    source: Path,
-    out: Path,
-    ref: Reference,
-    calib: ImageSet | None,
-    config: BuildConfig,
-    load: EngineLoader,
-    variant: Variant,
-    progress: bool,
+    job: _Job, precision: Precision, ref: Reference, load: EngineLoader, variant: Variant
 ) -> None:
-    budget = config.budgets.of(precision)
-    candidate: Candidate
-    if precision is Precision.INT8:
-        assert calib is not None
-        options = Int8Options(
-            config.calibration_method,
-            symmetric_activations=config.backend == "tensorrt",
-            op_types=("Conv",) if config.mixed_precision else None,
-        )
-        search = Int8Search(calib, options, budget, config.mixed_precision, config.max_fallbacks)
-        _say(progress, f"int8: calibrating on {len(calib)} images ({calib.description})")
-        candidate = make_int8(
-            source,
-            out,
-            ref,
-            search,
-            load,
-            lambda m: _say(progress, m),
-        )
-        variant.calibration = Calibration(
-            method=config.calibration_method,
-            image_count=len(calib),
-            content_hash=calib.content_hash,
-            source=calib.description,
-        )
-    elif precision is Precision.FP16:
-        candidate = make_fp16(source, out)
-    else:
-        candidate = make_fp32(source, out)
-    artifact = candidate.onnx_path
-    if config.backend == "tensorrt":
-        from engines.tensorrt_build import build_plan
-
-        plan = artifact.with_suffix(".plan")
-        build_plan(
-            artifact,
-            plan,
-            opt_batch=max(1, config.max_batch // 2),
-            max_batch=config.max_batch,
-            workspace_bytes=2 << 30,
-            timing_cache_path=out / "timing.cache",
-        )
-        artifact = plan
-    engine = _engine_for(config, artifact, precision, load)
+    budget = job.config.budgets.of(precision)
+    candidate = _make(job, precision, ref, load)
+    backend, max_batch = job.config.backend, job.config.max_batch
+    artifact = compile_variant(candidate.onnx_path, backend, max_batch, job.out)
+    engine = open_engine(artifact, precision, backend, max_batch, load)
     try:
-        if candidate.accuracy is None or config.backend == "tensorrt":
-            _say(progress, f"{precision.value}: checking against FP32")
-            candidate.accuracy = measure_accuracy(engine, ref, budget)
-        if config.timing:
-            _say(progress, f"{precision.value}: timing batch sizes up to {config.max_batch}")
-            variant.latency_ms = time_engine(engine, batch_sizes(config.max_batch))
+        if candidate.accuracy is None or job.config.backend == "tensorrt":
+            with job.report.bar(f"{precision.value} validation", len(ref.images)) as tick:
+                candidate.accuracy = measure(engine, ref, budget, tick)
+        if job.config.timing:
+            sizes = batch_sizes(job.config.max_batch)
+            with job.report.bar(f"{precision.value} timing", len(sizes)) as tick:
+                variant.latency_ms = time_engine(engine, sizes, on_size=tick)
             variant.images_per_s = {
                 b: round(b * 1000 / ms, 2) for b, ms in variant.latency_ms.items()
             }
     finally:
         engine.close()
+    if precision is Precision.INT8 and job.calib is not None:
+        variant.calibration = Calibration(
+            method=job.config.calibration_method,
+            image_count=len(job.calib),
+            content_hash=job.calib.content_hash,
+            source=job.calib.description,
+        )
     variant.accuracy = candidate.accuracy
     variant.kept_float = candidate.kept_float or []
     variant.artifact, variant.artifact_sha256 = artifact.name, sha256_file(artifact)
@@ -313,14 +304,3 @@ def _build_one(
         if score >= budget
         else f"rejected: mAP50-95 agreement {score:.4f} < budget {budget}"
     )
-
-
-def _engine_for(
-    config: BuildConfig, artifact: Path, precision: Precision, load: EngineLoader
-) -> Engine:
-    if config.backend == "tensorrt":
-        from engines.runtime.tensorrt import TensorRTEngine
-
-        trt: Engine = TensorRTEngine(artifact, precision, max_batch=config.max_batch)
-        return trt
-    return load(artifact, precision)

@@ -1,4 +1,6 @@
-"""The per-variant build steps: make the graph, load it, check it against FP32, time it."""
+"""The per-variant build steps: make the FP32 / FP16 graph, check a variant against FP32.
+
+INT8 has its own search in ``engines.mixed_precision``."""
 
 from __future__ import annotations
 
@@ -10,14 +12,13 @@ from pathlib import Path
 
 import onnx
 
-from engines.calibration import CalibrationFeeds, ImageSet
+from engines.calibration import ImageSet
 from engines.formats import OutputLayout
-from engines.graph import HEAD_REASON, compute_nodes, decode_head
+from engines.graph import HEAD_REASON, decode_head
 from engines.manifest import Accuracy, KeptFloat
 from engines.model_info import ModelInfo
 from engines.postprocess import Detections
 from engines.precision import Precision, to_fp16
-from engines.quantize import Int8Options, quantize_int8
 from engines.runtime.base import Engine
 from engines.validate import CANDIDATE_CONF, agreement, detect_all, label_map
 
@@ -46,9 +47,12 @@ class Candidate:
     kept_float: list[KeptFloat] | None = None
 
 
-def measure(engine: Engine, ref: Reference, budget: float) -> Accuracy:
+def measure(
+    engine: Engine, ref: Reference, budget: float, tick: Callable[[int], None] | None = None
+) -> Accuracy:
+    """The variant's agreement with FP32 (and mAP against real labels when the build has them)."""
     found = detect_all(
-        engine, ref.images, ref.layout, ref.info.input_size, ref.pad_value, CANDIDATE_CONF
+        engine, ref.images, ref.layout, ref.info.input_size, ref.pad_value, CANDIDATE_CONF, tick
     )
     score = agreement(ref.detections, found, ref.info.num_classes)
     labelled = None
@@ -79,87 +83,30 @@ def make_fp16(source: Path, out_dir: Path) -> Candidate:
     return Candidate(target, kept_float=[KeptFloat(node=n, reason=HEAD_REASON) for n in head])
 
 
-@dataclass(frozen=True)
-class Int8Search:
-    calibration: ImageSet
-    options: Int8Options
-    budget: float
-    mixed_precision: bool
-    max_fallbacks: int
+def compile_variant(artifact: Path, backend: str, max_batch: int, out_dir: Path) -> Path:
+    """The TensorRT plan of a variant ONNX (GPU hosts); other backends run the ONNX itself."""
+    if backend != "tensorrt":
+        return artifact
+    from engines.tensorrt_build import build_plan
 
-
-def make_int8(
-    source: Path,
-    out_dir: Path,
-    ref: Reference,
-    search: Int8Search,
-    load: EngineLoader,
-    say: Callable[[str], None],
-) -> Candidate:
-    """Quantize with the decode head in float; if short of budget, measure each convolution's
-    sensitivity (agreement gained by keeping it alone in float) and fall back the most sensitive
-    ones, one at a time, until the budget is met or ``max_fallbacks`` are spent."""
-    model = onnx.load(str(source), load_external_data=False)
-    head = decode_head(model) if search.mixed_precision else []
-    kept = [KeptFloat(node=n, reason=HEAD_REASON) for n in head]
-    method, digest = search.options.method, search.calibration.content_hash[:12]
-    ranges = out_dir / f"calibration-{method}-{digest}.json"
-    feeds = CalibrationFeeds(
-        search.calibration, ref.info.input_name, ref.info.input_size, ref.pad_value
+    plan = artifact.with_suffix(".plan")
+    build_plan(
+        artifact,
+        plan,
+        opt_batch=max(1, max_batch // 2),
+        max_batch=max_batch,
+        workspace_bytes=2 << 30,
+        timing_cache_path=out_dir / "timing.cache",  # kept beside the plans, reused by rebuilds
     )
-    target = out_dir / "int8.onnx"
-
-    def trial(nodes: list[str], path: Path) -> Accuracy:
-        quantize_int8(
-            source,
-            path,
-            feeds if not ranges.exists() else None,
-            search.options,
-            keep_float=nodes,
-            ranges_cache=ranges,
-        )
-        engine = load(path, Precision.INT8)
-        try:
-            return measure(engine, ref, search.budget)
-        finally:
-            engine.close()
-
-    accuracy = trial([k.node for k in kept], target)
-    say(f"int8: {len(kept)} nodes kept float, agreement {accuracy.map50_95_agreement:.4f}")
-    if accuracy.map50_95_agreement < search.budget and search.mixed_precision:
-        gains = _sensitivity(model, kept, accuracy.map50_95_agreement, trial, out_dir, say)
-        for node, gain in gains[: search.max_fallbacks]:
-            kept.append(
-                KeptFloat(
-                    node=node,
-                    reason=(
-                        f"sensitivity: keeping it alone in float raises agreement by {gain:+.4f}; "
-                        f"budget {search.budget}"
-                    ),
-                )
-            )
-            accuracy = trial([k.node for k in kept], target)
-            say(f"int8: {len(kept)} nodes kept float, agreement {accuracy.map50_95_agreement:.4f}")
-            if accuracy.map50_95_agreement >= search.budget:
-                break
-    return Candidate(target, accuracy=accuracy, kept_float=kept)
+    return plan
 
 
-def _sensitivity(
-    model: onnx.ModelProto,
-    kept: list[KeptFloat],
-    base: float,
-    trial: Callable[[list[str], Path], Accuracy],
-    out_dir: Path,
-    say: Callable[[str], None],
-) -> list[tuple[str, float]]:
-    """(conv, agreement gained by keeping only it in float as well), most sensitive first."""
-    probe = out_dir / "int8-probe.onnx"
-    names = [k.node for k in kept]
-    gains = []
-    for conv in compute_nodes(model):
-        gains.append((conv, trial([*names, conv], probe).map50_95_agreement - base))
-    probe.unlink(missing_ok=True)
-    gains.sort(key=lambda g: g[1], reverse=True)
-    say("int8 sensitivity: " + ", ".join(f"{n} {g:+.3f}" for n, g in gains[:6]))
-    return gains
+def open_engine(
+    artifact: Path, precision: Precision, backend: str, max_batch: int, load: EngineLoader
+) -> Engine:
+    if backend == "tensorrt":
+        from engines.runtime.tensorrt import TensorRTEngine
+
+        trt: Engine = TensorRTEngine(artifact, precision, max_batch=max_batch)
+        return trt
+    return load(artifact, precision)

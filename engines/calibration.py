@@ -1,16 +1,23 @@
 """Image sets for calibration and validation: a folder of photos or the packaged demo photos.
 
-A set is an ordered list of decoded images with a content hash (of the bytes and of the
-augmentation recipe), so a build can tell when its calibration data changed. The default demo set
-expands a handful of real photos by deterministic crops, flips and scales to a useful count; it is
-small and only meant to make `detect-serve build` work out of the box: calibrate on images like
-your production traffic for real deployments.
+An ``ImageSet`` is an ordered list of decoded images with a content hash (of the bytes and of the
+augmentation recipe), so a build can tell when its calibration data changed, and per-photo hashes,
+so it can refuse calibration and validation sets that share a photo. A ``CalibrationSet`` turns
+one into the input feeds a quantizer reads, with an explicit cache path for the ranges.
+
+The default demo set (no ``--calib``) expands six real photos from registry packages
+(``engines.sample_images.CALIBRATION_PHOTOS``: scikit-image's astronaut, chelsea, rocket, camera
+and the motorcycle pair) by deterministic crops (100/80/60/45 % of each side, random offset) and
+horizontal flips to 48 images; the letterbox then rescales each crop, so objects appear at several
+scales. Validation uses other photos (``VALIDATION_PHOTOS``: bus, zidane, coffee). The set is small
+and only meant to make `detect-serve build` work out of the box: calibrate on images like your
+production traffic for real deployments.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +26,7 @@ from onnxruntime.quantization import CalibrationDataReader
 
 from engines.errors import EngineError, ImageDecodeError
 from engines.preprocess import decode_image, letterbox
-from engines.sample_images import sample_image
+from engines.sample_images import CALIBRATION_PHOTOS, VALIDATION_PHOTOS, sample_image
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 MAX_PIXELS = 100_000_000
@@ -46,9 +53,25 @@ class ImageSet:
     images: tuple[np.ndarray, ...]  # HxWx3 uint8 RGB
     content_hash: str
     description: str
+    photo_hashes: frozenset[str] = frozenset()  # sha256 of each source photo's bytes
+
+    def shared_photos(self, other: ImageSet) -> frozenset[str]:
+        """Source photos both sets hold (calibrating on validation photos would flatter INT8)."""
+        return self.photo_hashes & other.photo_hashes
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def spread(self, count: int) -> ImageSet:
+        """``count`` images spread evenly over the set (the sensitivity probes use a few)."""
+        picks = np.linspace(0, len(self) - 1, num=min(count, len(self))).round().astype(int)
+        return ImageSet(
+            tuple(self.names[i] for i in picks),
+            tuple(self.images[i] for i in picks),
+            f"{self.content_hash}:spread{count}",
+            f"{len(picks)} of {self.description}",
+            self.photo_hashes,
+        )
 
     @classmethod
     def from_folder(cls, folder: Path) -> ImageSet:
@@ -58,7 +81,7 @@ class ImageSet:
         files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
         if not files:
             raise ImageSetError(f"image folder {folder} is empty")
-        images, bad, digest = [], [], hashlib.sha256()
+        images, bad, photos, digest = [], [], [], hashlib.sha256()
         for path in files:
             data = path.read_bytes()
             try:
@@ -66,19 +89,22 @@ class ImageSet:
             except ImageDecodeError as exc:
                 bad.append(f"{path.name} ({exc})")
                 continue
-            digest.update(hashlib.sha256(data).digest())
+            photos.append(hashlib.sha256(data).hexdigest())
+            digest.update(bytes.fromhex(photos[-1]))
         if bad:
             raise ImageSetError(f"{folder} holds files that are not images: {', '.join(bad[:10])}")
-        return cls(tuple(p.name for p in files), tuple(images), digest.hexdigest(), str(folder))
+        names = tuple(p.name for p in files)
+        return cls(names, tuple(images), digest.hexdigest(), str(folder), frozenset(photos))
 
     @classmethod
     def from_samples(cls, photos: Sequence[str], count: int) -> ImageSet:
         """Packaged real photos, expanded by crops and flips to ``count`` images."""
         digest = hashlib.sha256(repr((tuple(photos), count, AUGMENTATIONS)).encode())
-        base = []
+        base, hashes = [], []
         for name in photos:
             data = sample_image(name).read_bytes()
-            digest.update(hashlib.sha256(data).digest())
+            hashes.append(hashlib.sha256(data).hexdigest())
+            digest.update(bytes.fromhex(hashes[-1]))
             base.append((name, decode_image(data, max_pixels=MAX_PIXELS)))
         names, images = [], []
         for k in range(count):
@@ -87,7 +113,32 @@ class ImageSet:
             names.append(f"{name}@crop{fraction}{'-flip' if flip else ''}#{k}")
             images.append(_augment(image, fraction, flip, k))
         label = f"demo photos {', '.join(photos)} expanded to {count}"
-        return cls(tuple(names), tuple(images), digest.hexdigest(), label)
+        return cls(tuple(names), tuple(images), digest.hexdigest(), label, frozenset(hashes))
+
+
+def image_sets(
+    validation: Path | int, calibration: Path | int | None
+) -> tuple[ImageSet, ImageSet | None]:
+    """(validation, calibration) sets: each a folder, or a count of demo images; refuses sets
+    that share a photo (an INT8 check on its own calibration photos flatters itself)."""
+    val = (
+        ImageSet.from_folder(validation)
+        if isinstance(validation, Path)
+        else ImageSet.from_samples(VALIDATION_PHOTOS, validation)
+    )
+    if calibration is None:
+        return val, None
+    calib = (
+        ImageSet.from_folder(calibration)
+        if isinstance(calibration, Path)
+        else ImageSet.from_samples(CALIBRATION_PHOTOS, calibration)
+    )
+    shared = calib.shared_photos(val)
+    if shared:
+        raise ImageSetError(
+            f"calibration and validation sets share {len(shared)} photo(s); use disjoint sets"
+        )
+    return val, calib
 
 
 def _augment(image: np.ndarray, fraction: float, flip: bool, seed: int) -> np.ndarray:
@@ -99,26 +150,47 @@ def _augment(image: np.ndarray, fraction: float, flip: bool, seed: int) -> np.nd
     return np.ascontiguousarray(out[:, ::-1] if flip else out)
 
 
-class CalibrationFeeds(CalibrationDataReader):  # type: ignore[misc]
-    """ONNX Runtime calibration reader: one letterboxed image per feed."""
+class CalibrationSet(CalibrationDataReader):  # type: ignore[misc]
+    """Calibration images as an iterable of input feeds (one letterboxed image each).
+
+    Also an ONNX Runtime ``CalibrationDataReader``. ``cache_path`` is where the quantizer keeps
+    the activation ranges it computed from this set; the builder names it after the set's content
+    hash and the calibration method, so a changed set or method never reuses stale ranges.
+    """
 
     def __init__(
-        self, images: ImageSet, input_name: str, size: tuple[int, int], pad_value: int
+        self,
+        images: ImageSet,
+        input_name: str,
+        size: tuple[int, int],
+        pad_value: int,
+        cache_path: Path,
     ) -> None:
-        self._images = images
-        self._input_name = input_name
-        self._size = size
-        self._pad_value = pad_value
+        self.images = images
+        self.input_name = input_name
+        self.size = size
+        self.pad_value = pad_value
+        self.cache_path = cache_path
+        self.on_feed: Callable[[int], None] | None = None  # progress: called once per image
         self._iter: Iterator[dict[str, np.ndarray]] | None = None
 
-    def _feeds(self) -> Iterator[dict[str, np.ndarray]]:
-        for image in self._images.images:
-            tensor, _ = letterbox(image, self._size, pad_value=self._pad_value)
-            yield {self._input_name: tensor[None]}
+    @property
+    def content_hash(self) -> str:
+        return self.images.content_hash
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        for image in self.images.images:
+            tensor, _ = letterbox(image, self.size, pad_value=self.pad_value)
+            if self.on_feed is not None:
+                self.on_feed(1)
+            yield {self.input_name: tensor[None]}
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self._iter is None:
-            self._iter = self._feeds()
+            self._iter = iter(self)
         return next(self._iter, None)
 
     def rewind(self) -> None:

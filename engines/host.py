@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import platform
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,36 @@ def gpu_name() -> str | None:
     return f"{name.strip()} (sm_{props.major}{props.minor})"
 
 
+# CPU instruction sets that change INT8 numerics, best first: without VNNI/AMX, ONNX Runtime's
+# u8s8 kernels (VPMADDUBSW) saturate 16-bit sums, so an INT8 graph measured on one class of CPU
+# does not carry its accuracy to another. The device string records the class.
+_CPU_ISAS = (
+    ("amx_int8", "amx"),
+    ("avx512_vnni", "avx512-vnni"),
+    ("avx_vnni", "avx-vnni"),
+    ("avx512f", "avx512"),
+    ("avx2", "avx2"),
+)
+
+
+def cpu_device() -> str:
+    """``cpu (<best int8 instruction set>)``, e.g. ``cpu (avx2)``."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return f"cpu ({platform.machine() or 'unknown'})"
+    flags = next(
+        (
+            line.split(":", 1)[1].split()
+            for line in text.splitlines()
+            if line.startswith(("flags", "Features"))
+        ),
+        [],
+    )
+    isa = next((name for flag, name in _CPU_ISAS if flag in flags), platform.machine())
+    return f"cpu ({isa})"
+
+
 def current_host(backend: str, providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> HostInfo:
     """Tool versions that change what an artifact computes, and the device it is tied to."""
     versions = {
@@ -46,5 +78,5 @@ def current_host(backend: str, providers: tuple[str, ...] = ("CPUExecutionProvid
         versions["tensorrt"] = _version("tensorrt") or "missing"
         return HostInfo(backend, gpu_name() or "no-gpu", versions)
     on_gpu = providers and providers[0] != "CPUExecutionProvider"
-    device = (gpu_name() or "no-gpu") if on_gpu else "cpu"
+    device = (gpu_name() or "no-gpu") if on_gpu else cpu_device()
     return HostInfo(backend, device, versions)

@@ -2,8 +2,8 @@
 
 Q/DQ is what both ONNX Runtime's CPU provider and strongly typed TensorRT networks consume: the
 precision lives in the graph, so the same ONNX is the artifact on every backend. Calibration
-ranges are cached beside the build, so re-quantizing with a different float-kept set (mixed
-precision search) costs seconds, not another calibration pass.
+ranges are cached at the calibration set's explicit cache path, so re-quantizing with another
+float-kept set (the mixed-precision search) costs under a second, not another calibration pass.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
-from engines.calibration import CalibrationFeeds
+from engines.calibration import CalibrationSet
 
 log = logging.getLogger(__name__)
 
@@ -37,44 +37,59 @@ METHODS: dict[str, CalibrationMethod] = {
 class Int8Options:
     method: CalibrationName = "minmax"
     per_channel: bool = True
-    # TensorRT only takes symmetric (zero-point 0) activations; ONNX Runtime takes both.
+    # TensorRT only takes symmetric (zero-point 0) activations; ONNX Runtime takes both, and on
+    # AVX2 CPUs symmetric int8 activations are shifted to uint8 and saturate its u8s8 kernels.
     symmetric_activations: bool = False
     # Q/DQ at convolution inputs only: the placement TensorRT's own quantization toolkit uses,
     # and measurably closer to FP32 here than also quantizing pools and activations.
     # None = every op the quantizer supports (the whole graph, decode head included).
     op_types: tuple[str, ...] | None = ("Conv",)
 
+    @property
+    def ranges_key(self) -> str:
+        """What the cached calibration ranges depend on: the method and which ops collect them."""
+        ops = "-".join(self.op_types) if self.op_types else "all"
+        return f"{self.method}-{ops}"
+
+    def describe(self) -> str:
+        activations = "symmetric" if self.symmetric_activations else "asymmetric"
+        weights = "per-channel" if self.per_channel else "per-tensor"
+        ops = ", ".join(self.op_types) if self.op_types else "every supported op"
+        return f"{self.method}; {weights} weights; {activations} activations; Q/DQ at {ops}"
+
 
 def quantize_int8(
     source: Path,
     target: Path,
-    feeds: CalibrationFeeds | None,
+    calibration: CalibrationSet,
     options: Int8Options,
     *,
     keep_float: Sequence[str],
-    ranges_cache: Path,
+    only: Sequence[str] | None = None,
 ) -> None:
     """Write a Q/DQ INT8 graph of ``source`` with ``keep_float`` nodes left in float32.
 
-    ``feeds`` may be None when ``ranges_cache`` already holds this method's ranges.
+    ``only`` restricts quantization to those nodes (the sensitivity probes quantize one at a
+    time). Ranges come from ``calibration.cache_path`` when it exists, else from a calibration
+    pass over the set, which then writes that cache.
     """
     activation = QuantType.QInt8 if options.symmetric_activations else QuantType.QUInt8
-    if feeds is not None:
-        feeds.rewind()  # the reader may have been consumed by an earlier calibration
+    calibration.rewind()  # the reader may have been consumed by an earlier calibration
     quantize_static(
         model_input=source,
         model_output=target,
-        calibration_data_reader=feeds,
+        calibration_data_reader=calibration,
         quant_format=QuantFormat.QDQ,
         per_channel=options.per_channel,
         activation_type=activation,
         weight_type=QuantType.QInt8,
         op_types_to_quantize=list(options.op_types) if options.op_types else None,
+        nodes_to_quantize=list(only) if only is not None else None,
         nodes_to_exclude=list(keep_float),
         calibrate_method=METHODS[options.method],
         extra_options={
             "ActivationSymmetric": options.symmetric_activations,
             "WeightSymmetric": True,
         },
-        calibration_cache_path=ranges_cache,
+        calibration_cache_path=calibration.cache_path,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -21,9 +21,15 @@ def batch_sizes(max_batch: int) -> list[int]:
 
 
 def time_engine(
-    engine: Engine, sizes: Sequence[int], *, min_runs: int = 3, min_seconds: float = 1.0
+    engine: Engine,
+    sizes: Sequence[int],
+    *,
+    min_runs: int = 3,
+    min_seconds: float = 1.0,
+    on_size: Callable[[int], None] | None = None,
 ) -> dict[int, float]:
-    """Median milliseconds of ``engine.infer`` per batch size."""
+    """Median milliseconds of ``engine.infer`` per batch size (random input of the engine's
+    shape, one warm-up call per shape first); ``on_size(1)`` after each size."""
     _, c, h, w = (d if d is not None else 1 for d in engine.inputs[0].shape)
     rng = np.random.default_rng(0)
     medians: dict[int, float] = {}
@@ -37,4 +43,6 @@ def time_engine(
             engine.infer(batch)
             runs.append(time.perf_counter() - t0)
         medians[size] = round(statistics.median(runs) * 1000, 3)
+        if on_size is not None:
+            on_size(1)
     return medians

@@ -9,7 +9,7 @@ ranking. With real labels (a COCO json), the same evaluator gives mAP against th
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,8 +42,10 @@ def detect_all(
     size: tuple[int, int],
     pad_value: int,
     conf: float,
+    tick: Callable[[int], None] | None = None,
 ) -> list[Detections]:
-    """Run every image through letterbox -> engine -> decode -> NMS, in batches."""
+    """Run every image through letterbox -> engine -> decode -> NMS, in batches; ``tick(n)``
+    after each batch of n images (progress bars)."""
     results: list[Detections] = []
     step = max(1, engine.max_batch)
     for start in range(0, len(images), step):
@@ -53,6 +55,8 @@ def detect_all(
         for k, (_, transform) in enumerate(prepared):
             candidates = layout.decode(outputs, k, conf)
             results.append(postprocess(candidates, transform, iou=IOU, max_det=MAX_DET))
+        if tick is not None:
+            tick(len(chunk))
     return results
 
 
@@ -141,3 +145,33 @@ def label_map(
                 )
     gt["images"] = [im for im in gt["images"] if Path(im["file_name"]).name in set(files)]
     return round(_coco_map(gt, predictions)[0], 4)
+
+
+def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    lt = np.maximum(box[:2], boxes[:, :2])
+    rb = np.minimum(box[2:], boxes[:, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
+    area = np.prod(box[2:] - box[:2]) + np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
+    return np.asarray(inter / np.maximum(area - inter, 1e-9))
+
+
+def detection_error(reference: Sequence[Detections], candidate: Sequence[Detections]) -> float:
+    """Mean over FP32's confident boxes of (1 - IoU of the best same-class candidate box) plus
+    the score change: 0 for identical detections, about 1 or more for lost ones.
+
+    A continuous stand-in for agreement mAP: on the few images a sensitivity probe can afford,
+    mAP moves in coarse steps, while this still ranks small box shifts.
+    """
+    errors: list[float] = []
+    for ref, cand in zip(reference, candidate, strict=True):
+        for box, score, cls in zip(ref.boxes, ref.scores, ref.class_ids, strict=True):
+            if score < REFERENCE_CONF:
+                continue
+            same = cand.class_ids == cls
+            if not same.any():
+                errors.append(1.0 + float(score))
+                continue
+            ious = _iou(box, cand.boxes[same])
+            best = int(ious.argmax())
+            errors.append(1.0 - float(ious[best]) + abs(float(cand.scores[same][best] - score)))
+    return float(np.mean(errors)) if errors else 0.0

@@ -8,23 +8,28 @@ from pathlib import Path
 
 from engines.errors import ArtifactMismatchError
 from engines.host import HostInfo, current_host
-from engines.manifest import Manifest, Variant
+from engines.manifest import Accuracy, Manifest, Variant
 from engines.precision import Precision
 from engines.sources import sha256_file
 
 
 @dataclass(frozen=True)
 class ServableVariant:
+    """An accepted, verified variant: what the server loads and what ``auto`` chooses by."""
+
     precision: Precision
     backend: str
     device: str
     artifact: Path
-    agreement: float | None
-    latency_ms: dict[int, float] = field(default_factory=dict)
+    agreement: float | None  # mAP50-95 agreement with FP32
+    latency_ms: dict[int, float] = field(default_factory=dict)  # batch size -> median ms
+    accuracy: Accuracy | None = None
+    status: str = "accepted"
 
 
 def verify_variant(variant: Variant, folder: Path, host: HostInfo) -> Path:
-    """The artifact path if it may be served here; ``ArtifactMismatchError`` saying why not."""
+    """The artifact path if it may be served here; ``ArtifactMismatchError`` saying why not
+    (other backend, device or tool version than this host's; missing or altered artifact)."""
     rebuild = "rebuild with `detect-serve build`"
     if variant.backend != host.backend:
         raise ArtifactMismatchError(
@@ -63,7 +68,12 @@ def load_servable_variants(
     backend: str,
     providers: tuple[str, ...] = ("CPUExecutionProvider",),
 ) -> tuple[list[ServableVariant], dict[Precision, str]]:
-    """(variants to serve, precision -> why it is not served) from ``engines_dir/model``."""
+    """(variants to serve, precision -> why it is not served) from ``engines_dir/model``.
+
+    Only accepted variants that pass ``verify_variant`` are served; the reasons for the rest
+    (rejected by the build, or refused here) come back so the server can answer a request for
+    them with the reason. Raises ``ArtifactMismatchError`` when there is no manifest at all.
+    """
     folder = engines_dir / model
     manifest = Manifest.load(folder)
     if manifest is None:
@@ -88,6 +98,8 @@ def load_servable_variants(
                 path,
                 variant.accuracy.map50_95_agreement if variant.accuracy else None,
                 {int(b): ms for b, ms in variant.latency_ms.items()},
+                variant.accuracy,
+                variant.status,
             )
         )
     return servable, refused

@@ -1,0 +1,37 @@
+"""When a build may reuse a recorded variant: same inputs, intact artifact -> no work."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from engines.host import HostInfo
+from engines.manifest import Manifest, Variant
+from engines.sources import sha256_file
+
+
+def cache_key(inputs: dict[str, Any], host: HostInfo) -> str:
+    """Digest of everything that changes what a variant computes or how it was judged: source,
+    data sets, options, tool versions and device (``host``)."""
+    relevant = {**inputs, "host": asdict(host)}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def cached_variant(
+    manifest: Manifest | None, variant_key: str, folder: Path, precision: str
+) -> Variant | None:
+    """The recorded variant if its key matches and its artifact still has the recorded sha256."""
+    old = (
+        next((v for v in manifest.variants if v.precision.value == precision), None)
+        if manifest
+        else None
+    )
+    if old is None or old.cache_key != variant_key:
+        return None
+    if old.artifact is None:
+        return old  # a recorded rejection with the same inputs stays rejected
+    path = folder / old.artifact
+    return old if path.is_file() and sha256_file(path) == old.artifact_sha256 else None

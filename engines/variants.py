@@ -49,10 +49,14 @@ def verify_variant(variant: Variant, folder: Path, host: HostInfo) -> Path:
                 f"{rebuild}"
             )
     if variant.artifact is None or variant.artifact_sha256 is None:
-        raise ArtifactMismatchError(f"{variant.precision.value}: manifest names no artifact")
+        raise ArtifactMismatchError(
+            f"{variant.precision.value}: manifest names no artifact; {rebuild}"
+        )
     path = folder / variant.artifact
     if not path.is_file():
-        raise ArtifactMismatchError(f"{variant.precision.value}: artifact {path} is missing")
+        raise ArtifactMismatchError(
+            f"{variant.precision.value}: artifact {path} is missing; {rebuild}"
+        )
     actual = sha256_file(path)
     if actual != variant.artifact_sha256:
         raise ArtifactMismatchError(

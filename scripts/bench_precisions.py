@@ -4,7 +4,7 @@
                                        [--out bench-results/precisions.png] [--remeasure]
 
 The manifest's timings were measured by `detect-serve build` in-process after warm-up;
-`--remeasure` times the artifacts again now (same method) instead of reading them.
+`--remeasure` times the artifacts again now (same method, same batch sizes) instead.
 """
 
 from __future__ import annotations
@@ -13,45 +13,54 @@ import argparse
 from pathlib import Path
 
 from engines.manifest import Manifest
-from engines.runtime.onnxruntime import OnnxRuntimeEngine
 from engines.timing import batch_sizes, time_engine
 
+Series = dict[str, dict[int, float]]  # precision -> batch size -> median ms
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--engines", type=Path, default=Path("engines_cache"))
-    parser.add_argument("--model", default="yolov3-tiny-coco")
-    parser.add_argument("--out", type=Path, default=Path("bench-results/precisions.png"))
-    parser.add_argument("--remeasure", action="store_true")
-    args = parser.parse_args()
-    folder = args.engines / args.model
-    manifest = Manifest.load(folder)
-    if manifest is None:
-        parser.error(f"no manifest in {folder}; run detect-serve build {args.model}")
-    series: dict[str, dict[int, float]] = {}
+
+def measure(folder: Path, manifest: Manifest, max_batch: int, remeasure: bool) -> Series:
+    from engines.runtime.onnxruntime import OnnxRuntimeEngine
+
+    series: Series = {}
     for v in manifest.variants:
-        if v.artifact is None:
+        if v.artifact is None or not v.artifact.endswith(".onnx"):
             continue
-        if args.remeasure:
-            engine = OnnxRuntimeEngine(folder / v.artifact, v.precision)
-            series[v.precision.value] = time_engine(engine, batch_sizes(8))
+        if remeasure:
+            engine = OnnxRuntimeEngine(folder / v.artifact, v.precision, max_batch=max_batch)
+            series[v.precision.value] = time_engine(engine, batch_sizes(max_batch))
             engine.close()
         else:
             series[v.precision.value] = {int(b): ms for b, ms in v.latency_ms.items()}
+    return series
+
+
+def table(series: Series) -> str:
     sizes = sorted({b for s in series.values() for b in s})
-    print("| batch | " + " | ".join(f"{p} ms (img/s)" for p in series) + " |")
-    print("|---|" + "---|" * len(series))
+    lines = [
+        "| batch | " + " | ".join(f"{p} ms (img/s)" for p in series) + " |",
+        "|---|" + "---|" * len(series),
+    ]
     for b in sizes:
         cells = [f"{s[b]:.1f} ({b * 1000 / s[b]:.1f})" if b in s else "-" for s in series.values()]
-        print(f"| {b} | " + " | ".join(cells) + " |")
+        lines.append(f"| {b} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def agreement_lines(manifest: Manifest) -> list[str]:
+    lines = []
     for v in manifest.variants:
         acc = v.accuracy
         if acc:
-            print(
+            lines.append(
                 f"{v.precision.value}: mAP50-95 agreement {acc.map50_95_agreement:.4f}, "
                 f"mAP50 {acc.map50_agreement:.4f} on {acc.validation_images} images, "
-                f"{acc.reference_boxes} reference boxes; {v.status}"
+                f"{acc.reference_boxes} reference boxes; {len(v.kept_float)} nodes kept float; "
+                f"{v.status}"
             )
+    return lines
+
+
+def plot(series: Series, title: str, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -63,11 +72,30 @@ def main() -> int:
     ax.set_xlabel("batch size")
     ax.set_ylabel("latency per batch, ms (median)")
     ax.set_xscale("log", base=2)
-    ax.set_title(f"{args.model}: latency vs batch size")
+    ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=110)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--engines", type=Path, default=Path("engines_cache"))
+    parser.add_argument("--model", default="yolov3-tiny-coco")
+    parser.add_argument("--out", type=Path, default=Path("bench-results/precisions.png"))
+    parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--remeasure", action="store_true")
+    args = parser.parse_args()
+    folder = args.engines / args.model
+    manifest = Manifest.load(folder)
+    if manifest is None:
+        parser.error(f"no manifest in {folder}; run detect-serve build {args.model}")
+    series = measure(folder, manifest, args.max_batch, args.remeasure)
+    device = manifest.variants[0].device if manifest.variants else "?"
+    print(table(series))
+    print("\n".join(agreement_lines(manifest)))
+    plot(series, f"{args.model} on {device}: latency vs batch size", args.out)
     print(f"wrote {args.out}")
     return 0
 

@@ -81,7 +81,7 @@ def main() -> int:
         server = ServerProcess.start(Path(tmp), env)
         try:
             capacity = asyncio.run(bench_http(server.url, [image], 16, 10, "capacity"))
-            before = asyncio.run(bench_http(server.url, [image], 1, 5, "before"))
+            before = asyncio.run(bench_http(server.url, [image], 1, 5, "before", warmup_s=0))
             rss_before = server.rss_bytes()
             rate = capacity.images_per_s * args.factor
             statuses, ok_ms, wrong, no_retry = asyncio.run(
@@ -89,7 +89,7 @@ def main() -> int:
             )
             rss_after = server.rss_bytes()
             recovery_started = time.perf_counter()
-            after = asyncio.run(bench_http(server.url, [image], 1, 5, "after"))
+            after = asyncio.run(bench_http(server.url, [image], 1, 5, "after", warmup_s=0))
             recovery_s = time.perf_counter() - recovery_started
         finally:
             server.stop()

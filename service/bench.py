@@ -92,58 +92,69 @@ def bench_pipeline(
     return points
 
 
+@dataclass(frozen=True)
+class _Sample:
+    started: float
+    finished: float
+    status: int
+    batch_size: int
+
+
 async def _client(
-    client: httpx.AsyncClient,
-    images: list[bytes],
-    stop_at: float,
-    offset: int,
-    latencies: list[float],
-    batches: list[int],
-    errors: list[int],
+    client: httpx.AsyncClient, images: list[bytes], stop_at: float, offset: int, out: list[_Sample]
 ) -> None:
     i = offset
     while time.perf_counter() < stop_at:
         started = time.perf_counter()
         r = await client.post("/detect", files={"image": ("img.jpg", images[i % len(images)])})
-        if r.status_code == 200:
-            latencies.append(time.perf_counter() - started)
-            batches.append(int(r.json()["batch_size"]))
-        else:
-            errors.append(r.status_code)
+        batch = int(r.json()["batch_size"]) if r.status_code == 200 else 0
+        out.append(_Sample(started, time.perf_counter(), r.status_code, batch))
         i += 1
 
 
 async def bench_http(
-    url: str, images: list[bytes], clients: int, seconds: float, label: str
+    url: str,
+    images: list[bytes],
+    clients: int,
+    seconds: float,
+    label: str,
+    warmup_s: float | None = None,
 ) -> HttpPoint:
-    """``clients`` closed-loop clients uploading real JPEGs for ``seconds``."""
-    latencies: list[float] = []
-    batches: list[int] = []
-    errors: list[int] = []
+    """``clients`` closed-loop clients uploading real JPEGs for ``seconds``, after a warm-up.
+
+    All clients start at the same instant, so the first round of requests queues behind each
+    other in a way that never recurs; like perf_analyzer, only a steady-state window counts:
+    requests *started* after the warm-up give the latencies, requests *finished* inside the
+    window give the throughput.
+    """
+    if warmup_s is None:
+        warmup_s = max(2.0, seconds * 0.1)
+    samples: list[_Sample] = []
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
         for _ in range(2):  # warm connections and the server's thread pools
             await client.post("/detect", files={"image": ("img.jpg", images[0])})
-        started = time.perf_counter()
-        stop_at = started + seconds
+        window_start = time.perf_counter() + warmup_s
+        window_end = window_start + seconds
         await asyncio.gather(
-            *(
-                _client(client, images, stop_at, k, latencies, batches, errors)
-                for k in range(clients)
-            )
+            *(_client(client, images, window_end, k, samples) for k in range(clients))
         )
-        elapsed = time.perf_counter() - started
-    ms = [v * 1000 for v in latencies]
+    measured = [s for s in samples if s.started >= window_start]
+    ok = [s for s in measured if s.status == 200]
+    ms = [(s.finished - s.started) * 1000 for s in ok]
+    done_in_window = sum(
+        1 for s in samples if s.status == 200 and window_start <= s.finished <= window_end
+    )
     return HttpPoint(
         label=label,
         clients=clients,
-        requests=len(latencies),
-        errors=len(errors),
-        images_per_s=len(latencies) / elapsed,
+        requests=len(ok),
+        errors=len(measured) - len(ok),
+        images_per_s=done_in_window / seconds,
         p50_ms=_percentile(ms, 50),
         p95_ms=_percentile(ms, 95),
         p99_ms=_percentile(ms, 99),
-        mean_batch=float(np.mean(batches)) if batches else float("nan"),
+        mean_batch=float(np.mean([s.batch_size for s in ok])) if ok else float("nan"),
     )
 
 

@@ -21,6 +21,12 @@ def add_bench_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     bench.add_argument("--clients", default="1,16", help="concurrent HTTP clients to test")
     bench.add_argument("--seconds", type=float, default=20.0, help="duration of each HTTP run")
     bench.add_argument(
+        "--warmup",
+        type=float,
+        default=None,
+        help="seconds of load before each HTTP measurement window (default: max(2, 10%% of it))",
+    )
+    bench.add_argument(
         "--rss-requests",
         type=int,
         default=0,
@@ -68,7 +74,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                     if max_batch == 1 and clients == 1:
                         continue  # identical to batching on with one client
                     point = asyncio.run(
-                        bench_http(server.url, images, clients, args.seconds, label)
+                        bench_http(server.url, images, clients, args.seconds, label, args.warmup)
                     )
                     http.append(point)
                     print(
@@ -104,8 +110,10 @@ def _rss_over_requests(server: ServerProcess, images: list[bytes], total: int) -
         errors = asyncio.run(bench_requests(server.url, images, n, clients=8))
         sent += n
         rss[f"after_{sent}"] = server.rss_bytes()
-        print(f"RSS after {sent} requests: {rss[f'after_{sent}'] / 2**20:.1f} MiB "
-              f"({errors} errors)", flush=True)
+        print(
+            f"RSS after {sent} requests: {rss[f'after_{sent}'] / 2**20:.1f} MiB ({errors} errors)",
+            flush=True,
+        )
     first, last = rss[f"after_{step}"], rss[f"after_{total}"]
     print(f"RSS growth from {step} to {total} requests: {(last / first - 1) * 100:+.1f}%")
     return rss

@@ -22,6 +22,8 @@ class Reporter:
         self.enabled = enabled
         self.stream = stream or sys.stderr
         self._line_open = False  # a bar is drawn on the current line, without a newline yet
+        # Redrawing with \r only makes sense on a terminal; logs and CI get each bar's last state.
+        self._live = bool(getattr(self.stream, "isatty", lambda: False)())
 
     def say(self, message: str) -> None:
         log.info("%s", message)
@@ -41,8 +43,9 @@ class Reporter:
 
         def draw() -> None:
             filled = BAR_WIDTH * min(done, total) // max(total, 1)
+            start = "\r" if self._live else ""
             line = (
-                f"\r  {label:<30} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] "
+                f"{start}  {label:<30} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] "
                 f"{min(done, total)}/{total} {time.perf_counter() - started:5.1f}s"
             )
             print(line, end="", file=self.stream, flush=True)
@@ -51,7 +54,7 @@ class Reporter:
         def tick(n: int) -> None:
             nonlocal done, finished
             done += n
-            if self.enabled and not finished:
+            if self.enabled and not finished and (self._live or done >= total):
                 draw()
                 if done >= total:  # later ticks (a re-read of the set) change nothing
                     finished = True

@@ -42,7 +42,7 @@ async def prepare_images(
         metrics.preprocess_duration.labels(*labels).observe(elapsed)
         return image, elapsed
 
-    with variant.scheduler.incoming():
+    with variant.scheduler.incoming(len(blobs)):
         return list(await asyncio.gather(*(one(b) for b in blobs)))
 
 
@@ -62,6 +62,7 @@ async def run_images(
         started = time.perf_counter()
         detections = await run_in_threadpool(model.pipeline.finish, result.outputs, image, options)
         post_s = time.perf_counter() - started
+        variant.scheduler.observe_finish(post_s)
         metrics.postprocess_duration.labels(*labels).observe(post_s)
         timing = {
             "decode": decode_s * 1000,

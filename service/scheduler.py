@@ -71,7 +71,7 @@ class ItemResult:
     batch_size: int
 
 
-@dataclass
+@dataclass(eq=False)  # identity: comparing two requests must never compare their tensors
 class _Request:
     tensor: np.ndarray
     future: asyncio.Future[ItemResult]
@@ -131,6 +131,9 @@ class BatchScheduler:
         self._closing = False
         self._dead: str | None = None
         self._times = _BatchTimes()
+        # What follows the engine for each request (post-processing, waiting for a thread); the
+        # deadline covers the whole answer, not just the batch.
+        self._finish = _BatchTimes()
         self._workers: list[asyncio.Task[None]] = []
         self._running_images = 0
 
@@ -142,6 +145,21 @@ class BatchScheduler:
             loop.create_task(self._worker(), name=f"{self._name}-{i}")
             for i in range(self._config.concurrency)
         ]
+        for task in self._workers:
+            task.add_done_callback(self._worker_exited)
+
+    def _worker_exited(self, task: asyncio.Task[None]) -> None:
+        """A worker that dies unexpectedly would leave queued requests waiting forever: fail
+        them, and every later one, loudly instead."""
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        self._dead = f"batch worker {task.get_name()} crashed: {exc!r}"
+        log.error("%s", self._dead, exc_info=exc)
+        while self._queue:
+            self._fail(self._queue.popleft(), EngineUnavailable(self._dead))
+        if self._on_fatal is not None and isinstance(exc, Exception):
+            self._on_fatal(exc)
 
     async def close(self, timeout_s: float | None = None) -> None:
         """Stop accepting, finish everything already accepted, then stop the workers."""
@@ -170,23 +188,60 @@ class BatchScheduler:
         return self._dead
 
     def _safe(self, images: int) -> float:
-        return self._times.estimate(images) * DEADLINE_SAFETY
+        """Time to answer a batch of ``images``, with the safety margin, finishing included."""
+        return self._times.estimate(images) * DEADLINE_SAFETY + self._finish.estimate(1)
 
-    def estimated_wait_s(self) -> float:
-        """Work ahead of a new request: everything queued or running, plus itself."""
-        ahead = len(self._queue) + self._running_images + 1
+    def observe_finish(self, seconds: float) -> None:
+        """Record how long one request took from its batch's outputs to its answer."""
+        self._finish.observe(1, seconds)
+
+    def estimated_wait_s(self, queued: int | None = None) -> float:
+        """Time until a new request is answered: ``queued`` images (default: the queue) ahead
+        of it, everything running, and itself."""
+        ahead = (len(self._queue) if queued is None else queued) + self._running_images + 1
         return self._times.estimate(ahead) / self._config.concurrency
 
     # -- submission ----------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def incoming(self) -> Iterator[None]:
-        """Mark a request as on its way (decoding) so a forming batch waits for it."""
-        self._incoming += 1
+    def incoming(self, images: int = 1) -> Iterator[None]:
+        """Mark images as on their way (decoding) so a forming batch waits for them."""
+        self._incoming += images
         try:
             yield
         finally:
-            self._incoming -= 1
+            self._incoming -= images
+
+    def admit(self, images: int, deadline: float) -> None:
+        """Refuse at the door what ``submit`` would refuse, before any upload or decode is spent.
+
+        Under overload most of the CPU would otherwise go into decoding requests that are then
+        refused, starving the ones already accepted. Counts the images still being decoded as
+        ahead (they will be queued before this one). ``submit`` re-checks with what it knows then.
+        """
+        self._check(images, deadline, ahead=len(self._queue) + self._incoming)
+
+    def _check(self, images: int, deadline: float, ahead: int) -> None:
+        if self._dead is not None:
+            raise EngineUnavailable(self._dead)
+        if self._closing:
+            self._observer.rejected("shutting_down")
+            raise Overloaded("server is shutting down", retry_after_s=5)
+        if ahead + images > self._config.max_queue:
+            self._observer.rejected("queue_full")
+            raise Overloaded(
+                f"queue full ({self._config.max_queue} waiting)",
+                retry_after_s=self.estimated_wait_s(ahead),
+            )
+        now = time.monotonic()
+        wait_s = self.estimated_wait_s(ahead + images - 1)
+        needed_s = wait_s * DEADLINE_SAFETY + self._finish.estimate(1)
+        if self._times.samples and now + needed_s > deadline:
+            self._observer.rejected("deadline")
+            raise DeadlineExceeded(
+                f"deadline cannot be met: about {wait_s * 1000:.0f} ms of "
+                f"work is ahead, {max(0.0, deadline - now) * 1000:.0f} ms left"
+            )
 
     async def submit(self, tensor: np.ndarray, deadline: float) -> ItemResult:
         """Queue one CHW tensor; return the engine outputs for it (leading dim 1).
@@ -194,24 +249,8 @@ class BatchScheduler:
         ``deadline`` is a ``time.monotonic()`` instant. Raises ``Overloaded`` (queue full or
         shutting down), ``DeadlineExceeded`` (cannot finish in time), ``EngineUnavailable``.
         """
-        if self._dead is not None:
-            raise EngineUnavailable(self._dead)
-        if self._closing:
-            self._observer.rejected("shutting_down")
-            raise Overloaded("server is shutting down", retry_after_s=5)
-        if len(self._queue) >= self._config.max_queue:
-            self._observer.rejected("queue_full")
-            raise Overloaded(
-                f"queue full ({self._config.max_queue} waiting)",
-                retry_after_s=self.estimated_wait_s(),
-            )
+        self._check(1, deadline, ahead=len(self._queue))
         now = time.monotonic()
-        if self._times.samples and now + self.estimated_wait_s() * DEADLINE_SAFETY > deadline:
-            self._observer.rejected("deadline")
-            raise DeadlineExceeded(
-                f"deadline cannot be met: about {self.estimated_wait_s() * 1000:.0f} ms of "
-                f"work is ahead, {max(0.0, deadline - now) * 1000:.0f} ms left"
-            )
         future: asyncio.Future[ItemResult] = asyncio.get_running_loop().create_future()
         self._queue.append(_Request(tensor, future, now, deadline))
         self._observer.queued(len(self._queue))

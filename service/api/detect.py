@@ -138,7 +138,11 @@ async def _detect(
     settings: SettingsDep,
     metrics: MetricsDep,
 ) -> list[ImageOutcome]:
+    # The body is read first: answering before it is consumed leaves the client blocked in its
+    # upload (the server stops reading), on a connection it would then reuse.
     blobs = await read_images(request, settings.max_images_per_request)
+    # Shed load before decoding: under overload that CPU is wasted on requests refused anyway.
+    variant.scheduler.admit(len(blobs), deadline)
     prepared = await prepare_images(model, variant, blobs, metrics)
     return await run_images(model, variant, prepared, options, deadline, metrics)
 

@@ -161,6 +161,7 @@ async def v2_infer(
     deadline = time.monotonic() + settings.default_deadline_ms / 1000
     status = 500
     try:
+        variant.scheduler.admit(batch.shape[0], deadline)  # all rows or none
         outputs = await _run_rows(variant, batch, deadline)
         status = 200
     except Exception as exc:

@@ -127,6 +127,65 @@ def test_unmeetable_deadline_is_refused_before_running() -> None:
     run(main)
 
 
+def test_deadline_covers_the_time_after_the_batch() -> None:
+    async def main() -> None:
+        engine = StandInEngine(delay_s=0.02)
+        sched = make(engine, max_batch=1, max_wait_s=0.0, max_queue=16)
+        await sched.submit(item(0), far())  # ~20 ms per image
+        await sched.submit(item(1), time.monotonic() + 0.2)  # easily met
+        sched.observe_finish(0.5)  # but answering takes 500 ms after the engine
+        with pytest.raises(DeadlineExceeded):
+            await sched.submit(item(2), time.monotonic() + 0.2)
+        assert [2] not in engine.batches
+        await sched.close()
+
+    run(main)
+
+
+def test_late_request_in_the_middle_of_a_batch_is_dropped_and_the_rest_run() -> None:
+    async def main() -> None:
+        engine = StandInEngine(delay_s=0.05)
+        sched = make(engine, max_batch=3, max_wait_s=0.0, max_queue=16)
+        await sched.submit(item(0), far())  # ~50 ms per image
+        engine.gate.clear()
+        blocker = asyncio.create_task(sched.submit(item(1), far()))
+        await asyncio.sleep(0.02)  # item 1 is inside the stalled engine
+        first = asyncio.create_task(sched.submit(item(2), far()))
+        await asyncio.sleep(0)
+        late = asyncio.create_task(sched.submit(item(3), time.monotonic() + 0.25))
+        await asyncio.sleep(0)
+        last = asyncio.create_task(sched.submit(item(4), far()))
+        await asyncio.sleep(0.15)  # item 3 still fits alone, no longer in a batch of three
+        engine.gate.set()
+        assert int((await first).outputs["ids"][0]) == 2
+        assert int((await last).outputs["ids"][0]) == 4
+        with pytest.raises(DeadlineExceeded):
+            await late
+        await blocker
+        assert engine.batches[-1] == [2, 4]
+        await sched.close()
+
+    run(main)
+
+
+def test_admission_counts_images_still_being_decoded() -> None:
+    async def main() -> None:
+        engine = StandInEngine(delay_s=0.05)
+        sched = make(engine, max_batch=4, max_wait_s=0.0, max_queue=4)
+        await sched.submit(item(0), far())  # ~50 ms per image
+        sched.admit(1, far())  # an empty queue admits
+        with sched.incoming(3):  # three images are decoding: they will be queued first
+            with pytest.raises(Overloaded):
+                sched.admit(2, far())  # 3 + 2 > the queue's 4 places
+            sched.admit(1, far())
+            with pytest.raises(DeadlineExceeded):
+                sched.admit(1, time.monotonic() + 0.1)  # 4 images of 50 ms ahead
+        sched.admit(1, time.monotonic() + 0.1)  # once they are gone, it fits
+        await sched.close()
+
+    run(main)
+
+
 def test_deadline_passing_while_queued_is_refused_before_running() -> None:
     async def main() -> None:
         engine = StandInEngine(delay_s=0.05)

@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from engines.errors import ImageDecodeError, ImageTooLargeError, InferenceError
 
@@ -88,6 +89,13 @@ class DeadlineExceeded(ServiceError):
     status, code = 504, "deadline_exceeded"
 
 
+class ClientClosedRequest(ServiceError):
+    """The client went away before its answer was ready (nginx's 499); nobody reads the body,
+    but metrics and logs should not count it as a server error."""
+
+    status, code = 499, "client_closed_request"
+
+
 class InferenceFailed(ServiceError):
     status, code = 500, "inference_failed"
 
@@ -107,6 +115,8 @@ def to_service_error(exc: BaseException) -> ServiceError:
         return ImageTooLarge(str(exc))
     if isinstance(exc, ImageDecodeError):
         return InvalidImage(str(exc))
+    if isinstance(exc, ClientDisconnect):
+        return ClientClosedRequest("the client disconnected")
     if isinstance(exc, InferenceError):
         if exc.fatal:
             return EngineUnavailable(f"engine failed and was taken out of service: {exc}")

@@ -21,7 +21,7 @@ from engines.runtime.base import Engine
 from service.config import Settings
 from service.metrics import Metrics
 from service.pipeline import ImagePipeline
-from service.scheduler import BatchingConfig, BatchScheduler
+from service.scheduler import BatchingConfig, BatchScheduler, DeviceLoad
 from service.selection import PrecisionSelector, VariantStats
 from service.variant_specs import VariantSpec, discover_variants
 
@@ -123,6 +123,7 @@ class ModelRegistry:
         self._settings = settings
         self._metrics = metrics
         self.models: dict[str, ServedModel] = {}
+        self._device = DeviceLoad()  # one process serves from one device
         self.failed: dict[str, str] = {}  # model -> why it could not load
         self.loaded = False
         self.draining = False
@@ -181,10 +182,12 @@ class ModelRegistry:
                 max_wait_s=s.max_wait_ms / 1000,
                 max_queue=s.max_queue,
                 concurrency=s.concurrent_batches,
+                expected_per_image_s=spec.per_image_latency_s,
             ),
             observer=observer,
             on_fatal=lambda exc: self._on_fatal(name, spec.precision, exc),
             name=f"{name}-{spec.precision.value}",
+            device=self._device,
         )
         self._metrics.initialise_variant(name, spec.precision.value)
         self._metrics.queue_capacity.labels(name, spec.precision.value).set(s.max_queue)

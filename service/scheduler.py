@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -59,6 +60,9 @@ class BatchingConfig:
     max_wait_s: float = 0.004
     max_queue: int = 64
     concurrency: int = 1
+    # Per-image engine time measured by the builder (manifest), used until this process has
+    # timed batches of its own; without it, nothing is refused on deadline grounds until then.
+    expected_per_image_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,8 @@ class _Request:
 
 @dataclass
 class _BatchTimes:
-    """Running per-image cost (EWMA), to refuse requests that cannot meet their deadline.
+    """Running per-image cost (EWMA and its variance), to refuse requests that cannot meet their
+    deadline.
 
     Per-image cost underestimates small batches (fixed overhead is spread thin), which errs on
     the side of running a request rather than refusing it.
@@ -89,18 +94,50 @@ class _BatchTimes:
 
     per_image_s: float = 0.0
     samples: int = 0
+    variance: float = 0.0
     _alpha: float = field(default=0.2, repr=False)
+
+    @property
+    def known(self) -> bool:
+        return self.samples > 0 or self.per_image_s > 0
 
     def observe(self, size: int, duration_s: float) -> None:
         per_image = duration_s / size
         if self.samples == 0:
             self.per_image_s = per_image
         else:
-            self.per_image_s += self._alpha * (per_image - self.per_image_s)
+            diff = per_image - self.per_image_s
+            self.per_image_s += self._alpha * diff
+            self.variance = (1 - self._alpha) * (self.variance + self._alpha * diff * diff)
         self.samples += 1
 
     def estimate(self, size: int) -> float:
         return self.per_image_s * size
+
+    def pessimistic(self, size: int) -> float:
+        """For deadlines, which are about the tail: at least DEADLINE_SAFETY over the mean, or
+        two standard deviations over it when batch times vary more (a device shared with
+        decoding, other processes, thermal limits)."""
+        spread = self.per_image_s + 2 * math.sqrt(self.variance)
+        return max(self.per_image_s * DEADLINE_SAFETY, spread) * size
+
+
+class DeviceLoad:
+    """Every scheduler whose engine shares one device (a GPU, or the CPU).
+
+    Variants of one model (FP32 and INT8 under ``auto``) or several models run their batches on
+    the same device at the same time, so a deadline estimate that counted only its own queue
+    would be optimistic exactly when the server is busiest.
+    """
+
+    def __init__(self) -> None:
+        self._members: list[BatchScheduler] = []
+
+    def join(self, scheduler: BatchScheduler) -> None:
+        self._members.append(scheduler)
+
+    def others_work_s(self, me: BatchScheduler, running_only: bool = False) -> float:
+        return sum(m.pending_work_s(running_only) for m in self._members if m is not me)
 
 
 class BatchScheduler:
@@ -115,6 +152,7 @@ class BatchScheduler:
         executor: Executor | None = None,
         on_fatal: Callable[[BaseException], None] | None = None,
         name: str = "scheduler",
+        device: DeviceLoad | None = None,
     ) -> None:
         self._run_batch = run_batch
         self._config = config
@@ -130,12 +168,15 @@ class BatchScheduler:
         self._incoming = 0
         self._closing = False
         self._dead: str | None = None
-        self._times = _BatchTimes()
+        self._times = _BatchTimes(per_image_s=config.expected_per_image_s or 0.0)
         # What follows the engine for each request (post-processing, waiting for a thread); the
         # deadline covers the whole answer, not just the batch.
         self._finish = _BatchTimes()
         self._workers: list[asyncio.Task[None]] = []
         self._running_images = 0
+        self._device = device
+        if device is not None:
+            device.join(self)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -189,11 +230,19 @@ class BatchScheduler:
 
     def _safe(self, images: int) -> float:
         """Time to answer a batch of ``images``, with the safety margin, finishing included."""
-        return self._times.estimate(images) * DEADLINE_SAFETY + self._finish.estimate(1)
+        return self._times.pessimistic(images) + self._finish.estimate(1)
 
     def observe_finish(self, seconds: float) -> None:
         """Record how long one request took from its batch's outputs to its answer."""
         self._finish.observe(1, seconds)
+
+    def pending_work_s(self, running_only: bool = False) -> float:
+        """Engine time still owed to what is running (and, by default, queued) here."""
+        images = self._running_images + (0 if running_only else len(self._queue))
+        return self._times.estimate(images) / self._config.concurrency
+
+    def _others_s(self, running_only: bool = False) -> float:
+        return self._device.others_work_s(self, running_only) if self._device else 0.0
 
     def estimated_wait_s(self, queued: int | None = None) -> float:
         """Time until a new request is answered: ``queued`` images (default: the queue) ahead
@@ -235,8 +284,10 @@ class BatchScheduler:
             )
         now = time.monotonic()
         wait_s = self.estimated_wait_s(ahead + images - 1)
-        needed_s = wait_s * DEADLINE_SAFETY + self._finish.estimate(1)
-        if self._times.samples and now + needed_s > deadline:
+        own_s = self._times.pessimistic(ahead + images + self._running_images)
+        needed_s = own_s / self._config.concurrency + self._others_s() * DEADLINE_SAFETY
+        needed_s += self._finish.estimate(1)
+        if self._times.known and now + needed_s > deadline:
             self._observer.rejected("deadline")
             raise DeadlineExceeded(
                 f"deadline cannot be met: about {wait_s * 1000:.0f} ms of "
@@ -294,7 +345,9 @@ class BatchScheduler:
         # Every request must be able to wait for the whole batch: drop those that cannot (the
         # tightest deadlines first), which also shortens the batch for the others.
         now = time.monotonic()
-        while batch and now + self._safe(len(batch)) > min(r.deadline for r in batch):
+        # Batches of other variants running now share the device with this one.
+        sharing_s = self._others_s(running_only=True) * DEADLINE_SAFETY
+        while batch and now + self._safe(len(batch)) + sharing_s > min(r.deadline for r in batch):
             late = min(batch, key=lambda r: r.deadline)
             batch.remove(late)
             self._observer.rejected("deadline")

@@ -13,7 +13,12 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
 from service.deps import AuthDep, MetricsDep, ModelDep, SettingsDep
-from service.errors import BadRequest, UnsupportedMediaType, to_service_error
+from service.errors import (
+    BadRequest,
+    ClientClosedRequest,
+    UnsupportedMediaType,
+    to_service_error,
+)
 from service.inference import ImageOutcome, pick_variant, prepare_images, run_images
 from service.pipeline import DetectOptions
 from service.registry import ServedModel, ServedVariant
@@ -92,17 +97,24 @@ async def read_images(request: Request, max_images: int) -> list[bytes]:
 async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
     """Run ``work``; if the client goes away first, cancel it so queued images are dropped."""
     task = asyncio.ensure_future(work)
+    gone = False
 
     async def watch() -> None:
+        nonlocal gone
         while not task.done():
             message = await request.receive()
             if message["type"] == "http.disconnect":
+                gone = True
                 task.cancel()
                 return
 
     watcher = asyncio.create_task(watch())
     try:
         return await task
+    except asyncio.CancelledError:
+        if gone:  # our own cancellation: an ordinary outcome, not a crash of the handler
+            raise ClientClosedRequest("the client disconnected") from None
+        raise
     finally:
         watcher.cancel()
 
@@ -130,19 +142,13 @@ def _result(model: ServedModel, outcome: ImageOutcome, total_ms: float) -> Image
 
 
 async def _detect(
-    request: Request,
     model: ServedModel,
     variant: ServedVariant,
+    blobs: list[bytes],
     options: DetectOptions,
     deadline: float,
-    settings: SettingsDep,
     metrics: MetricsDep,
 ) -> list[ImageOutcome]:
-    # The body is read first: answering before it is consumed leaves the client blocked in its
-    # upload (the server stops reading), on a connection it would then reuse.
-    blobs = await read_images(request, settings.max_images_per_request)
-    # Shed load before decoding: under overload that CPU is wasted on requests refused anyway.
-    variant.scheduler.admit(len(blobs), deadline)
     prepared = await prepare_images(model, variant, blobs, metrics)
     return await run_images(model, variant, prepared, options, deadline, metrics)
 
@@ -204,8 +210,13 @@ async def detect(
     status = 500
     try:
         options = DetectOptions(conf, iou, max_det, class_ids)
+        # The whole body is read before anything watches for a disconnect: both would take
+        # messages from the same receive channel, and a body chunk taken by the watcher is lost.
+        blobs = await read_images(request, settings.max_images_per_request)
+        # Shed load before decoding: under overload that CPU is wasted on requests refused anyway.
+        variant.scheduler.admit(len(blobs), deadline)
         outcomes = await cancel_on_disconnect(
-            request, _detect(request, model, variant, options, deadline, settings, metrics)
+            request, _detect(model, variant, blobs, options, deadline, metrics)
         )
         status = 200
     except asyncio.CancelledError:

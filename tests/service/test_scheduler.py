@@ -12,7 +12,7 @@ import pytest
 
 from engines.errors import InferenceError
 from service.errors import DeadlineExceeded, EngineUnavailable, Overloaded
-from service.scheduler import BatchingConfig, BatchScheduler, Outputs
+from service.scheduler import BatchingConfig, BatchScheduler, DeviceLoad, Outputs
 
 
 class StandInEngine:
@@ -182,6 +182,46 @@ def test_admission_counts_images_still_being_decoded() -> None:
                 sched.admit(1, time.monotonic() + 0.1)  # 4 images of 50 ms ahead
         sched.admit(1, time.monotonic() + 0.1)  # once they are gone, it fits
         await sched.close()
+
+    run(main)
+
+
+def test_builder_timing_decides_deadlines_before_the_first_batch() -> None:
+    async def main() -> None:
+        engine = StandInEngine()
+        sched = BatchScheduler(engine, BatchingConfig(max_batch=1, expected_per_image_s=0.5))
+        sched.start()
+        with pytest.raises(DeadlineExceeded):  # the manifest says 500 ms per image
+            await sched.submit(item(0), time.monotonic() + 0.1)
+        assert engine.batches == []
+        await sched.submit(item(1), far())
+        assert engine.batches == [[1]]
+        await sched.close()
+
+    run(main)
+
+
+def test_deadline_counts_work_of_other_variants_on_the_same_device() -> None:
+    async def main() -> None:
+        device = DeviceLoad()
+        busy_engine, idle_engine = StandInEngine(), StandInEngine()
+        config = BatchingConfig(max_batch=1, max_wait_s=0.0, expected_per_image_s=0.1)
+        busy = BatchScheduler(busy_engine, config, device=device, name="fp32")
+        idle = BatchScheduler(idle_engine, config, device=device, name="int8")
+        busy.start()
+        idle.start()
+        busy_engine.gate.clear()
+        queued = [asyncio.create_task(busy.submit(item(i), far())) for i in range(5)]
+        await asyncio.sleep(0.02)  # ~500 ms of work owed on the shared device
+        alone = BatchScheduler(StandInEngine(), config, name="elsewhere")
+        alone.start()
+        await alone.submit(item(9), time.monotonic() + 0.3)  # 100 ms of its own: fits
+        with pytest.raises(DeadlineExceeded):
+            await idle.submit(item(9), time.monotonic() + 0.3)  # shares the busy device
+        busy_engine.gate.set()
+        await asyncio.gather(*queued)
+        for sched in (busy, idle, alone):
+            await sched.close()
 
     run(main)
 

@@ -33,6 +33,7 @@ async def open_loop(
     statuses: Counter[int] = Counter()
     accepted_ms: list[float] = []
     server_ms: list[float] = []  # the server's own total: from its handler's start to the answer
+    slowest: list[tuple[float, str, int, dict[str, float]]] = []
     wrong = missing_retry_after = 0
     limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
 
@@ -49,7 +50,11 @@ async def open_loop(
         statuses[r.status_code] += 1
         if r.status_code == 200:
             accepted_ms.append((time.perf_counter() - started) * 1000)
-            server_ms.append(float(r.json()["timing_ms"]["total"]))
+            body = r.json()
+            server_ms.append(float(body["timing_ms"]["total"]))
+            slowest.append(
+                (accepted_ms[-1], body["precision"], body["batch_size"], body["timing_ms"])
+            )
             if not any(d["label"] == "bus" for d in r.json()["detections"]):
                 wrong += 1
         elif r.status_code == 503 and "retry-after" not in r.headers:
@@ -66,6 +71,9 @@ async def open_loop(
             tasks.append(asyncio.create_task(one(client)))
             n += 1
         await asyncio.gather(*tasks)
+    slowest.sort(key=lambda row: -row[0])
+    for ms, precision, batch, timing in slowest[:5]:  # where the tail's time went
+        print(f"slow: {ms:.0f} ms {precision} batch {batch} {timing}")
     return statuses, accepted_ms, server_ms, wrong, missing_retry_after
 
 
@@ -82,7 +90,7 @@ def main() -> int:
         env = {"DETECT_MAX_QUEUE": str(args.max_queue), "DETECT_MAX_BATCH": "8"}
         server = ServerProcess.start(Path(tmp), env)
         try:
-            capacity = asyncio.run(bench_http(server.url, [image], 16, 10, "capacity"))
+            capacity = asyncio.run(bench_http(server.url, [image], 16, 10, "capacity", warmup_s=5))
             before = asyncio.run(bench_http(server.url, [image], 1, 5, "before", warmup_s=0))
             rss_before = server.rss_bytes()
             rate = capacity.images_per_s * args.factor

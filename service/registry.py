@@ -123,7 +123,8 @@ class ModelRegistry:
         self._settings = settings
         self._metrics = metrics
         self.models: dict[str, ServedModel] = {}
-        self._device = DeviceLoad()  # one process serves from one device
+        # One process serves from one device; its batches, whatever the variant, take turns.
+        self._device = DeviceLoad(settings.concurrent_batches)
         self.failed: dict[str, str] = {}  # model -> why it could not load
         self.loaded = False
         self.draining = False

@@ -1,11 +1,12 @@
 """Dynamic batching: one queue per (model, precision), batches run off the event loop.
 
-How a batch forms: a worker first takes a free execution slot (``concurrency`` per engine), then
-waits for the first queued request, then keeps collecting until ``max_batch`` requests wait or
-``max_wait`` has passed since the first was queued. Taking the slot *before* collecting is what
-makes batches grow under load: while every slot is busy, requests pile up and the next batch takes
-them all. When nobody else is on the way (no request between arrival and queueing) the worker
-does not wait at all, so a lone client pays no batching delay.
+How a batch forms: a worker (``concurrency`` per engine) waits for the first queued request, then
+takes a free slot on the device (``DeviceLoad``: shared by every variant and model the process
+serves, so an FP32 and an INT8 batch never fight over the same cores), then keeps collecting until
+``max_batch`` requests wait or ``max_wait`` has passed since the first was queued. While the device
+is busy, requests pile up and the next batch takes them all: that is what makes batches grow under
+load. When nobody else is on the way (no request between arrival and queueing) the worker does not
+wait at all, so a lone client pays no batching delay.
 
 Every accepted request gets exactly one outcome: its own outputs, its own error, or a deadline /
 shutdown error. Cancelled requests (client went away) are dropped before the engine sees them.
@@ -130,14 +131,20 @@ class DeviceLoad:
     would be optimistic exactly when the server is busiest.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, concurrency: int = 1) -> None:
         self._members: list[BatchScheduler] = []
+        # On a CPU, two sessions running at once just split the cores (and each batch then takes
+        # twice as long as any estimate says); on a GPU, a bounded number of streams overlap.
+        self._slots = asyncio.Semaphore(concurrency)
+
+    def slot(self) -> asyncio.Semaphore:
+        return self._slots
 
     def join(self, scheduler: BatchScheduler) -> None:
         self._members.append(scheduler)
 
-    def others_work_s(self, me: BatchScheduler, running_only: bool = False) -> float:
-        return sum(m.pending_work_s(running_only) for m in self._members if m is not me)
+    def others_work_s(self, me: BatchScheduler) -> float:
+        return sum(m.pending_work_s() for m in self._members if m is not me)
 
 
 class BatchScheduler:
@@ -236,13 +243,13 @@ class BatchScheduler:
         """Record how long one request took from its batch's outputs to its answer."""
         self._finish.observe(1, seconds)
 
-    def pending_work_s(self, running_only: bool = False) -> float:
-        """Engine time still owed to what is running (and, by default, queued) here."""
-        images = self._running_images + (0 if running_only else len(self._queue))
+    def pending_work_s(self) -> float:
+        """Engine time still owed to what is running or queued here."""
+        images = self._running_images + len(self._queue)
         return self._times.estimate(images) / self._config.concurrency
 
-    def _others_s(self, running_only: bool = False) -> float:
-        return self._device.others_work_s(self, running_only) if self._device else 0.0
+    def _others_s(self) -> float:
+        return self._device.others_work_s(self) if self._device else 0.0
 
     def estimated_wait_s(self, queued: int | None = None) -> float:
         """Time until a new request is answered: ``queued`` images (default: the queue) ahead
@@ -311,19 +318,24 @@ class BatchScheduler:
     # -- batching ------------------------------------------------------------------------------
 
     async def _worker(self) -> None:
-        while True:
-            batch = await self._collect()
-            if batch is None:
-                return
-            await self._run(batch)
+        while await self._first_request():
+            slot = self._device.slot() if self._device else contextlib.nullcontext()
+            async with slot:  # the device runs one batch at a time (per its concurrency)
+                if not self._queue:  # another worker of this variant took them meanwhile
+                    continue
+                await self._run(await self._collect())
 
-    async def _collect(self) -> list[_Request] | None:
-        """Wait for the first request, then for more until full or max_wait has passed."""
+    async def _first_request(self) -> bool:
+        """Wait until something is queued; False once closing with nothing left."""
         while not self._queue:
             if self._closing:
-                return None
+                return False
             self._wakeup.clear()
             await self._wakeup.wait()
+        return True
+
+    async def _collect(self) -> list[_Request]:
+        """With a request queued, wait for more until full or max_wait has passed."""
         first_at = self._queue[0].enqueued_at
         while len(self._queue) < self._config.max_batch and not self._closing:
             remaining = first_at + self._config.max_wait_s - time.monotonic()
@@ -345,9 +357,7 @@ class BatchScheduler:
         # Every request must be able to wait for the whole batch: drop those that cannot (the
         # tightest deadlines first), which also shortens the batch for the others.
         now = time.monotonic()
-        # Batches of other variants running now share the device with this one.
-        sharing_s = self._others_s(running_only=True) * DEADLINE_SAFETY
-        while batch and now + self._safe(len(batch)) + sharing_s > min(r.deadline for r in batch):
+        while batch and now + self._safe(len(batch)) > min(r.deadline for r in batch):
             late = min(batch, key=lambda r: r.deadline)
             batch.remove(late)
             self._observer.rejected("deadline")

@@ -226,6 +226,37 @@ def test_deadline_counts_work_of_other_variants_on_the_same_device() -> None:
     run(main)
 
 
+def test_variants_on_one_device_take_turns() -> None:
+    running, most = 0, 0
+    lock = threading.Lock()
+
+    def engine(batch: np.ndarray) -> Outputs:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.02)
+        with lock:
+            running -= 1
+        return {"ids": batch[:, 0, 0, 0].copy()}
+
+    async def main() -> None:
+        device = DeviceLoad(concurrency=1)
+        config = BatchingConfig(max_batch=2, max_wait_s=0.0)
+        fp32 = BatchScheduler(engine, config, device=device, name="fp32")
+        int8 = BatchScheduler(engine, config, device=device, name="int8")
+        fp32.start()
+        int8.start()
+        work = [s.submit(item(i), far()) for i in range(12) for s in (fp32, int8)]
+        results = await asyncio.gather(*work)
+        assert sorted(int(r.outputs["ids"][0]) for r in results) == sorted(list(range(12)) * 2)
+        await fp32.close()
+        await int8.close()
+
+    run(main)
+    assert most == 1  # never two batches at once on the shared device
+
+
 def test_deadline_passing_while_queued_is_refused_before_running() -> None:
     async def main() -> None:
         engine = StandInEngine(delay_s=0.05)

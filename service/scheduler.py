@@ -269,7 +269,7 @@ class BatchScheduler:
             self._incoming -= images
 
     def admit(self, images: int, deadline: float) -> None:
-        """Refuse at the door what ``submit`` would refuse, before any upload or decode is spent.
+        """Refuse at the door what ``submit`` would refuse, before any decoding is spent on it.
 
         Under overload most of the CPU would otherwise go into decoding requests that are then
         refused, starving the ones already accepted. Counts the images still being decoded as

@@ -30,7 +30,11 @@ class ImageOutcome:
 
 
 async def prepare_images(
-    model: ServedModel, variant: ServedVariant, blobs: list[bytes], metrics: Metrics
+    model: ServedModel,
+    variant: ServedVariant,
+    blobs: list[bytes],
+    deadline: float,
+    metrics: Metrics,
 ) -> list[tuple[PreparedImage, float]]:
     """Decode + letterbox each image in a worker thread; the batcher knows they are coming."""
     labels = (model.name, variant.spec.precision.value)
@@ -43,6 +47,8 @@ async def prepare_images(
         return image, elapsed
 
     with variant.scheduler.incoming(len(blobs)):
+        # Shed load before decoding: under overload that CPU is wasted on requests refused anyway.
+        variant.scheduler.admit(len(blobs), deadline)
         return list(await asyncio.gather(*(one(b) for b in blobs)))
 
 

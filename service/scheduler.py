@@ -28,7 +28,7 @@ from typing import Protocol
 import numpy as np
 
 from engines.errors import InferenceError
-from service.errors import DeadlineExceeded, EngineUnavailable, Overloaded
+from service.errors import DeadlineExceeded, EngineUnavailable, Overloaded, PayloadTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -115,11 +115,11 @@ class _BatchTimes:
     def estimate(self, size: int) -> float:
         return self.per_image_s * size
 
-    def pessimistic(self, size: int) -> float:
+    def pessimistic(self, size: int, tail: bool = True) -> float:
         """For deadlines, which are about the tail: at least DEADLINE_SAFETY over the mean, or
-        two standard deviations over it when batch times vary more (a device shared with
-        decoding, other processes, thermal limits)."""
-        spread = self.per_image_s + 2 * math.sqrt(self.variance)
+        (``tail``) two standard deviations over it when batch times vary more (a device shared
+        with decoding, other processes, thermal limits)."""
+        spread = self.per_image_s + 2 * math.sqrt(self.variance) if tail else 0.0
         return max(self.per_image_s * DEADLINE_SAFETY, spread) * size
 
 
@@ -217,6 +217,9 @@ class BatchScheduler:
             _done, pending = await asyncio.wait(self._workers, timeout=timeout_s)
             for task in pending:
                 task.cancel()
+            # Let cancelled workers unwind (give back the device slot, answer their batch)
+            # before the engine under them is closed.
+            await asyncio.gather(*pending, return_exceptions=True)
         # Anything still queued (only after a timeout) gets an answer rather than hanging.
         while self._queue:
             self._fail(self._queue.popleft(), Overloaded("server shutting down"))
@@ -235,9 +238,9 @@ class BatchScheduler:
     def dead_reason(self) -> str | None:
         return self._dead
 
-    def _safe(self, images: int) -> float:
+    def _safe(self, images: int, tail: bool = True) -> float:
         """Time to answer a batch of ``images``, with the safety margin, finishing included."""
-        return self._times.pessimistic(images) + self._finish.estimate(1)
+        return self._times.pessimistic(images, tail) + self._finish.estimate(1)
 
     def observe_finish(self, seconds: float) -> None:
         """Record how long one request took from its batch's outputs to its answer."""
@@ -271,11 +274,13 @@ class BatchScheduler:
     def admit(self, images: int, deadline: float) -> None:
         """Refuse at the door what ``submit`` would refuse, before any decoding is spent on it.
 
-        Under overload most of the CPU would otherwise go into decoding requests that are then
-        refused, starving the ones already accepted. Counts the images still being decoded as
-        ahead (they will be queued before this one). ``submit`` re-checks with what it knows then.
+        Call it inside ``incoming(images)`` for the same images, so that a burst of requests
+        arriving together sees each other. Under overload most of the CPU would otherwise go
+        into decoding requests that are then refused, starving the ones already accepted. Counts
+        the other images still being decoded as ahead (they will be queued before these).
+        ``submit`` re-checks with what it knows then.
         """
-        self._check(images, deadline, ahead=len(self._queue) + self._incoming)
+        self._check(images, deadline, ahead=len(self._queue) + self._incoming - images)
 
     def _check(self, images: int, deadline: float, ahead: int) -> None:
         if self._dead is not None:
@@ -283,6 +288,11 @@ class BatchScheduler:
         if self._closing:
             self._observer.rejected("shutting_down")
             raise Overloaded("server is shutting down", retry_after_s=5)
+        if images > self._config.max_queue:  # could never be queued, however long it waited
+            raise PayloadTooLarge(
+                f"{images} images in one request; this server queues at most "
+                f"{self._config.max_queue} per variant"
+            )
         if ahead + images > self._config.max_queue:
             self._observer.rejected("queue_full")
             raise Overloaded(
@@ -291,8 +301,13 @@ class BatchScheduler:
             )
         now = time.monotonic()
         wait_s = self.estimated_wait_s(ahead + images - 1)
-        own_s = self._times.pessimistic(ahead + images + self._running_images)
-        needed_s = own_s / self._config.concurrency + self._others_s() * DEADLINE_SAFETY
+        # The variance term is for queueing under load. On an idle device it is left out: the
+        # estimate only changes when batches run, and one slow batch's variance must not refuse
+        # every tight deadline for good.
+        others_s = self._others_s()
+        idle = ahead == 0 and not self._running_images and others_s == 0
+        own_s = self._times.pessimistic(ahead + images + self._running_images, tail=not idle)
+        needed_s = own_s / self._config.concurrency + others_s * DEADLINE_SAFETY
         needed_s += self._finish.estimate(1)
         if self._times.known and now + needed_s > deadline:
             self._observer.rejected("deadline")
@@ -323,7 +338,16 @@ class BatchScheduler:
             async with slot:  # the device runs one batch at a time (per its concurrency)
                 if not self._queue:  # another worker of this variant took them meanwhile
                     continue
-                await self._run(await self._collect())
+                batch = await self._collect()
+                try:
+                    await self._run(batch)
+                except BaseException as exc:
+                    # _run answers its own batch; this covers anything failing around it, so
+                    # requests already taken off the queue never wait forever.
+                    error = exc if isinstance(exc, Exception) else Overloaded("shutting down")
+                    for req in batch:
+                        self._fail(req, error)
+                    raise
 
     async def _first_request(self) -> bool:
         """Wait until something is queued; False once closing with nothing left."""
@@ -342,7 +366,7 @@ class BatchScheduler:
             if remaining <= 0 or self._incoming == 0:
                 break
             self._wakeup.clear()
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(asyncio.TimeoutError):  # not builtin TimeoutError on 3.10
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
         return self._take()
 
@@ -357,13 +381,16 @@ class BatchScheduler:
         # Every request must be able to wait for the whole batch: drop those that cannot (the
         # tightest deadlines first), which also shortens the batch for the others.
         now = time.monotonic()
-        while batch and now + self._safe(len(batch)) > min(r.deadline for r in batch):
-            late = min(batch, key=lambda r: r.deadline)
-            batch.remove(late)
-            self._observer.rejected("deadline")
-            self._fail(late, DeadlineExceeded("deadline cannot be met by the next batch"))
+        tail = bool(len(batch) > 1 or self._queue or self._running_images)  # as at admission
+        while batch and now + self._safe(len(batch), tail) > min(r.deadline for r in batch):
+            self._drop_late(min(batch, key=lambda r: r.deadline), batch)
         self._observer.queued(len(self._queue))
         return batch
+
+    def _drop_late(self, late: _Request, batch: list[_Request]) -> None:
+        batch.remove(late)
+        self._observer.rejected("deadline")
+        self._fail(late, DeadlineExceeded("deadline cannot be met by the next batch"))
 
     async def _run(self, batch: list[_Request]) -> None:
         if not batch:

@@ -112,7 +112,11 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
     try:
         return await task
     except asyncio.CancelledError:
-        if gone:  # our own cancellation: an ordinary outcome, not a crash of the handler
+        current = asyncio.current_task()
+        # Ours (the client left), not the server's (shutdown): an ordinary outcome, not a crash.
+        # Task.cancelling() exists from Python 3.11; before that, trust ``gone``.
+        cancelling = getattr(current, "cancelling", lambda: 0)()
+        if gone and not cancelling:
             raise ClientClosedRequest("the client disconnected") from None
         raise
     finally:
@@ -149,7 +153,7 @@ async def _detect(
     deadline: float,
     metrics: MetricsDep,
 ) -> list[ImageOutcome]:
-    prepared = await prepare_images(model, variant, blobs, metrics)
+    prepared = await prepare_images(model, variant, blobs, deadline, metrics)
     return await run_images(model, variant, prepared, options, deadline, metrics)
 
 
@@ -213,8 +217,6 @@ async def detect(
         # The whole body is read before anything watches for a disconnect: both would take
         # messages from the same receive channel, and a body chunk taken by the watcher is lost.
         blobs = await read_images(request, settings.max_images_per_request)
-        # Shed load before decoding: under overload that CPU is wasted on requests refused anyway.
-        variant.scheduler.admit(len(blobs), deadline)
         outcomes = await cancel_on_disconnect(
             request, _detect(model, variant, blobs, options, deadline, metrics)
         )

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from engines.errors import InferenceError
-from service.errors import DeadlineExceeded, EngineUnavailable, Overloaded
+from service.errors import DeadlineExceeded, EngineUnavailable, Overloaded, PayloadTooLarge
 from service.scheduler import BatchingConfig, BatchScheduler, DeviceLoad, Outputs
 
 
@@ -173,14 +173,61 @@ def test_admission_counts_images_still_being_decoded() -> None:
         engine = StandInEngine(delay_s=0.05)
         sched = make(engine, max_batch=4, max_wait_s=0.0, max_queue=4)
         await sched.submit(item(0), far())  # ~50 ms per image
-        sched.admit(1, far())  # an empty queue admits
-        with sched.incoming(3):  # three images are decoding: they will be queued first
-            with pytest.raises(Overloaded):
+        with sched.incoming(1):  # admit is called while its own images are marked incoming
+            sched.admit(1, far())  # an empty queue admits
+        with sched.incoming(3):  # three images of other requests are decoding
+            with sched.incoming(2), pytest.raises(Overloaded):
                 sched.admit(2, far())  # 3 + 2 > the queue's 4 places
-            sched.admit(1, far())
-            with pytest.raises(DeadlineExceeded):
-                sched.admit(1, time.monotonic() + 0.1)  # 4 images of 50 ms ahead
-        sched.admit(1, time.monotonic() + 0.1)  # once they are gone, it fits
+            with sched.incoming(1):
+                sched.admit(1, far())
+                with pytest.raises(DeadlineExceeded):
+                    sched.admit(1, time.monotonic() + 0.1)  # 4 images of 50 ms ahead
+        with sched.incoming(1):
+            sched.admit(1, time.monotonic() + 0.1)  # once they are gone, it fits
+        with sched.incoming(5), pytest.raises(PayloadTooLarge):
+            sched.admit(5, far())  # more than the queue could ever hold: 413, not 503
+        await sched.close()
+
+    run(main)
+
+
+class _ExplodingObserver:
+    def queued(self, depth: int) -> None: ...
+    def batch_started(self, size: int, queue_waits_s: list[float]) -> None:
+        raise RuntimeError("metrics backend broke")
+
+    def batch_finished(self, size: int, duration_s: float, ok: bool) -> None: ...
+    def rejected(self, reason: str) -> None: ...
+
+
+def test_a_crashing_worker_answers_its_batch_and_takes_the_variant_out() -> None:
+    async def main() -> None:
+        sched = BatchScheduler(StandInEngine(), BatchingConfig(), observer=_ExplodingObserver())
+        sched.start()
+        with pytest.raises(RuntimeError):  # the batch it had taken gets the error, no hang
+            await asyncio.wait_for(sched.submit(item(0), far()), 5)
+        await asyncio.sleep(0)
+        assert sched.dead_reason is not None and "crashed" in sched.dead_reason
+        with pytest.raises(EngineUnavailable):  # later requests are refused at once
+            await asyncio.wait_for(sched.submit(item(1), far()), 5)
+        await sched.close()
+
+    run(main)
+
+
+def test_one_slow_batch_does_not_lock_out_tight_deadlines() -> None:
+    async def main() -> None:
+        engine = StandInEngine(delay_s=0.01)
+        sched = make(engine, max_batch=1, max_wait_s=0.0, max_queue=16)
+        for i in range(5):
+            await sched.submit(item(i), far())  # ~10 ms per image, steady
+        engine.delay_s = 0.25
+        await sched.submit(item(5), far())  # one 250 ms outlier: the variance jumps
+        engine.delay_s = 0.01
+        # On an idle device the tail term is left out, so the estimate can come back down.
+        for i in range(6, 12):
+            await sched.submit(item(i), time.monotonic() + 0.2)
+        assert engine.batches[-1] == [11]
         await sched.close()
 
     run(main)

@@ -18,7 +18,7 @@ import numpy as np
 
 from engines.calibration import ImageSet
 from engines.formats import OutputLayout
-from engines.postprocess import Detections, postprocess
+from engines.postprocess import Detections, pairwise_iou, postprocess
 from engines.preprocess import letterbox
 from engines.runtime.base import Engine
 
@@ -147,14 +147,6 @@ def label_map(
     return round(_coco_map(gt, predictions)[0], 4)
 
 
-def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    lt = np.maximum(box[:2], boxes[:, :2])
-    rb = np.minimum(box[2:], boxes[:, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
-    area = np.prod(box[2:] - box[:2]) + np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
-    return np.asarray(inter / np.maximum(area - inter, 1e-9))
-
-
 def detection_error(reference: Sequence[Detections], candidate: Sequence[Detections]) -> float:
     """Mean over FP32's confident boxes of (1 - IoU of the best same-class candidate box) plus
     the score change: 0 for identical detections, about 1 or more for lost ones.
@@ -171,7 +163,7 @@ def detection_error(reference: Sequence[Detections], candidate: Sequence[Detecti
             if not same.any():
                 errors.append(1.0 + float(score))
                 continue
-            ious = _iou(box, cand.boxes[same])
+            ious = pairwise_iou(box[None], cand.boxes[same])[0]
             best = int(ious.argmax())
             errors.append(1.0 - float(ious[best]) + abs(float(cand.scores[same][best] - score)))
     return float(np.mean(errors)) if errors else 0.0

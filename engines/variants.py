@@ -21,10 +21,14 @@ class ServableVariant:
     backend: str
     device: str
     artifact: Path
-    agreement: float | None  # mAP50-95 agreement with FP32
     latency_ms: dict[int, float] = field(default_factory=dict)  # batch size -> median ms
     accuracy: Accuracy | None = None
     status: str = "accepted"
+
+    @property
+    def agreement(self) -> float | None:
+        """mAP50-95 agreement with FP32."""
+        return self.accuracy.map50_95_agreement if self.accuracy else None
 
 
 def verify_variant(variant: Variant, folder: Path, host: HostInfo) -> Path:
@@ -100,7 +104,6 @@ def load_servable_variants(
                 variant.backend,
                 variant.device,
                 path,
-                variant.accuracy.map50_95_agreement if variant.accuracy else None,
                 {int(b): ms for b, ms in variant.latency_ms.items()},
                 variant.accuracy,
                 variant.status,

@@ -32,8 +32,8 @@ async def open_loop(
     """Fire requests at a fixed rate regardless of answers (what overload really looks like)."""
     statuses: Counter[int] = Counter()
     accepted_ms: list[float] = []
-    server_ms: list[float] = []  # the server's own total: from its handler's start to the answer
-    slowest: list[tuple[float, str, int, dict[str, float]]] = []
+    # Each accepted answer: client-side ms, precision, batch size, the server's own timing_ms.
+    answers: list[tuple[float, str, int, dict[str, float]]] = []
     wrong = missing_retry_after = 0
     limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
 
@@ -51,11 +51,10 @@ async def open_loop(
         if r.status_code == 200:
             accepted_ms.append((time.perf_counter() - started) * 1000)
             body = r.json()
-            server_ms.append(float(body["timing_ms"]["total"]))
-            slowest.append(
+            answers.append(
                 (accepted_ms[-1], body["precision"], body["batch_size"], body["timing_ms"])
             )
-            if not any(d["label"] == "bus" for d in r.json()["detections"]):
+            if not any(d["label"] == "bus" for d in body["detections"]):
                 wrong += 1
         elif r.status_code == 503 and "retry-after" not in r.headers:
             missing_retry_after += 1
@@ -71,9 +70,10 @@ async def open_loop(
             tasks.append(asyncio.create_task(one(client)))
             n += 1
         await asyncio.gather(*tasks)
-    slowest.sort(key=lambda row: -row[0])
-    for ms, precision, batch, timing in slowest[:5]:  # where the tail's time went
-        print(f"slow: {ms:.0f} ms {precision} batch {batch} {timing}")
+    for ms, precision, batch, timing in sorted(answers, key=lambda a: -a[0])[:5]:
+        print(f"slow: {ms:.0f} ms {precision} batch {batch} {timing}")  # where the tail went
+    # The server's own total: from its handler's start to the answer.
+    server_ms = [timing["total"] for *_, timing in answers]
     return statuses, accepted_ms, server_ms, wrong, missing_retry_after
 
 

@@ -46,9 +46,10 @@ async def prepare_images(
         metrics.preprocess_duration.labels(*labels).observe(elapsed)
         return image, elapsed
 
+    # Shed load before decoding: under overload that CPU is wasted on requests refused anyway.
+    # No await between admitting and marking incoming, so a burst of requests sees each other.
+    variant.scheduler.admit(len(blobs), deadline)
     with variant.scheduler.incoming(len(blobs)):
-        # Shed load before decoding: under overload that CPU is wasted on requests refused anyway.
-        variant.scheduler.admit(len(blobs), deadline)
         return list(await asyncio.gather(*(one(b) for b in blobs)))
 
 

@@ -274,13 +274,12 @@ class BatchScheduler:
     def admit(self, images: int, deadline: float) -> None:
         """Refuse at the door what ``submit`` would refuse, before any decoding is spent on it.
 
-        Call it inside ``incoming(images)`` for the same images, so that a burst of requests
-        arriving together sees each other. Under overload most of the CPU would otherwise go
-        into decoding requests that are then refused, starving the ones already accepted. Counts
-        the other images still being decoded as ahead (they will be queued before these).
-        ``submit`` re-checks with what it knows then.
+        Under overload most of the CPU would otherwise go into decoding requests that are then
+        refused, starving the ones already accepted. Counts the images still being decoded as
+        ahead (they will be queued before these): mark admitted images ``incoming`` before the
+        next await, so a burst of requests sees each other. ``submit`` re-checks later.
         """
-        self._check(images, deadline, ahead=len(self._queue) + self._incoming - images)
+        self._check(images, deadline, ahead=len(self._queue) + self._incoming)
 
     def _check(self, images: int, deadline: float, ahead: int) -> None:
         if self._dead is not None:
@@ -300,7 +299,6 @@ class BatchScheduler:
                 retry_after_s=self.estimated_wait_s(ahead),
             )
         now = time.monotonic()
-        wait_s = self.estimated_wait_s(ahead + images - 1)
         # The variance term is for queueing under load. On an idle device it is left out: the
         # estimate only changes when batches run, and one slow batch's variance must not refuse
         # every tight deadline for good.
@@ -312,8 +310,8 @@ class BatchScheduler:
         if self._times.known and now + needed_s > deadline:
             self._observer.rejected("deadline")
             raise DeadlineExceeded(
-                f"deadline cannot be met: about {wait_s * 1000:.0f} ms of "
-                f"work is ahead, {max(0.0, deadline - now) * 1000:.0f} ms left"
+                f"deadline cannot be met: about {needed_s * 1000:.0f} ms needed, "
+                f"{max(0.0, deadline - now) * 1000:.0f} ms left"
             )
 
     async def submit(self, tensor: np.ndarray, deadline: float) -> ItemResult:
@@ -383,14 +381,12 @@ class BatchScheduler:
         now = time.monotonic()
         tail = bool(len(batch) > 1 or self._queue or self._running_images)  # as at admission
         while batch and now + self._safe(len(batch), tail) > min(r.deadline for r in batch):
-            self._drop_late(min(batch, key=lambda r: r.deadline), batch)
+            late = min(batch, key=lambda r: r.deadline)
+            batch.remove(late)
+            self._observer.rejected("deadline")
+            self._fail(late, DeadlineExceeded("deadline cannot be met by the next batch"))
         self._observer.queued(len(self._queue))
         return batch
-
-    def _drop_late(self, late: _Request, batch: list[_Request]) -> None:
-        batch.remove(late)
-        self._observer.rejected("deadline")
-        self._fail(late, DeadlineExceeded("deadline cannot be met by the next batch"))
 
     async def _run(self, batch: list[_Request]) -> None:
         if not batch:

@@ -53,6 +53,14 @@ def make(engine: StandInEngine, **config: float) -> BatchScheduler:
     return sched
 
 
+async def taught(delay_s: float, **config: float) -> tuple[StandInEngine, BatchScheduler]:
+    """A started scheduler that has timed one batch of ``delay_s`` per image."""
+    engine = StandInEngine(delay_s=delay_s)
+    sched = make(engine, **config)
+    await sched.submit(item(0), far())
+    return engine, sched
+
+
 def test_batch_forms_on_size() -> None:
     async def main() -> None:
         engine = StandInEngine()
@@ -116,9 +124,8 @@ def test_outputs_matched_one_for_one() -> None:
 
 def test_unmeetable_deadline_is_refused_before_running() -> None:
     async def main() -> None:
-        engine = StandInEngine(delay_s=0.2)
-        sched = make(engine, max_batch=1, max_wait_s=0.0, max_queue=16)
-        await sched.submit(item(0), far())  # teaches the scheduler ~200 ms per image
+        # teaches the scheduler ~200 ms per image
+        engine, sched = await taught(0.2, max_batch=1, max_wait_s=0.0, max_queue=16)
         with pytest.raises(DeadlineExceeded):
             await sched.submit(item(1), time.monotonic() + 0.02)
         assert engine.batches == [[0]]  # the refused request never reached the engine
@@ -129,9 +136,8 @@ def test_unmeetable_deadline_is_refused_before_running() -> None:
 
 def test_deadline_covers_the_time_after_the_batch() -> None:
     async def main() -> None:
-        engine = StandInEngine(delay_s=0.02)
-        sched = make(engine, max_batch=1, max_wait_s=0.0, max_queue=16)
-        await sched.submit(item(0), far())  # ~20 ms per image
+        # ~20 ms per image
+        engine, sched = await taught(0.02, max_batch=1, max_wait_s=0.0, max_queue=16)
         await sched.submit(item(1), time.monotonic() + 0.2)  # easily met
         sched.observe_finish(0.5)  # but answering takes 500 ms after the engine
         with pytest.raises(DeadlineExceeded):
@@ -144,9 +150,8 @@ def test_deadline_covers_the_time_after_the_batch() -> None:
 
 def test_late_request_in_the_middle_of_a_batch_is_dropped_and_the_rest_run() -> None:
     async def main() -> None:
-        engine = StandInEngine(delay_s=0.05)
-        sched = make(engine, max_batch=3, max_wait_s=0.0, max_queue=16)
-        await sched.submit(item(0), far())  # ~50 ms per image
+        # ~50 ms per image
+        engine, sched = await taught(0.05, max_batch=3, max_wait_s=0.0, max_queue=16)
         engine.gate.clear()
         blocker = asyncio.create_task(sched.submit(item(1), far()))
         await asyncio.sleep(0.02)  # item 1 is inside the stalled engine
@@ -170,21 +175,16 @@ def test_late_request_in_the_middle_of_a_batch_is_dropped_and_the_rest_run() -> 
 
 def test_admission_counts_images_still_being_decoded() -> None:
     async def main() -> None:
-        engine = StandInEngine(delay_s=0.05)
-        sched = make(engine, max_batch=4, max_wait_s=0.0, max_queue=4)
-        await sched.submit(item(0), far())  # ~50 ms per image
-        with sched.incoming(1):  # admit is called while its own images are marked incoming
-            sched.admit(1, far())  # an empty queue admits
+        _, sched = await taught(0.05, max_batch=4, max_wait_s=0.0, max_queue=4)
+        sched.admit(1, far())  # an empty queue admits
         with sched.incoming(3):  # three images of other requests are decoding
-            with sched.incoming(2), pytest.raises(Overloaded):
+            with pytest.raises(Overloaded):
                 sched.admit(2, far())  # 3 + 2 > the queue's 4 places
-            with sched.incoming(1):
-                sched.admit(1, far())
-                with pytest.raises(DeadlineExceeded):
-                    sched.admit(1, time.monotonic() + 0.1)  # 4 images of 50 ms ahead
-        with sched.incoming(1):
-            sched.admit(1, time.monotonic() + 0.1)  # once they are gone, it fits
-        with sched.incoming(5), pytest.raises(PayloadTooLarge):
+            sched.admit(1, far())
+            with pytest.raises(DeadlineExceeded):
+                sched.admit(1, time.monotonic() + 0.1)  # 4 images of 50 ms ahead
+        sched.admit(1, time.monotonic() + 0.1)  # once they are gone, it fits
+        with pytest.raises(PayloadTooLarge):
             sched.admit(5, far())  # more than the queue could ever hold: 413, not 503
         await sched.close()
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from engines.manifest import Manifest
-from engines.timing import batch_sizes, time_engine
+from engines.artifacts.manifest import Manifest
+from engines.build.timing import batch_sizes, time_engine
 
 Series = dict[str, dict[int, float]]  # precision -> batch size -> median ms
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from engines.sample_images import sample_image
-from service.bench import bench_http
-from service.process import ServerProcess
+from bench.http import bench_http
+from bench.process import ServerProcess
+from engines.sources.sample_images import sample_image
 
 
 async def open_loop(

@@ -54,12 +54,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def prepare(settings: Settings) -> None:
     """Fetch missing model sources and build missing engines (both cached and idempotent)."""
-    from engines.model_sources import ensure_model_source
+    from engines.sources.repository import ensure_model_source
 
     for name in settings.models:
         ensure_model_source(settings.models_dir / name)
         if settings.prepare_precisions:
-            from engines.build import BuildConfig, build_model
+            from engines.build.builder import BuildConfig, build_model
             from engines.precision import Precision
 
             config = BuildConfig(
@@ -72,7 +72,7 @@ def prepare(settings: Settings) -> None:
 
 
 def cmd_models_fetch(args: argparse.Namespace) -> int:
-    from engines.model_sources import ensure_model_source
+    from engines.sources.repository import ensure_model_source
 
     settings = Settings()
     path = ensure_model_source(settings.models_dir / args.name)
@@ -147,7 +147,7 @@ def _add_optional_commands(sub: argparse._SubParsersAction[argparse.ArgumentPars
 
     add_build_command(sub)
     try:
-        from service.cli_bench import add_bench_command
+        from bench.cli import add_bench_command
     except ImportError:
         return
     add_bench_command(sub)

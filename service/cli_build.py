@@ -72,10 +72,10 @@ def quiet_tool_warnings() -> Iterator[None]:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from engines.build import BuildConfig, build_model
-    from engines.build_report import summary_table
-    from engines.model_sources import ensure_model_source
+    from engines.build.builder import BuildConfig, build_model
+    from engines.build.report import summary_table
     from engines.precision import Precision
+    from engines.sources.repository import ensure_model_source
 
     settings = Settings()
     model_dir = _model_dir(args, settings)

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 from starlette.concurrency import run_in_threadpool
 
-from engines.postprocess import Detections
+from engines.model.pipeline import DetectOptions, PreparedImage
+from engines.model.postprocess import Detections
 from engines.precision import Precision
 from service.errors import EngineUnavailable
 from service.metrics import Metrics
-from service.pipeline import DetectOptions, PreparedImage
 from service.registry import ServedModel, ServedVariant
 from service.scheduler import ItemResult
 

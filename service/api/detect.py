@@ -12,6 +12,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
+from engines.model.pipeline import DetectOptions
 from service.deps import AuthDep, MetricsDep, ModelDep, SettingsDep
 from service.errors import (
     BadRequest,
@@ -20,7 +21,6 @@ from service.errors import (
     to_service_error,
 )
 from service.inference import ImageOutcome, pick_variant, prepare_images, run_images
-from service.pipeline import DetectOptions
 from service.registry import ServedModel, ServedVariant
 from service.schemas import Detection, DetectResponse, ImageResult, Timing, error_responses
 

@@ -8,7 +8,7 @@ import jsonschema
 import pytest
 import yaml
 
-from engines.sources import RegistryFile, fetch
+from engines.sources.registry import RegistryFile, fetch
 from tests.conftest import REPO
 
 # The Compose Specification JSON schema as shipped in the docker-compose 1.29.2 wheel.

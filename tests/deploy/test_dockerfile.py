@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.process import ServerProcess, free_port
+from bench.process import ServerProcess, free_port
 from tests.conftest import REPO
 
 DOCKERFILE = REPO / "Dockerfile"

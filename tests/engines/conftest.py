@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines.model_sources import read_spec
-from engines.sources import fetch
+from engines.sources.registry import fetch
+from engines.sources.repository import read_spec
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "yolov3-tiny-coco"
 
@@ -23,8 +23,8 @@ def darknet_files() -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def bus_tensor() -> np.ndarray:
     """bus.jpg letterboxed to 416x416 (grey 127 padding), RGB 0..1, NCHW with batch 1."""
-    from engines.preprocess import decode_image, letterbox
-    from engines.sample_images import sample_image
+    from engines.model.preprocess import decode_image, letterbox
+    from engines.sources.sample_images import sample_image
 
     image = decode_image(sample_image("bus").read_bytes(), max_pixels=10**8)
     return np.ascontiguousarray(letterbox(image, (416, 416), pad_value=127)[0][None])

@@ -13,13 +13,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from engines.build import BuildConfig, build_model
-from engines.calibration import ImageSetError
+from engines.artifacts.manifest import Manifest
+from engines.artifacts.variants import load_servable_variants, verify_variant
+from engines.build.builder import BuildConfig, build_model
+from engines.build.int8.calibration import ImageSetError
 from engines.errors import ArtifactMismatchError, ModelFormatError
-from engines.host import current_host
-from engines.manifest import Manifest
 from engines.precision import Precision
-from engines.variants import load_servable_variants, verify_variant
+from engines.runtime.host import current_host
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -179,8 +179,8 @@ def test_cli_reports_a_bad_model_file_without_a_traceback(tmp_path: Path) -> Non
 
 
 def test_real_labels_give_a_labelled_map(tmp_path: Path) -> None:
-    from engines.sample_images import TERRAIN2_LABELS, sample_image
-    from engines.sources import fetch
+    from engines.sources.registry import fetch
+    from engines.sources.sample_images import TERRAIN2_LABELS, sample_image
 
     val = tmp_path / "val"
     val.mkdir()
@@ -198,10 +198,10 @@ def test_real_labels_give_a_labelled_map(tmp_path: Path) -> None:
 def test_labelled_map_is_one_for_perfect_and_zero_for_wrong_boxes() -> None:
     import json
 
-    from engines.postprocess import Detections
-    from engines.sample_images import TERRAIN2_LABELS
-    from engines.sources import fetch
-    from engines.validate import label_map
+    from engines.build.accuracy import label_map
+    from engines.model.postprocess import Detections
+    from engines.sources.registry import fetch
+    from engines.sources.sample_images import TERRAIN2_LABELS
 
     labels = fetch(TERRAIN2_LABELS)
     boxes = np.array([a["bbox"] for a in json.loads(labels.read_text())["annotations"]], np.float32)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from engines.build_report import Reporter
+from engines.build.report import Reporter
 
 
 class _Terminal(io.StringIO):

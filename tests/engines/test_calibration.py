@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines.calibration import CalibrationSet, ImageSet, ImageSetError, image_sets
-from engines.sample_images import CALIBRATION_PHOTOS, VALIDATION_PHOTOS
+from engines.build.int8.calibration import CalibrationSet, ImageSet, ImageSetError, image_sets
+from engines.sources.sample_images import CALIBRATION_PHOTOS, VALIDATION_PHOTOS
 from tests.engines.build_fixtures import write_photos
 
 

@@ -9,8 +9,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from engines import darknet
-from engines.darknet_cfg import DarknetFormatError, read_header
+from engines.sources import darknet
+from engines.sources.darknet_cfg import DarknetFormatError, read_header
 
 cv2 = pytest.importorskip("cv2", reason="opencv-python-headless (4.x) is a test dependency")
 if not hasattr(cv2, "dnn") or not hasattr(cv2.dnn, "readNetFromDarknet"):

@@ -9,10 +9,10 @@ import onnxruntime as ort
 import pytest
 
 from engines.errors import ModelFormatError
-from engines.formats import LAYOUTS, detect_layout
-from engines.model_info import read_model_info
-from engines.postprocess import postprocess
-from engines.preprocess import LetterboxTransform
+from engines.model.info import read_model_info
+from engines.model.layouts import LAYOUTS, detect_layout
+from engines.model.postprocess import postprocess
+from engines.model.preprocess import LetterboxTransform
 from engines.runtime.base import TensorInfo
 from tests.engines.layout_models import KNOWN, NUM_CLASSES, layout_outputs, make_layout_model
 

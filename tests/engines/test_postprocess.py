@@ -7,9 +7,9 @@ import time
 import numpy as np
 import pytest
 
-from engines.formats import Candidates
-from engines.postprocess import MAX_NMS_CANDIDATES, batched_nms, nms, postprocess
-from engines.preprocess import LetterboxTransform
+from engines.model.layouts import Candidates
+from engines.model.postprocess import MAX_NMS_CANDIDATES, batched_nms, nms, postprocess
+from engines.model.preprocess import LetterboxTransform
 
 
 def iou(a: list[float], b: list[float]) -> float:

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from engines.errors import ImageDecodeError, ImageTooLargeError
-from engines.preprocess import decode_image, letterbox
+from engines.model.preprocess import decode_image, letterbox
 
 LIMIT = 40_000_000
 

@@ -9,11 +9,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from engines.build import BuildConfig
-from engines.calibration import CalibrationSet, ImageSet
-from engines.graph import decode_head
-from engines.precision import to_fp16
-from engines.quantize import Int8Options, quantize_int8
+from engines.build.builder import BuildConfig
+from engines.build.fp16 import to_fp16
+from engines.build.int8.calibration import CalibrationSet, ImageSet
+from engines.build.int8.graph import decode_head
+from engines.build.int8.quantize import Int8Options, quantize_int8
 from tests.engines.build_fixtures import HEAD_OPS, SIZE, tiny_detector, write_photos
 
 

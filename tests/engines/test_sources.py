@@ -10,11 +10,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engines import sources
 from engines.errors import ModelFormatError
-from engines.model_sources import ensure_model_source, read_spec
-from engines.sample_images import SAMPLE_IMAGES, sample_image
-from engines.sources import RegistryFile, SourceFetchError, SourceIntegrityError, fetch, sha256_file
+from engines.sources import registry as sources
+from engines.sources.registry import (
+    RegistryFile,
+    SourceFetchError,
+    SourceIntegrityError,
+    fetch,
+    sha256_file,
+)
+from engines.sources.repository import ensure_model_source, read_spec
+from engines.sources.sample_images import SAMPLE_IMAGES, sample_image
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "yolov3-tiny-coco"
 BUS = SAMPLE_IMAGES["bus"]  # from a 1.4 MB wheel, which pip's own HTTP cache keeps

@@ -46,8 +46,8 @@ def test_missing_tensorrt_is_a_load_error(tmp_path: Path) -> None:
         pass
     else:
         pytest.skip("TensorRT is installed here; the missing-library path cannot be shown")
+    from engines.build.tensorrt_plan import build_plan
     from engines.runtime.tensorrt import TensorRTEngine
-    from engines.tensorrt_build import build_plan
 
     with pytest.raises(EngineLoadError, match="TensorRT is not installed"):
         TensorRTEngine(tmp_path / "x.plan", Precision.FP32, max_batch=4)
@@ -85,8 +85,8 @@ def small_conv_model(path: Path) -> Path:
 def test_plan_matches_onnxruntime_at_batch_1_and_max(tmp_path: Path) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
+    from engines.build.tensorrt_plan import build_plan
     from engines.runtime.tensorrt import TensorRTEngine
-    from engines.tensorrt_build import build_plan
 
     source = small_conv_model(tmp_path / "small.onnx")
     info = build_plan(
@@ -121,8 +121,8 @@ def test_plan_matches_onnxruntime_at_batch_1_and_max(tmp_path: Path) -> None:
 
 @pytest.mark.gpu
 def test_built_variants_compile_and_agree(built_engines: Path, tmp_path: Path) -> None:
+    from engines.build.tensorrt_plan import build_plan
     from engines.runtime.tensorrt import TensorRTEngine
-    from engines.tensorrt_build import build_plan
 
     folder = built_engines / "yolov3-tiny-coco"
     session = ort.InferenceSession(str(folder / "fp32.onnx"), providers=["CPUExecutionProvider"])

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from engines.postprocess import Detections
-from engines.validate import agreement, detection_error
+from engines.build.accuracy import agreement, detection_error
+from engines.model.postprocess import Detections
 
 
 def dets(boxes: list[list[float]], scores: list[float], classes: list[int]) -> Detections:

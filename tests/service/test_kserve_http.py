@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 import tritonclient.http as triton
 
-from engines.preprocess import decode_image, letterbox
+from engines.model.preprocess import decode_image, letterbox
 from tests.conftest import Server
 
 pytestmark = pytest.mark.slow

@@ -23,7 +23,7 @@ import httpx
 import pytest
 import yaml
 
-from service.process import free_port
+from bench.process import free_port
 from tests.conftest import REPO, Server
 
 pytestmark = [

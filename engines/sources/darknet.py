@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from engines.darknet_cfg import DarknetFormatError, Section, WeightsReader, parse_cfg
+from engines.sources.darknet_cfg import DarknetFormatError, Section, WeightsReader, parse_cfg
 
 OPSET = 17
 # Bump whenever the produced graph changes: model_sources rebuilds when the recorded one differs.

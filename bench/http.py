@@ -17,11 +17,11 @@ from typing import Any
 import httpx
 import numpy as np
 
-from engines.formats import detect_layout
-from engines.model_info import read_model_info
+from engines.model.info import read_model_info
+from engines.model.layouts import detect_layout
+from engines.model.pipeline import DetectOptions, ImagePipeline, PreparedImage
 from engines.runtime.base import Engine
 from service.config import Settings
-from service.pipeline import DetectOptions, ImagePipeline, PreparedImage
 from service.registry import engine_factory
 from service.variant_specs import discover_variants
 

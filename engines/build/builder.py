@@ -14,9 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engines.build_cache import cache_key, cached_variant
-from engines.build_report import Reporter
-from engines.build_steps import (
+from engines.artifacts.manifest import Calibration, Manifest, Variant
+from engines.build.accuracy import CANDIDATE_CONF, detect_all
+from engines.build.cache import cache_key, cached_variant
+from engines.build.int8.calibration import CalibrationSet, ImageSet, image_sets
+from engines.build.int8.quantize import CalibrationName, Int8Options
+from engines.build.int8.search import Int8Search, make_int8
+from engines.build.report import Reporter
+from engines.build.steps import (
     Candidate,
     EngineLoader,
     Reference,
@@ -26,19 +31,14 @@ from engines.build_steps import (
     measure,
     open_engine,
 )
-from engines.calibration import CalibrationSet, ImageSet, image_sets
+from engines.build.timing import batch_sizes, time_engine
 from engines.errors import EngineError, ModelFormatError
-from engines.formats import detect_layout
-from engines.host import HostInfo, current_host
-from engines.manifest import Calibration, Manifest, Variant
-from engines.mixed_precision import Int8Search, make_int8
-from engines.model_info import ModelInfo, read_model_info
+from engines.model.info import ModelInfo, read_model_info
+from engines.model.layouts import detect_layout
 from engines.precision import Precision
-from engines.quantize import CalibrationName, Int8Options
 from engines.runtime.base import Engine
-from engines.sources import sha256_file
-from engines.timing import batch_sizes, time_engine
-from engines.validate import CANDIDATE_CONF, detect_all
+from engines.runtime.host import HostInfo, current_host
+from engines.sources.registry import sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engines.formats import Candidates
-from engines.preprocess import LetterboxTransform
+from engines.model.layouts import Candidates
+from engines.model.preprocess import LetterboxTransform
 
 # Bound the NMS work on adversarially low `conf`: only the best candidates go in (the same cap
 # as Ultralytics' `max_nms`; a 640 YOLOv8 head has 8400 anchors, a 1280 one 33600).

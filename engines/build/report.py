@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TextIO
 
-from engines.manifest import Manifest
+from engines.artifacts.manifest import Manifest
 
 log = logging.getLogger(__name__)
 BAR_WIDTH = 24

@@ -6,11 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engines.artifacts.manifest import Accuracy, Manifest, Variant
 from engines.errors import ArtifactMismatchError
-from engines.host import HostInfo, current_host
-from engines.manifest import Accuracy, Manifest, Variant
 from engines.precision import Precision
-from engines.sources import sha256_file
+from engines.runtime.host import HostInfo, current_host
+from engines.sources.registry import sha256_file
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.errors import EngineLoadError
-from engines.host import gpu_name
+from engines.runtime.host import gpu_name
 
 
 @dataclass(frozen=True)

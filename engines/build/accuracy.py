@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from engines.calibration import ImageSet
-from engines.formats import OutputLayout
-from engines.postprocess import Detections, pairwise_iou, postprocess
-from engines.preprocess import letterbox
+from engines.build.int8.calibration import ImageSet
+from engines.model.layouts import OutputLayout
+from engines.model.postprocess import Detections, pairwise_iou, postprocess
+from engines.model.preprocess import letterbox
 from engines.runtime.base import Engine
 
 REFERENCE_CONF = 0.25

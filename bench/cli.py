@@ -9,8 +9,8 @@ import logging
 import tempfile
 from pathlib import Path
 
+from bench.process import ServerProcess
 from service.config import Settings
-from service.process import ServerProcess
 
 
 def add_bench_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -37,13 +37,13 @@ def add_bench_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def _images() -> list[bytes]:
-    from engines.sample_images import sample_image
+    from engines.sources.sample_images import sample_image
 
     return [sample_image(n).read_bytes() for n in ("bus", "zidane", "coffee", "astronaut")]
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from service.bench import as_json, bench_http, bench_pipeline, load_engine, plot
+    from bench.http import as_json, bench_http, bench_pipeline, load_engine, plot
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the report
     settings = Settings()
@@ -100,7 +100,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def _rss_over_requests(server: ServerProcess, images: list[bytes], total: int) -> dict[str, int]:
     """Send ``total`` requests in tenths, printing the server's RSS after each tenth."""
-    from service.bench import bench_requests
+    from bench.http import bench_requests
 
     step = max(1, total // 10)
     rss: dict[str, int] = {}

@@ -1,7 +1,8 @@
 """Automatic mixed precision for INT8: the builder finds which nodes stay in float, and says why.
 
 1. Structural rule: the decode head (every node after each head's last convolution, found by
-   graph analysis in ``engines.graph``) stays float; it mixes pixel-scale boxes with 0..1 scores.
+   graph analysis in ``engines.build.int8.graph``) stays float; it mixes pixel-scale boxes
+   with 0..1 scores.
 2. Measured rule: if the variant still misses its budget, rank every convolution by how far it
    moves the detections when it alone is quantized (ranges computed once, cached, so each probe
    is a sub-second re-quantization plus a few images), then fall back the worst ones to float,
@@ -17,14 +18,14 @@ from pathlib import Path
 
 import onnx
 
-from engines.build_steps import Candidate, EngineLoader, Reference, measure
-from engines.calibration import CalibrationSet
-from engines.graph import HEAD_REASON, compute_nodes, decode_head
-from engines.manifest import Accuracy, KeptFloat
-from engines.postprocess import Detections
+from engines.artifacts.manifest import Accuracy, KeptFloat
+from engines.build.accuracy import CANDIDATE_CONF, detect_all, detection_error
+from engines.build.int8.calibration import CalibrationSet
+from engines.build.int8.graph import HEAD_REASON, compute_nodes, decode_head
+from engines.build.int8.quantize import Int8Options, quantize_int8
+from engines.build.steps import Candidate, EngineLoader, Reference, measure
+from engines.model.postprocess import Detections
 from engines.precision import Precision
-from engines.quantize import Int8Options, quantize_int8
-from engines.validate import CANDIDATE_CONF, detect_all, detection_error
 
 Say = Callable[[str], None]
 

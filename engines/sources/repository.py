@@ -39,9 +39,9 @@ import onnx
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from engines import darknet
 from engines.errors import ModelFormatError
-from engines.sources import RegistryFile, fetch
+from engines.sources import darknet
+from engines.sources.registry import RegistryFile, fetch
 
 Sha256 = Field(pattern=r"^[0-9a-f]{64}$")
 

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engines.formats import OutputLayout
-from engines.model_info import ModelInfo
-from engines.postprocess import Detections, postprocess
-from engines.preprocess import LetterboxTransform, decode_image, letterbox
+from engines.model.info import ModelInfo
+from engines.model.layouts import OutputLayout
+from engines.model.postprocess import Detections, postprocess
+from engines.model.preprocess import LetterboxTransform, decode_image, letterbox
 
 DEFAULT_PAD_VALUE = 114
 

@@ -21,7 +21,7 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
-from engines.calibration import CalibrationSet
+from engines.build.int8.calibration import CalibrationSet
 
 log = logging.getLogger(__name__)
 

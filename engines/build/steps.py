@@ -1,6 +1,6 @@
 """The per-variant build steps: make the FP32 / FP16 graph, check a variant against FP32.
 
-INT8 has its own search in ``engines.mixed_precision``."""
+INT8 has its own search in ``engines.build.int8.search``."""
 
 from __future__ import annotations
 
@@ -12,15 +12,16 @@ from pathlib import Path
 
 import onnx
 
-from engines.calibration import ImageSet
-from engines.formats import OutputLayout
-from engines.graph import HEAD_REASON, decode_head
-from engines.manifest import Accuracy, KeptFloat
-from engines.model_info import ModelInfo
-from engines.postprocess import Detections
-from engines.precision import Precision, to_fp16
+from engines.artifacts.manifest import Accuracy, KeptFloat
+from engines.build.accuracy import CANDIDATE_CONF, agreement, detect_all, label_map
+from engines.build.fp16 import to_fp16
+from engines.build.int8.calibration import ImageSet
+from engines.build.int8.graph import HEAD_REASON, decode_head
+from engines.model.info import ModelInfo
+from engines.model.layouts import OutputLayout
+from engines.model.postprocess import Detections
+from engines.precision import Precision
 from engines.runtime.base import Engine
-from engines.validate import CANDIDATE_CONF, agreement, detect_all, label_map
 
 log = logging.getLogger(__name__)
 EngineLoader = Callable[[Path, Precision], Engine]
@@ -87,7 +88,7 @@ def compile_variant(artifact: Path, backend: str, max_batch: int, out_dir: Path)
     """The TensorRT plan of a variant ONNX (GPU hosts); other backends run the ONNX itself."""
     if backend != "tensorrt":
         return artifact
-    from engines.tensorrt_build import build_plan
+    from engines.build.tensorrt_plan import build_plan
 
     plan = artifact.with_suffix(".plan")
     build_plan(

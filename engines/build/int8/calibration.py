@@ -6,12 +6,12 @@ so it can refuse calibration and validation sets that share a photo. A ``Calibra
 one into the input feeds a quantizer reads, with an explicit cache path for the ranges.
 
 The default demo set (no ``--calib``) expands six real photos from registry packages
-(``engines.sample_images.CALIBRATION_PHOTOS``: scikit-image's astronaut, chelsea, rocket, camera
-and the motorcycle pair) by deterministic crops (100/80/60/45 % of each side, random offset) and
-horizontal flips to 48 images; the letterbox then rescales each crop, so objects appear at several
-scales. Validation uses other photos (``VALIDATION_PHOTOS``: bus, zidane, coffee). The set is small
-and only meant to make `detect-serve build` work out of the box: calibrate on images like your
-production traffic for real deployments.
+(``engines.sources.sample_images.CALIBRATION_PHOTOS``: scikit-image's astronaut, chelsea,
+rocket, camera and the motorcycle pair) by deterministic crops (100/80/60/45 % of each side,
+random offset) and horizontal flips to 48 images; the letterbox then rescales each crop, so
+objects appear at several scales. Validation uses other photos (``VALIDATION_PHOTOS``: bus,
+zidane, coffee). The set is small and only meant to make `detect-serve build` work out of the
+box: calibrate on images like your production traffic for real deployments.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
 from engines.errors import EngineError, ImageDecodeError
-from engines.preprocess import decode_image, letterbox
-from engines.sample_images import CALIBRATION_PHOTOS, VALIDATION_PHOTOS, sample_image
+from engines.model.preprocess import decode_image, letterbox
+from engines.sources.sample_images import CALIBRATION_PHOTOS, VALIDATION_PHOTOS, sample_image
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 MAX_PIXELS = 100_000_000

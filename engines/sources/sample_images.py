@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engines.sources import RegistryFile, fetch
+from engines.sources.registry import RegistryFile, fetch
 
 _ULTRALYTICS = "ultralytics==8.4.190"
 _SKIMAGE = "scikit-image==0.26.0"
@@ -107,7 +107,7 @@ VALIDATION_PHOTOS = ("bus", "zidane", "coffee")
 def sample_image(name: str) -> Path:
     """Local path of a named sample photo (downloaded and verified on first use).
 
-    Raises ``KeyError`` for an unknown name; see ``engines.sources.fetch`` for the rest.
+    Raises ``KeyError`` for an unknown name; see ``engines.sources.registry.fetch`` for the rest.
     """
     try:
         spec = SAMPLE_IMAGES[name]

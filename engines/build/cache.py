@@ -8,9 +8,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from engines.host import HostInfo
-from engines.manifest import Manifest, Variant
-from engines.sources import sha256_file
+from engines.artifacts.manifest import Manifest, Variant
+from engines.runtime.host import HostInfo
+from engines.sources.registry import sha256_file
 
 
 def cache_key(inputs: dict[str, Any], host: HostInfo) -> str:

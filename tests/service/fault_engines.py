@@ -1,7 +1,9 @@
-"""The real server with fault-injecting engines, for tests: ``python -m tests.service.fault_engines
-serve`` (``FAULT_SERVER`` with ``server_factory``) runs ``detect-serve`` after wrapping every
-backend's engine in ``FaultyEngine``. Production code has no hook for this: the wrapping happens
-here, in the server's own process, before the app is built.
+"""The real server with fault-injecting engines, for tests.
+
+``python -m tests.service.fault_engines serve`` (``module=FAULT_SERVER`` with ``server_factory``)
+runs ``detect-serve`` after wrapping every engine the registry opens in ``FaultyEngine``.
+Production code has no hook for this: the wrapping happens here, in the server's own process,
+before the app is built.
 
 ``FAULT_FAIL_BATCHES``: comma-separated batch numbers (1-based) that raise a recoverable error.
 ``FAULT_FATAL_AFTER``: after this many good batches, every batch raises a fatal error.
@@ -17,15 +19,15 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from engines.errors import InferenceError
 from engines.runtime.base import Engine
-from service.config import Settings
-from service.registry import ENGINE_FACTORIES, EngineFactory
-from service.variant_specs import VariantSpec
+from service import registry
 
 FAULT_SERVER = "tests.service.fault_engines"
 GATE_TIMEOUT_S = 120.0
@@ -77,17 +79,19 @@ class FaultyEngine:
             time.sleep(0.01)
 
 
-def faulty(inner: EngineFactory) -> EngineFactory:
-    def make(spec: VariantSpec, settings: Settings) -> Engine:
-        return FaultyEngine(inner(spec, settings))  # type: ignore[return-value]
-
-    return make
-
-
 def install() -> None:
-    """Wrap every backend's engine factory in this process."""
-    for backend, factory in list(ENGINE_FACTORIES.items()):
-        ENGINE_FACTORIES[backend] = faulty(factory)
+    """Wrap every engine the registry of this process opens (whatever the backend)."""
+    choose = registry.engine_factory
+
+    def with_faults(*args: Any, **kwargs: Any) -> Callable[..., Engine]:
+        opens = choose(*args, **kwargs)
+
+        def open_faulty(*args: Any, **kwargs: Any) -> Engine:
+            return FaultyEngine(opens(*args, **kwargs))  # type: ignore[return-value]
+
+        return open_faulty
+
+    registry.engine_factory = with_faults  # type: ignore[assignment]
 
 
 if __name__ == "__main__":

@@ -18,10 +18,13 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api import detect, health, kserve, models
 from service.config import Settings
+from service.deps import scope_is_authorized
 from service.errors import install_error_handlers
-from service.limits import BodyLimitMiddleware
+from service.limits import BodyLimitMiddleware, BodyLimits
 from service.metrics import Metrics
+from service.protocol import ShutdownSignal
 from service.registry import ModelRegistry
+from service.scheduler import DecodeBudget
 from service.schemas import COMMON_ERRORS
 
 log = logging.getLogger(__name__)
@@ -39,6 +42,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = Metrics()
     _register_gpu_metrics(metrics)
     registry = ModelRegistry(settings, metrics)
+    decoding = DecodeBudget(
+        memory_bytes=settings.decode_memory_bytes, workers=settings.decode_workers
+    )
+    # uvicorn cancels what is left at the end of the grace period; uploads are cut a second
+    # earlier so their clients get a JSON 503 rather than a dropped connection.
+    shutdown = ShutdownSignal(cut_after_s=max(0.0, settings.shutdown_grace_s - 1.0))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -53,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await registry.close(settings.shutdown_grace_s)
+            decoding.close()
             log.info("drained: every accepted request was answered")
 
     app = FastAPI(
@@ -65,6 +75,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.registry = registry
+    app.state.decode_budget = decoding
+    app.state.shutdown = shutdown
     install_error_handlers(app)
     for module in (detect, models, health, kserve):
         app.include_router(module.router, responses=COMMON_ERRORS)
@@ -76,7 +88,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Deadline-Ms"],
         )
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    limits = BodyLimits(
+        settings.max_body_bytes,
+        idle_timeout_s=settings.body_idle_timeout_s,
+        min_bytes_per_s=settings.body_min_bytes_per_s,
+        rate_grace_s=settings.body_rate_grace_s,
+    )
+    docs = (app.docs_url, app.redoc_url, app.openapi_url, app.swagger_ui_oauth2_redirect_url)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        limits=limits,
+        shutdown=shutdown,
+        authorized=lambda scope: scope_is_authorized(scope, settings.api_keys),
+        protected_paths=[p for p in docs if p] if settings.protect_docs else [],
+    )
     return app
 
 

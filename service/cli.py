@@ -35,8 +35,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
+    from service import protocol
     from service.app import create_app
 
     settings = _settings(args)
@@ -44,15 +43,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         extras.require("detect-serve serve --prepare", "build")
         prepare(settings)
     app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=args.log_level,
-        server_header=False,  # no version banner
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
-        access_log=args.access_log,
-    )
+    # uvicorn with header/connection limits and upload cut-off at shutdown (service/protocol.py)
+    protocol.run(app, settings, log_level=args.log_level, access_log=args.access_log)
     return 0
 
 

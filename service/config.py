@@ -58,11 +58,28 @@ class Settings(BaseSettings):
     max_pixels: int = Field(40_000_000, ge=1)
     max_images_per_request: int = Field(16, ge=1)
     max_detections: int = Field(1000, ge=1)
+    # Decoding cost grows with rows too: no side may exceed this (1 x 39,999,999 is a bomb).
+    max_image_side: int = Field(20_000, ge=1)
+    # Per-process decode budget: memory decodes may hold at once, and decode worker threads
+    # (0 = one per CPU). An image that alone needs more memory is refused with 413.
+    decode_memory_bytes: int = Field(1024 * 1024 * 1024, ge=1024 * 1024)
+    decode_workers: int = Field(0, ge=0, le=64)
+
+    # Protocol limits (see service/protocol.py and service/limits.py).
+    max_header_bytes: int = Field(32 * 1024, ge=1024)  # request line + every header
+    max_headers: int = Field(100, ge=8)
+    header_timeout_s: float = Field(10.0, gt=0.0)  # a request's headers must arrive within this
+    body_idle_timeout_s: float = Field(10.0, gt=0.0)  # longest silence while a body is sent
+    body_min_bytes_per_s: int = Field(8 * 1024, ge=0)  # average rate a body must keep up ...
+    body_rate_grace_s: float = Field(5.0, ge=0.0)  # ... once this long has passed
+    max_connections: int = Field(1024, ge=1)  # open connections; more get 503 at once
 
     # Security.
     api_keys: list[str] = Field(default_factory=list)
     protect_health: bool = False
     protect_metrics: bool = False
+    # With API keys set, /docs, /redoc and /openapi.json need a key too (False: open).
+    protect_docs: bool = True
     cors_origins: list[str] = Field(default_factory=list)
 
     shutdown_grace_s: float = Field(25.0, ge=0.0)

@@ -69,7 +69,9 @@ class ImagePipeline:
         by_name = {name: i for i, name in enumerate(self.info.class_names)}
         ids: set[int] = set()
         for token in (t.strip() for t in text.split(",")):
-            if token.isdigit() and int(token) < self.info.num_classes:
+            # ASCII digits only: str.isdigit() also accepts '٣' (int() reads it as 3) and '²'
+            # (which int() refuses), neither of which a client means as a class id.
+            if token.isascii() and token.isdigit() and int(token) < self.info.num_classes:
                 ids.add(int(token))
             elif token in by_name:
                 ids.add(by_name[token])

@@ -1,13 +1,16 @@
 """Image bytes -> letterboxed NCHW tensor, and the transform that maps boxes back.
 
-Decoding is defensive: the declared size is checked against the pixel limit *before* any pixel is
-decoded (decompression bombs), truncated files are errors rather than silently grey-padded, and
-EXIF orientation is applied so boxes come back in the orientation the user sees.
+Decoding is defensive: the declared size is checked against the pixel and per-side limits *before*
+any pixel is decoded (decompression bombs), ``decode_cost`` prices an image from its header alone
+(so a server can budget memory and CPU before spending them), truncated files are errors rather
+than silently grey-padded, and EXIF orientation is applied so boxes come back in the orientation
+the user sees.
 """
 
 from __future__ import annotations
 
 import io
+import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,7 +54,7 @@ def _upright(image: Image.Image) -> Image.Image:
         return image
 
 
-def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
+def _open_checked(data: bytes, max_pixels: int, max_side: int | None = None) -> Image.Image:
     """Open (header only) and check the declared size before any pixel is decoded."""
     image = Image.open(io.BytesIO(data), formats=FORMATS)
     width, height = image.size
@@ -61,10 +64,131 @@ def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
         raise ImageTooLargeError(
             f"image declares {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
         )
+    if max_side is not None and max(width, height) > max_side:
+        # Decoding cost grows with rows as well as pixels (Pillow allocates and walks each row):
+        # 1 x 39,999,999 is under any pixel limit yet takes seconds and a GiB to decode.
+        raise ImageTooLargeError(
+            f"image declares {width}x{height} pixels; no side may exceed {max_side}"
+        )
     return image
 
 
-def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
+# Pillow keeps a pointer and an allocation per row, and its decoders do per-row work: a row
+# costs about as much as this many bytes of pixels (measured on a 1 x 40M PNG: ~1 GiB, ~10 s).
+ROW_COST_BYTES = 32
+# deflate cannot compress better than 1032:1, so a PNG declaring more raw bytes than this per
+# byte of file cannot be complete: refuse it before allocating its pixels.
+PNG_MAX_RATIO = 1100
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # IHDR colour type -> samples per pixel
+# Huffman-coded JPEGs (baseline, extended, progressive, lossless) spend at least one bit on the
+# DC coefficient of every 8x8 luma block; arithmetic-coded ones (SOF9-15) have no such floor.
+_JPEG_HUFFMAN_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7}
+
+
+@dataclass(frozen=True)
+class DecodeCost:
+    """What decoding one image will cost, read from its header before any pixel is decoded."""
+
+    width: int
+    height: int
+    stored_bits_per_pixel: int  # of the compressed stream (a 16-bit RGB PNG: 48)
+    memory_bytes: int  # peak bytes decoding and letterboxing it is expected to hold
+    work: int  # decode work in byte-equivalents: raw sample bytes plus per-row overhead
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def _mode_bytes(mode: str) -> int:
+    """Bytes per pixel of Pillow's in-memory storage for ``mode`` (RGB is stored as RGBX)."""
+    if mode in ("1", "L", "P"):
+        return 1
+    return 2 if mode in _GREY_16 else 4
+
+
+def _png_bits(data: bytes) -> int | None:
+    """Bits per pixel from the PNG IHDR (bit depth x channels); Pillow's mode hides 16-bit RGB."""
+    if len(data) < 29 or data[12:16] != b"IHDR":
+        return None
+    depth, colour = data[24], data[25]
+    return depth * _PNG_CHANNELS.get(colour, 4)
+
+
+def _jpeg_sof(data: bytes) -> int | None:
+    """The SOF marker of a JPEG (0xC0..0xCF), walking segments from the start."""
+    at = 2
+    while at + 4 <= len(data):
+        if data[at] != 0xFF:
+            return None
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return marker
+        if marker == 0xDA:  # start of scan before any frame header
+            return None
+        (length,) = struct.unpack_from(">H", data, at + 2)
+        at += 2 + length
+    return None
+
+
+def _check_complete(data: bytes, image: Image.Image, bits: int) -> None:
+    """Refuse headers that promise more pixels than the bytes that follow could hold."""
+    width, height = image.size
+    if image.format == "PNG":
+        raw = height * (1 + (width * bits + 7) // 8)
+        if raw > PNG_MAX_RATIO * len(data):
+            raise ImageDecodeError(
+                f"PNG declares {width}x{height} pixels but holds only {len(data)} bytes: truncated"
+            )
+    elif image.format in ("JPEG", "MPO") and _jpeg_sof(data) in _JPEG_HUFFMAN_SOF:
+        blocks = ((width + 7) // 8) * ((height + 7) // 8)
+        if 8 * len(data) < blocks:
+            raise ImageDecodeError(
+                f"JPEG declares {width}x{height} pixels but holds only {len(data)} bytes: truncated"
+            )
+
+
+def decode_cost(data: bytes, *, max_pixels: int, max_side: int | None = None) -> DecodeCost:
+    """Price decoding ``data`` from its header alone (cheap: no pixel is decoded).
+
+    Raises what ``decode_image`` would for a declared size over the limits, an unrecognised
+    format, or a header whose size the data could not hold (truncated).
+    """
+    if not data:
+        raise ImageDecodeError("empty image")
+    try:
+        with _open_checked(data, max_pixels, max_side) as image:
+            stored = _mode_bytes(image.mode)
+            bits = (_png_bits(data) if image.format == "PNG" else None) or 8 * stored
+            _check_complete(data, image, bits)
+            width, height = image.size
+            deep = image.mode in (*_GREY_16, "I", "F")
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageDecodeError(
+            f"not a recognised image format (accepted: {', '.join(FORMATS)})"
+        ) from None
+    except Exception as exc:  # hostile headers raise many types (see decode_image)
+        raise ImageDecodeError(f"image could not be decoded: {exc}") from None
+    pixels = width * height
+    # Alive at the peak: the decoded image, its RGB copy, the uint8 array and the copy letterbox
+    # resizes from; deep grey adds two float32 planes and a uint8 one on the way to RGB.
+    per_pixel = stored + 4 + 3 + 4 + (9 if deep else 0)
+    rows = height * ROW_COST_BYTES
+    return DecodeCost(
+        width=width,
+        height=height,
+        stored_bits_per_pixel=bits,
+        memory_bytes=pixels * per_pixel + rows,
+        work=(pixels * bits + 7) // 8 + rows,
+    )
+
+
+def decode_image(data: bytes, *, max_pixels: int, max_side: int | None = None) -> np.ndarray:
     """Bytes -> HxWx3 uint8 RGB in display orientation; first frame of animations.
 
     Raises ``ImageTooLargeError`` when the declared size exceeds ``max_pixels`` and
@@ -74,7 +198,9 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
     if not data:
         raise ImageDecodeError("empty image")
     try:
-        with _open_checked(data, max_pixels) as image:
+        with _open_checked(data, max_pixels, max_side) as image:
+            bits = (_png_bits(data) if image.format == "PNG" else None) or 8
+            _check_complete(data, image, bits)
             image.load()  # the first frame; raises on truncation (LOAD_TRUNCATED_IMAGES off)
             rgb = _to_rgb(_upright(image))
     except ImageDecodeError:

@@ -15,12 +15,14 @@ from starlette.formparsers import MultiPartException
 
 from engines.model.pipeline import DetectOptions, PreparedImage
 from engines.model.postprocess import Detections
+from engines.model.preprocess import DecodeCost, decode_cost
+from service.config import Settings
 from service.deps import AuthDep, MetricsDep, ModelDep, SettingsDep
 from service.errors import BadRequest, UnsupportedMediaType
 from service.flow import Route, serve
 from service.metrics import Metrics
 from service.registry import ServedModel, ServedVariant
-from service.scheduler import ItemResult
+from service.scheduler import DecodeBudget, ItemResult
 from service.schemas import Detection, DetectResponse, ImageResult, Timing, error_responses
 
 router = APIRouter(tags=["detection"], dependencies=[AuthDep])
@@ -54,11 +56,12 @@ ERRORS = error_responses(
         400: "invalid image, unknown class or unavailable precision",
         401: "missing or invalid API key",
         404: "unknown model",
-        413: "body over the byte limit or image over the pixel limit",
+        408: "body sent too slowly",
+        413: "body over the byte limit, or image over the pixel, side or decode-memory limit",
         415: "unsupported content type",
         422: "invalid query parameter",
-        503: "overloaded or draining (see Retry-After) or engine out of service",
-        504: "the deadline cannot be met",
+        503: "overloaded, decode budget spent, draining or engine out of service (Retry-After)",
+        504: "the deadline the client set cannot be met (Retry-After)",
     }
 )
 
@@ -98,6 +101,7 @@ class ImageOutcome:
     detections: Detections
     timing_ms: dict[str, float]
     batch_size: int
+    estimated_ms: float  # admission's estimate of queue + inference, against timing_ms's
 
 
 def _result(model: ServedModel, outcome: ImageOutcome, total_ms: float) -> ImageResult:
@@ -130,26 +134,42 @@ class DetectRoute(Route[DetectResponse]):
         request: Request,
         model: ServedModel,
         options: DetectOptions,
-        max_images: int,
+        settings: Settings,
         metrics: Metrics,
+        decoding: DecodeBudget,
+        deadline: float,
     ) -> None:
         self._request = request
         self._model = model
         self._options = options
-        self._max_images = max_images
+        self._settings = settings
         self._metrics = metrics
+        self._decoding = decoding
+        self._deadline = deadline
         self._started = time.perf_counter()
         self._blobs: list[bytes] = []
+        self._costs: list[DecodeCost] = []
         self._images: dict[int, tuple[PreparedImage, float]] = {}
         self._outcomes: dict[int, ImageOutcome] = {}
 
     async def read(self, variant: ServedVariant) -> int:
-        self._blobs = await read_images(self._request, self._max_images)
+        self._decoding.check([], self._deadline)  # decoding already backed up: shed, unread
+        self._blobs = await read_images(self._request, self._settings.max_images_per_request)
+        # Price every image from its header before any is decoded: one the limits refuse, or
+        # that could not be decoded in time, costs nothing but this.
+        self._costs = await run_in_threadpool(self._price, self._blobs)
+        self._decoding.check(self._costs, self._deadline)
         return len(self._blobs)
+
+    def _price(self, blobs: list[bytes]) -> list[DecodeCost]:
+        s = self._settings
+        return [decode_cost(b, max_pixels=s.max_pixels, max_side=s.max_image_side) for b in blobs]
 
     async def prepare(self, variant: ServedVariant, index: int) -> np.ndarray:
         started = time.perf_counter()
-        image = await run_in_threadpool(self._model.pipeline.prepare, self._blobs[index])
+        image = await self._decoding.run(
+            self._costs[index], self._model.pipeline.prepare, self._blobs[index], self._deadline
+        )
         elapsed = time.perf_counter() - started
         self._metrics.preprocess_duration.labels(*self._labels(variant)).observe(elapsed)
         self._images[index] = (image, elapsed)
@@ -169,9 +189,21 @@ class DetectRoute(Route[DetectResponse]):
             "inference": result.inference_s * 1000,
             "postprocess": post_s * 1000,
         }
-        self._outcomes[index] = ImageOutcome(image, detections, timing, result.batch_size)
+        estimated_ms = result.estimated_s * 1000
+        self._outcomes[index] = ImageOutcome(
+            image, detections, timing, result.batch_size, estimated_ms
+        )
 
-    def respond(self, variant: ServedVariant) -> DetectResponse:
+    def server_timing(self) -> str:
+        """``Server-Timing``: admission's estimate of queue + inference for the image that
+        waited longest, and what it really took (calibration, checked from outside)."""
+        if not self._outcomes:
+            return ""
+        last = max(self._outcomes.values(), key=lambda o: o.timing_ms["queue"])
+        actual = last.timing_ms["queue"] + last.timing_ms["inference"]
+        return f"estimate;dur={last.estimated_ms:.1f}, actual;dur={actual:.1f}"
+
+    async def respond(self, variant: ServedVariant) -> DetectResponse:
         total_ms = round((time.perf_counter() - self._started) * 1000, 2)
         outcomes = [self._outcomes[i] for i in range(len(self._blobs))]
         results = [_result(self._model, o, total_ms) for o in outcomes]
@@ -224,7 +256,8 @@ async def detect(
     x_deadline_ms: Annotated[float | None, Header(gt=0, le=600_000, allow_inf_nan=False)] = None,
 ) -> DetectResponse:
     """Run the model on the uploaded image(s); boxes are in original-image pixels."""
-    budget_ms = deadline_ms or x_deadline_ms or settings.default_deadline_ms
+    client_budget_ms = deadline_ms or x_deadline_ms
+    budget_ms = client_budget_ms or settings.default_deadline_ms
     deadline = time.monotonic() + budget_ms / 1000
     if max_det > settings.max_detections:
         raise BadRequest(f"max_det {max_det} exceeds the server limit {settings.max_detections}")
@@ -233,9 +266,19 @@ async def detect(
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
     options = DetectOptions(conf, iou, max_det, class_ids)
-    route = DetectRoute(request, model, options, settings.max_images_per_request, metrics)
+    decoding: DecodeBudget = request.app.state.decode_budget
+    route = DetectRoute(request, model, options, settings, metrics, decoding, deadline)
     requested = precision or settings.default_precision
-    body = await serve(model, requested, route, deadline=deadline, metrics=metrics, request=request)
+    body = await serve(
+        model,
+        requested,
+        route,
+        deadline=deadline,
+        metrics=metrics,
+        request=request,
+        client_deadline=client_budget_ms is not None,
+    )
     response.headers["X-Precision"] = body.precision
     response.headers["X-Backend"] = body.backend
+    response.headers["Server-Timing"] = route.server_timing()
     return body

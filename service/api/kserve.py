@@ -15,15 +15,18 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from engines.precision import Precision
 from service.api.kserve_codec import (
     HEADER_LENGTH,
+    InferRequest,
+    check_output_types,
     check_requested_outputs,
     decode_inputs,
     encode_outputs,
+    parse_request,
     requested_precision,
-    split_body,
 )
 from service.deps import AuthDep, MetricsDep, RegistryDep, SettingsDep, check_api_key_for_ops
 from service.errors import BadRequest, ModelNotFound
@@ -64,7 +67,7 @@ async def v2_ready(request: Request, registry: RegistryDep, settings: SettingsDe
     return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
 
-@router.get("", summary="v2 server metadata")
+@router.get("", dependencies=ops, summary="v2 server metadata")
 async def v2_server() -> dict[str, Any]:
     return {"name": "detect-serve", "version": "2", "extensions": ["binary_tensor_data"]}
 
@@ -132,18 +135,28 @@ class V2Route(Route[Response]):
     """Preprocessed NCHW tensors in, one per batcher item; raw engine outputs out."""
 
     def __init__(
-        self, model: ServedModel, name: str, header: dict[str, Any], binary: bytes, max_images: int
+        self,
+        model: ServedModel,
+        name: str,
+        header: InferRequest,
+        binary: bytes,
+        max_images: int,
+        max_elements: int,
     ) -> None:
         self._model = model
         self._name = name
         self._header = header
         self._binary = binary
         self._max_images = max_images
+        self._max_elements = max_elements
         self._batch = np.empty((0,), np.float32)
         self._rows: dict[int, dict[str, np.ndarray]] = {}
 
     async def read(self, variant: ServedVariant) -> int:
-        arrays = decode_inputs(self._header, self._binary)
+        check_requested_outputs(self._header, [t.name for t in self._model.info.outputs])
+        arrays = await run_in_threadpool(
+            decode_inputs, self._header, self._binary, self._max_elements
+        )
         expected = self._model.info.inputs[0]
         batch = arrays.get(expected.name)
         want = tuple(d for d in expected.shape[1:])
@@ -153,7 +166,6 @@ class V2Route(Route[Response]):
             )
         if not 1 <= batch.shape[0] <= self._max_images:
             raise BadRequest(f"batch of {batch.shape[0]}; allowed 1..{self._max_images}")
-        check_requested_outputs(self._header, [t.name for t in self._model.info.outputs])
         self._batch = batch
         return int(batch.shape[0])
 
@@ -164,12 +176,16 @@ class V2Route(Route[Response]):
     async def finish(self, variant: ServedVariant, index: int, result: ItemResult) -> None:
         self._rows[index] = result.outputs
 
-    def respond(self, variant: ServedVariant) -> Response:
+    async def respond(self, variant: ServedVariant) -> Response:
         rows = [self._rows[i] for i in range(len(self._rows))]
         outputs = {n: np.concatenate([r[n] for r in rows]) for n in rows[0]}
+        check_output_types(outputs)
         chosen = {"precision": variant.spec.precision.value, "backend": variant.engine.backend}
         extra = {"parameters": chosen}
-        body, headers = encode_outputs(self._header, outputs, self._name, extra)
+        # Tens of MB of JSON for a big batch: encoded in a worker thread, not on the loop.
+        body, headers = await run_in_threadpool(
+            encode_outputs, self._header, outputs, self._name, extra
+        )
         return Response(body, headers=headers, media_type=headers["content-type"])
 
 
@@ -186,7 +202,15 @@ async def v2_infer(
 ) -> Response:
     model, precision = resolve(registry, model_name)
     deadline = time.monotonic() + settings.default_deadline_ms / 1000
-    header, binary = split_body(await request.body(), request.headers.get(HEADER_LENGTH))
+    body = await request.body()
+    # JSON parsing and schema validation of a body of many MB: off the event loop.
+    header, binary = await run_in_threadpool(
+        parse_request, body, request.headers.get(HEADER_LENGTH)
+    )
+    del body
     requested = precision or requested_precision(header)
-    route = V2Route(model, model_name, header, binary, settings.max_images_per_request)
+    # No tensor can hold more values than the body had bytes (JSON or binary).
+    route = V2Route(
+        model, model_name, header, binary, settings.max_images_per_request, settings.max_body_bytes
+    )
     return await serve(model, requested, route, deadline=deadline, metrics=metrics, request=request)

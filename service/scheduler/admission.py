@@ -4,13 +4,18 @@ What is owed (per-image batch cost learnt from the engine, the work that follows
 work of other variants on the same device) decides whether a deadline can be met. The rule is
 written once, in ``Admission.needed_s``; the door (``Admission.check``) and the batcher (dropping
 late requests from a batch about to run) both use it.
+
+The mean estimate is calibrated against what really happened: every queued image records what was
+estimated for it and how long it really waited, and the estimate is scaled by a high quantile of
+actual / estimated over recent images (``Calibration``). A fixed pessimism (mean plus two standard
+deviations, times a safety factor) refused requests at half the queue that would have been on time.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -22,9 +27,12 @@ from service.scheduler.errors import (
     VariantOutOfService,
 )
 
-# Batch times are an average of noisy measurements; refuse work that would need them all to be
-# at least this much better than average to meet its deadline.
+# Until enough images have been answered to measure the estimate's error: how much longer than
+# the mean estimate an image may take.
 DEADLINE_SAFETY = 1.25
+CALIBRATION_QUANTILE = 0.95  # refuse only what would be late more often than 1 in 20
+CALIBRATION_MIN_SAMPLES = 16
+CALIBRATION_MAX_FACTOR = 4.0
 
 
 class BatchObserver(Protocol):
@@ -45,16 +53,14 @@ class NullObserver:
 
 @dataclass
 class BatchTimes:
-    """Running per-image cost (EWMA and its variance), to refuse requests that cannot meet their
-    deadline.
+    """Running per-image cost (EWMA), to refuse requests that cannot meet their deadline.
 
-    Per-image cost underestimates small batches (fixed overhead is spread thin), which errs on
-    the side of running a request rather than refusing it.
+    Per-image cost underestimates small batches (fixed overhead is spread thin); the calibration
+    measures and corrects that along with every other error of the estimate.
     """
 
     per_image_s: float = 0.0
     samples: int = 0
-    variance: float = 0.0
     _alpha: float = field(default=0.2, repr=False)
 
     @property
@@ -66,20 +72,43 @@ class BatchTimes:
         if self.samples == 0:
             self.per_image_s = per_image
         else:
-            diff = per_image - self.per_image_s
-            self.per_image_s += self._alpha * diff
-            self.variance = (1 - self._alpha) * (self.variance + self._alpha * diff * diff)
+            self.per_image_s += self._alpha * (per_image - self.per_image_s)
         self.samples += 1
 
     def estimate(self, size: int) -> float:
         return self.per_image_s * size
 
-    def pessimistic(self, size: int, tail: bool = True) -> float:
-        """For deadlines, which are about the tail: at least DEADLINE_SAFETY over the mean, or
-        (``tail``) two standard deviations over it when batch times vary more (a device shared
-        with decoding, other processes, thermal limits)."""
-        spread = self.per_image_s + 2 * math.sqrt(self.variance) if tail else 0.0
-        return max(self.per_image_s * DEADLINE_SAFETY, spread) * size
+
+class Calibration:
+    """How far real waits land from the mean estimate: actual / estimated over recent images.
+
+    ``factor`` is a high quantile of that ratio (at least 1), so ``estimate * factor`` is late
+    for about 1 image in 20; before enough images were answered, ``DEADLINE_SAFETY``.
+    """
+
+    def __init__(self, window: int = 256) -> None:
+        self._ratios: deque[float] = deque(maxlen=window)
+        self._factor = DEADLINE_SAFETY
+        self._since = 0
+
+    @property
+    def factor(self) -> float:
+        return self._factor
+
+    @property
+    def samples(self) -> int:
+        return len(self._ratios)
+
+    def observe(self, estimated_s: float, actual_s: float) -> None:
+        if estimated_s <= 0:
+            return
+        self._ratios.append(actual_s / estimated_s)
+        self._since += 1
+        if len(self._ratios) >= CALIBRATION_MIN_SAMPLES and self._since >= 8:
+            self._since = 0  # re-sorted every few answers, not at every admission
+            ordered = sorted(self._ratios)
+            q = ordered[int(CALIBRATION_QUANTILE * (len(ordered) - 1))]
+            self._factor = min(max(q, 1.0), CALIBRATION_MAX_FACTOR)
 
 
 class DeviceMember(Protocol):
@@ -139,15 +168,18 @@ class Admission:
         # What follows the engine for each request (post-processing, waiting for a thread); the
         # deadline covers the whole answer, not just the batch.
         self.finish = BatchTimes()
+        self.calibration = Calibration()
 
-    def needed_s(
-        self, images: int, *, tail: bool, workers: int = 1, others_s: float = 0.0
-    ) -> float:
-        """The deadline rule: time to answer the last of ``images`` (run by ``workers`` batch
-        workers), after ``others_s`` of other variants' work on the device, finishing included;
-        all with the safety margins."""
-        own_s = self.batches.pessimistic(images, tail) / workers
-        return own_s + others_s * DEADLINE_SAFETY + self.finish.estimate(1)
+    def mean_s(self, images: int, *, workers: int = 1, others_s: float = 0.0) -> float:
+        """Mean time until the last of ``images`` (run by ``workers`` batch workers) is out of
+        the engine, after ``others_s`` of other variants' work on the device."""
+        return self.batches.estimate(images) / workers + others_s
+
+    def needed_s(self, images: int, *, workers: int = 1, others_s: float = 0.0) -> float:
+        """The deadline rule: the calibrated time to answer the last of ``images``, finishing
+        included."""
+        mean_s = self.mean_s(images, workers=workers, others_s=others_s)
+        return mean_s * self.calibration.factor + self.finish.estimate(1)
 
     @staticmethod
     def misses(deadline: float, needed_s: float, now: float) -> bool:
@@ -176,20 +208,15 @@ class Admission:
                 retry_after_s=self.wait_s(state.ahead + state.running + 1),
             )
         now = time.monotonic()
-        # The variance term is for queueing under load. On an idle device it is left out: the
-        # estimate only changes when batches run, and one slow batch's variance must not refuse
-        # every tight deadline for good.
-        others_s = state.others_s
-        idle = state.ahead == 0 and not state.running and others_s == 0
         needed_s = self.needed_s(
-            state.ahead + images + state.running,
-            tail=not idle,
-            workers=self._workers,
-            others_s=others_s,
+            state.ahead + images + state.running, workers=self._workers, others_s=state.others_s
         )
         if self.batches.known and self.misses(deadline, needed_s, now):
             self._observer.rejected("deadline")
+            left_s = max(0.0, deadline - now)
             raise DeadlineUnmeetable(
                 f"deadline cannot be met: about {needed_s * 1000:.0f} ms needed, "
-                f"{max(0.0, deadline - now) * 1000:.0f} ms left"
+                f"{left_s * 1000:.0f} ms left",
+                # By then the work ahead has drained enough for the same budget to suffice.
+                retry_after_s=needed_s - left_s,
             )

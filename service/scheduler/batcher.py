@@ -60,6 +60,9 @@ class ItemResult:
     queue_wait_s: float
     inference_s: float
     batch_size: int
+    # What admission estimated, when it was queued, for its queue wait plus engine time (the
+    # calibrated figure the deadline rule used); compare with queue_wait_s + inference_s.
+    estimated_s: float = 0.0
 
 
 @dataclass(eq=False)  # identity: comparing two requests must never compare their tensors
@@ -68,6 +71,8 @@ class _Request:
     future: asyncio.Future[ItemResult]
     enqueued_at: float
     deadline: float
+    mean_estimate_s: float  # uncalibrated, for the calibration to learn from
+    estimated_s: float  # calibrated, as the deadline rule used it
 
 
 class BatchScheduler:
@@ -209,7 +214,12 @@ class BatchScheduler:
         self._check(1, deadline, ahead=len(self._queue))
         now = time.monotonic()
         future: asyncio.Future[ItemResult] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Request(tensor, future, now, deadline))
+        images = len(self._queue) + 1 + self._running_images
+        mean_s = self._admission.mean_s(
+            images, workers=self._config.concurrency, others_s=self._others_s()
+        )
+        estimated_s = mean_s * self._admission.calibration.factor
+        self._queue.append(_Request(tensor, future, now, deadline, mean_s, estimated_s))
         self._observer.queued(len(self._queue))
         self._wakeup.set()
         return await future
@@ -265,14 +275,19 @@ class BatchScheduler:
         # Every request must be able to wait for the whole batch: drop those that cannot (the
         # tightest deadlines first), which also shortens the batch for the others.
         now = time.monotonic()
-        tail = bool(len(batch) > 1 or self._queue or self._running_images)  # as at admission
         while batch and self._admission.misses(
-            min(r.deadline for r in batch), self._admission.needed_s(len(batch), tail=tail), now
+            min(r.deadline for r in batch), self._admission.needed_s(len(batch)), now
         ):
             late = min(batch, key=lambda r: r.deadline)
             batch.remove(late)
             self._observer.rejected("deadline")
-            self._fail(late, DeadlineUnmeetable("deadline cannot be met by the next batch"))
+            self._fail(
+                late,
+                DeadlineUnmeetable(
+                    "deadline cannot be met by the next batch",
+                    retry_after_s=self.pending_work_s(),
+                ),
+            )
         self._observer.queued(len(self._queue))
         return batch
 
@@ -296,10 +311,12 @@ class BatchScheduler:
             return
         finally:
             self._running_images -= len(batch)
-        duration = time.monotonic() - started
+        finished = time.monotonic()
+        duration = finished - started
         self._admission.batches.observe(len(batch), duration)
         self._observer.batch_finished(len(batch), duration, ok=True)
         for i, req in enumerate(batch):
+            self._admission.calibration.observe(req.mean_estimate_s, finished - req.enqueued_at)
             if not req.future.done():
                 req.future.set_result(
                     ItemResult(
@@ -307,6 +324,7 @@ class BatchScheduler:
                         queue_wait_s=started - req.enqueued_at,
                         inference_s=duration,
                         batch_size=len(batch),
+                        estimated_s=req.estimated_s,
                     )
                 )
 

@@ -16,6 +16,8 @@ from service.scheduler import (
     BatchingConfig,
     BatchScheduler,
     DeadlineUnmeetable,
+    DecodeBusy,
+    DecodeTooCostly,
     DeviceLoad,
     Outputs,
     QueueFull,
@@ -23,6 +25,7 @@ from service.scheduler import (
     TooManyImages,
     VariantOutOfService,
 )
+from service.scheduler.admission import DEADLINE_SAFETY, Calibration
 
 
 class StandInEngine:
@@ -448,10 +451,28 @@ def test_scheduler_refusals_map_to_http_in_one_place() -> None:
         (QueueFull("full", retry_after_s=2.5), 503, "3"),
         (ShuttingDown("closing"), 503, "5"),
         (TooManyImages("too many"), 413, None),
-        (DeadlineUnmeetable("late"), 504, None),
+        (DeadlineUnmeetable("late", retry_after_s=1.2), 504, "2"),
         (VariantOutOfService("dead"), 503, "5"),
+        (DecodeBusy("busy", retry_after_s=0.1), 503, "1"),
+        (DecodeTooCostly("huge"), 413, None),
     ]
     for error, status, retry_after in cases:
         mapped = to_service_error(error)
         assert (mapped.status, mapped.headers.get("Retry-After")) == (status, retry_after)
         assert mapped.message == str(error)
+    # The server's own default deadline missed is overload (503), not the client's 504.
+    server_set = to_service_error(
+        DeadlineUnmeetable("late", retry_after_s=3), client_deadline=False
+    )
+    assert (server_set.status, server_set.headers["Retry-After"]) == (503, "3")
+
+
+def test_calibration_learns_how_late_estimates_run() -> None:
+    calibration = Calibration()
+    assert calibration.factor == DEADLINE_SAFETY  # nothing measured yet
+    for i in range(100):  # answers take 1.5x the estimate, one in ten 3x
+        calibration.observe(1.0, 3.0 if i % 10 == 0 else 1.5)
+    assert calibration.factor == 3.0
+    for _ in range(256):  # then the estimate is right
+        calibration.observe(1.0, 0.8)
+    assert calibration.factor == 1.0  # never below the mean estimate itself

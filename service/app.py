@@ -17,6 +17,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
 from service.api import detect, health, kserve, models
+from service.api.kserve_pool import CodecPool
 from service.config import Settings
 from service.deps import scope_is_authorized
 from service.errors import install_error_handlers
@@ -47,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     # uvicorn cancels what is left at the end of the grace period; uploads are cut a second
     # earlier so their clients get a JSON 503 rather than a dropped connection.
+    v2_codec = CodecPool()
     shutdown = ShutdownSignal(cut_after_s=max(0.0, settings.shutdown_grace_s - 1.0))
 
     @asynccontextmanager
@@ -63,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await registry.close(settings.shutdown_grace_s)
             decoding.close()
+            v2_codec.close()
             log.info("drained: every accepted request was answered")
 
     app = FastAPI(
@@ -76,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.registry = registry
     app.state.decode_budget = decoding
+    app.state.v2_codec = v2_codec
     app.state.shutdown = shutdown
     install_error_handlers(app)
     for module in (detect, models, health, kserve):

@@ -168,6 +168,8 @@ def decode_cost(data: bytes, *, max_pixels: int, max_side: int | None = None) ->
             deep = image.mode in (*_GREY_16, "I", "F")
     except ImageDecodeError:
         raise
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"image too large: {exc}") from None
     except UnidentifiedImageError:
         raise ImageDecodeError(
             f"not a recognised image format (accepted: {', '.join(FORMATS)})"

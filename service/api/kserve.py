@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 
 from engines.precision import Precision
 from service.api.kserve_codec import (
@@ -23,11 +22,9 @@ from service.api.kserve_codec import (
     InferRequest,
     check_output_types,
     check_requested_outputs,
-    decode_inputs,
-    encode_outputs,
-    parse_request,
     requested_precision,
 )
+from service.api.kserve_pool import CodecPool
 from service.deps import AuthDep, MetricsDep, RegistryDep, SettingsDep, check_api_key_for_ops
 from service.errors import BadRequest, ModelNotFound
 from service.flow import Route, serve
@@ -139,26 +136,23 @@ class V2Route(Route[Response]):
         model: ServedModel,
         name: str,
         header: InferRequest,
-        binary: bytes,
+        arrays: dict[str, np.ndarray],
         max_images: int,
-        max_elements: int,
+        codec: CodecPool,
     ) -> None:
         self._model = model
         self._name = name
         self._header = header
-        self._binary = binary
+        self._arrays = arrays
         self._max_images = max_images
-        self._max_elements = max_elements
+        self._codec = codec
         self._batch = np.empty((0,), np.float32)
         self._rows: dict[int, dict[str, np.ndarray]] = {}
 
     async def read(self, variant: ServedVariant) -> int:
         check_requested_outputs(self._header, [t.name for t in self._model.info.outputs])
-        arrays = await run_in_threadpool(
-            decode_inputs, self._header, self._binary, self._max_elements
-        )
         expected = self._model.info.inputs[0]
-        batch = arrays.get(expected.name)
+        batch = self._arrays.get(expected.name)
         want = tuple(d for d in expected.shape[1:])
         if batch is None or batch.ndim != 4 or tuple(batch.shape[1:]) != want:
             raise BadRequest(
@@ -182,10 +176,7 @@ class V2Route(Route[Response]):
         check_output_types(outputs)
         chosen = {"precision": variant.spec.precision.value, "backend": variant.engine.backend}
         extra = {"parameters": chosen}
-        # Tens of MB of JSON for a big batch: encoded in a worker thread, not on the loop.
-        body, headers = await run_in_threadpool(
-            encode_outputs, self._header, outputs, self._name, extra
-        )
+        body, headers = await self._codec.encode(self._header, outputs, self._name, extra)
         return Response(body, headers=headers, media_type=headers["content-type"])
 
 
@@ -202,15 +193,14 @@ async def v2_infer(
 ) -> Response:
     model, precision = resolve(registry, model_name)
     deadline = time.monotonic() + settings.default_deadline_ms / 1000
+    codec: CodecPool = request.app.state.v2_codec
     body = await request.body()
-    # JSON parsing and schema validation of a body of many MB: off the event loop.
-    header, binary = await run_in_threadpool(
-        parse_request, body, request.headers.get(HEADER_LENGTH)
+    # Parsing, validation and tensor conversion of a body of many MB: off the event loop. No
+    # tensor can hold more values than the body had bytes (JSON or binary).
+    header, arrays = await codec.parse(
+        body, request.headers.get(HEADER_LENGTH), settings.max_body_bytes
     )
     del body
     requested = precision or requested_precision(header)
-    # No tensor can hold more values than the body had bytes (JSON or binary).
-    route = V2Route(
-        model, model_name, header, binary, settings.max_images_per_request, settings.max_body_bytes
-    )
+    route = V2Route(model, model_name, header, arrays, settings.max_images_per_request, codec)
     return await serve(model, requested, route, deadline=deadline, metrics=metrics, request=request)

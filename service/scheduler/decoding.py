@@ -27,6 +27,10 @@ T = TypeVar("T")
 # Until this process has decoded something: seconds per unit of work (a byte of decoded samples),
 # about what a 1 MP JPEG costs on one core of a small CPU. Learnt from the first decode on.
 INITIAL_SECONDS_PER_UNIT = 5e-9
+# Small images cost mostly fixed overhead (opening, a thread hand-over): the rate is learnt only
+# from images big enough for their size to dominate, or one icon would price every photo.
+MIN_WORK_TO_LEARN = 256 * 1024
+FIXED_S = 0.002
 _ALPHA = 0.2
 
 
@@ -49,11 +53,11 @@ class DecodeBudget:
         self.seconds_per_unit = INITIAL_SECONDS_PER_UNIT
 
     def estimate_s(self, work: int) -> float:
-        return work * self.seconds_per_unit
+        return FIXED_S + work * self.seconds_per_unit
 
     def backlog_s(self) -> float:
         """Mean time to decode everything already admitted, on every decode worker."""
-        return self.estimate_s(self._owed_work) / self.workers
+        return self._owed_work * self.seconds_per_unit / self.workers
 
     def check(self, costs: list[DecodeCost], deadline: float) -> None:
         """Refuse, before any decoding, images that could never be decoded, or not in time."""
@@ -67,6 +71,12 @@ class DecodeBudget:
         backlog_s = self.backlog_s()
         own_s = sum(self.estimate_s(c.work) for c in costs) / self.workers
         left_s = deadline - time.monotonic()
+        if own_s > left_s:  # too little time even on an idle server: not a matter of load
+            raise DeadlineUnmeetable(
+                f"deadline cannot be met: decoding needs about {own_s * 1000:.0f} ms, "
+                f"{max(0.0, left_s) * 1000:.0f} ms left",
+                retry_after_s=backlog_s,
+            )
         if backlog_s + own_s > left_s:
             raise DecodeBusy(
                 f"decoding is busy: about {(backlog_s + own_s) * 1000:.0f} ms of decoding "
@@ -92,16 +102,15 @@ class DecodeBudget:
                         retry_after_s=self.backlog_s(),
                     )
                 loop = asyncio.get_running_loop()
-                started = time.monotonic()
-                job = self._executor.submit(decode, data)
+                job = self._executor.submit(_timed, decode, data)
                 # The memory is held until the thread is done, even if the request is cancelled
                 # meanwhile (a thread cannot be stopped half-way through a decode).
                 released = True
                 job.add_done_callback(
                     lambda _: loop.call_soon_threadsafe(self._release, cost.memory_bytes)
                 )
-                result = await asyncio.wrap_future(job)
-                self._observe(cost.work, time.monotonic() - started)
+                result, seconds = await asyncio.wrap_future(job)
+                self._observe(cost.work, seconds)
                 return result
             finally:
                 if not released:
@@ -151,5 +160,14 @@ class DecodeBudget:
             first.future.set_result(None)
 
     def _observe(self, work: int, seconds: float) -> None:
-        rate = seconds / max(work, 1)
+        if work < MIN_WORK_TO_LEARN:
+            return
+        rate = max(0.0, seconds - FIXED_S) / work
         self.seconds_per_unit += _ALPHA * (rate - self.seconds_per_unit)
+
+
+def _timed(decode: Callable[[bytes], T], data: bytes) -> tuple[T, float]:
+    """Time the decode itself, in its thread (not the wait for a free worker)."""
+    started = time.monotonic()
+    result = decode(data)
+    return result, time.monotonic() - started

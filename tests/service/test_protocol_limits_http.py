@@ -101,7 +101,7 @@ def test_a_body_that_stops_arriving_is_408(strict: Server) -> None:
     with connect(strict) as sock:
         sock.sendall(detect_head(1000) + b"\xff\xd8")
         status, _headers, body = response(sock)
-    assert status == 408 and "no body data" in json.loads(body)["error"]["message"]
+    assert status == 408 and json.loads(body)["error"]["code"] == "request_timeout"
 
 
 def trickle(sock: socket.socket, stop: threading.Event, every_s: float = 0.2) -> None:
@@ -159,6 +159,6 @@ def test_sigterm_cuts_a_slow_upload_with_a_json_503_and_no_traceback(
         thread.join()
     assert status == 503 and headers.get("retry-after"), body
     assert json.loads(body)["error"]["code"] == "shutting_down"
-    assert server.process.wait(30) == 0
+    assert server.process.wait(30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal
     log = server.log()
     assert "Traceback" not in log and "CancelledError" not in log, log[-2000:]

@@ -109,7 +109,7 @@ class Metrics:
         )
         self.inflight = Gauge(
             "detect_inflight_requests",
-            "Detection requests being handled (HPA scaling signal).",
+            "Detection requests being handled, counted once their body has arrived (HPA signal).",
             ("model",),
             registry=r,
         )

@@ -37,7 +37,7 @@ async def prepare_images(
     metrics: Metrics,
 ) -> list[tuple[PreparedImage, float]]:
     """Decode + letterbox each image in a worker thread; the batcher knows they are coming."""
-    labels = (model.name, variant.spec.precision.value)
+    labels = (model.name, variant.record.precision.value)
 
     async def one(data: bytes) -> tuple[PreparedImage, float]:
         started = time.perf_counter()
@@ -62,7 +62,7 @@ async def run_images(
     metrics: Metrics,
 ) -> list[ImageOutcome]:
     """Submit every prepared image to the variant's batcher and post-process each answer."""
-    labels = (model.name, variant.spec.precision.value)
+    labels = (model.name, variant.record.precision.value)
 
     async def one(image: PreparedImage, decode_s: float) -> ImageOutcome:
         result: ItemResult = await variant.scheduler.submit(image.tensor, deadline)
@@ -89,6 +89,6 @@ def pick_variant(model: ServedModel, requested: str) -> ServedVariant:
     if not variant.ready:
         raise EngineUnavailable(
             f"{model.name}/{precision.value} is out of service: "
-            f"{model.unavailable.get(precision.value, 'not ready')}"
+            f"{model.unavailable.get(precision, 'not ready')}"
         )
     return variant

@@ -12,7 +12,8 @@ import numpy as np
 
 from engines.errors import EngineLoadError, InferenceError
 from engines.precision import Precision
-from engines.runtime.base import TensorInfo, check_outputs
+from engines.runtime.base import Engine, EngineOptions, Int8Recipe, TensorInfo, check_outputs
+from engines.runtime.host import cpu_device, gpu_name, module_version
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +39,13 @@ def _infos(args: Sequence[Any]) -> list[TensorInfo]:
     return out
 
 
+NAME = "onnxruntime"
+
+
 class OnnxRuntimeEngine:
     """One ``InferenceSession`` over one variant ONNX file."""
 
-    backend = "onnxruntime"
+    backend = NAME
 
     def __init__(
         self,
@@ -126,3 +130,33 @@ class OnnxRuntimeEngine:
             if not self._closed:
                 self._closed = True
                 del self._session
+
+
+class OnnxRuntimeBackend:
+    """Runs the variant ONNX itself (no compile step); CPU unless GPU providers are named."""
+
+    name = NAME
+    int8 = Int8Recipe(symmetric_activations=False)
+    revalidate_compiled = False
+
+    def open(self, artifact: Path, precision: Precision, options: EngineOptions) -> Engine:
+        return OnnxRuntimeEngine(
+            artifact,
+            precision,
+            providers=options.providers,
+            intra_op_threads=options.intra_op_threads,
+            max_batch=options.max_batch,
+        )
+
+    def compile(self, onnx_path: Path, out_dir: Path, max_batch: int) -> Path:
+        return onnx_path
+
+    def tool_versions(self) -> dict[str, str]:
+        return {"onnx": module_version("onnx"), "onnxruntime": module_version("onnxruntime")}
+
+    def device(self, providers: tuple[str, ...]) -> str:
+        on_gpu = bool(providers) and providers[0] != "CPUExecutionProvider"
+        return (gpu_name() or "no-gpu") if on_gpu else cpu_device()
+
+
+BACKEND = OnnxRuntimeBackend()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from starlette.datastructures import UploadFile
@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
 from engines.model.pipeline import DetectOptions
+from engines.precision import RequestedPrecision
 from service.deps import AuthDep, MetricsDep, ModelDep, SettingsDep
 from service.errors import (
     BadRequest,
@@ -180,7 +181,7 @@ async def detect(
     settings: SettingsDep,
     metrics: MetricsDep,
     precision: Annotated[
-        Literal["fp32", "fp16", "int8", "auto"] | None,
+        RequestedPrecision | None,
         Query(description="Variant to run; default: the server's (auto)"),
     ] = None,
     conf: Annotated[float, Query(ge=0.0, le=1.0, allow_inf_nan=False)] = 0.25,
@@ -207,7 +208,7 @@ async def detect(
         raise BadRequest(str(exc)) from None
     requested = precision or settings.default_precision
     variant = pick_variant(model, requested)
-    chosen = variant.spec.precision.value
+    chosen = variant.record.precision.value
     metrics.precision_selected.labels(model.name, requested, chosen).inc()
     record = _track(metrics, model.name, chosen)
     metrics.inflight.labels(model.name).inc()

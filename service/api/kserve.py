@@ -157,7 +157,7 @@ async def v2_infer(
         )
     if not 1 <= batch.shape[0] <= settings.max_images_per_request:
         raise BadRequest(f"batch of {batch.shape[0]}; allowed 1..{settings.max_images_per_request}")
-    chosen = variant.spec.precision.value
+    chosen = variant.record.precision.value
     deadline = time.monotonic() + settings.default_deadline_ms / 1000
     status = 500
     try:

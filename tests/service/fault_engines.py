@@ -13,11 +13,10 @@ import time
 
 import numpy as np
 
+from engines.artifacts.variants import ServableVariant
 from engines.errors import InferenceError
-from engines.runtime.base import Engine
-from service.config import Settings
-from service.registry import ENGINE_FACTORIES
-from service.variant_specs import VariantSpec
+from engines.runtime.base import Engine, EngineOptions
+from service.registry import open_variant
 
 
 class FaultyEngine:
@@ -48,6 +47,6 @@ class FaultyEngine:
         return self._inner.infer(batch)
 
 
-def faulty(spec: VariantSpec, settings: Settings) -> Engine:
-    inner = ENGINE_FACTORIES[spec.backend](spec, settings)
+def faulty(variant: ServableVariant, options: EngineOptions) -> Engine:
+    inner = open_variant(variant, options)
     return FaultyEngine(inner)  # type: ignore[return-value]

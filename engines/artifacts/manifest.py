@@ -55,7 +55,7 @@ class Manifest(BaseModel):
     def _read_older(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        version = data.get("schema_version", 1)
+        version = data.get("schema_version", SCHEMA_VERSION)  # version 1 files name theirs
         if version == 1:
             variants = [_upgrade_v1_variant(v) for v in data.get("variants", [])]
             return {**data, "schema_version": SCHEMA_VERSION, "variants": variants}

@@ -58,6 +58,31 @@ class Engine(Protocol):
         """Release device memory and sessions. Idempotent."""
 
 
+class EngineTensors:
+    """The descriptive half of ``Engine`` that every backend fills in the same way."""
+
+    _inputs: list[TensorInfo]
+    _outputs: list[TensorInfo]
+    _max_batch: int
+    _precision: Precision
+
+    @property
+    def inputs(self) -> list[TensorInfo]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> list[TensorInfo]:
+        return self._outputs
+
+    @property
+    def max_batch(self) -> int:
+        return self._max_batch
+
+    @property
+    def precision(self) -> Precision:
+        return self._precision
+
+
 def check_outputs(batch_size: int, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Reject backend outputs whose leading dimension does not match the input batch."""
     for name, value in outputs.items():

@@ -12,7 +12,14 @@ import numpy as np
 
 from engines.errors import EngineLoadError, InferenceError
 from engines.precision import Precision
-from engines.runtime.base import Engine, EngineOptions, Int8Recipe, TensorInfo, check_outputs
+from engines.runtime.base import (
+    Engine,
+    EngineOptions,
+    EngineTensors,
+    Int8Recipe,
+    TensorInfo,
+    check_outputs,
+)
 from engines.runtime.host import cpu_device, gpu_name, module_version
 
 log = logging.getLogger(__name__)
@@ -42,7 +49,7 @@ def _infos(args: Sequence[Any]) -> list[TensorInfo]:
 NAME = "onnxruntime"
 
 
-class OnnxRuntimeEngine:
+class OnnxRuntimeEngine(EngineTensors):
     """One ``InferenceSession`` over one variant ONNX file."""
 
     backend = NAME
@@ -84,22 +91,6 @@ class OnnxRuntimeEngine:
         self._providers = self._session.get_providers()
         self._closed = False
         self._lock = threading.Lock()  # close() vs a concurrent infer()
-
-    @property
-    def inputs(self) -> list[TensorInfo]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorInfo]:
-        return self._outputs
-
-    @property
-    def max_batch(self) -> int:
-        return self._max_batch
-
-    @property
-    def precision(self) -> Precision:
-        return self._precision
 
     @property
     def device(self) -> str:

@@ -20,7 +20,14 @@ import numpy as np
 
 from engines.errors import EngineLoadError, InferenceError
 from engines.precision import Precision
-from engines.runtime.base import Engine, EngineOptions, Int8Recipe, TensorInfo, check_outputs
+from engines.runtime.base import (
+    Engine,
+    EngineOptions,
+    EngineTensors,
+    Int8Recipe,
+    TensorInfo,
+    check_outputs,
+)
 from engines.runtime.host import gpu_name, module_version
 
 NAME = "tensorrt"
@@ -85,7 +92,7 @@ class _Slot:
     host_ptrs: list[int]
 
 
-class TensorRTEngine:
+class TensorRTEngine(EngineTensors):
     backend = NAME
 
     def __init__(
@@ -142,22 +149,6 @@ class TensorRTEngine:
             context.set_tensor_address(info.name, device[info.name])
             ptrs.append(hptr)
         return _Slot(context, stream, host, device, ptrs)
-
-    @property
-    def inputs(self) -> list[TensorInfo]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorInfo]:
-        return self._outputs
-
-    @property
-    def max_batch(self) -> int:
-        return self._max_batch
-
-    @property
-    def precision(self) -> Precision:
-        return self._precision
 
     @property
     def device(self) -> str:

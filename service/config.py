@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engines.precision import Precision, RequestedPrecision
-from engines.runtime.backends import BackendName
+from engines.runtime.backends import DEFAULT_BACKEND, BackendName
 
 DEFAULT_MODEL = "yolov3-tiny-coco"
 
@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     )
 
     # Execution backend for built variants: a name in engines/runtime/backends.py's table.
-    backend: BackendName = "onnxruntime"
+    backend: BackendName = DEFAULT_BACKEND
     ort_providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
     intra_op_threads: int = Field(0, ge=0, description="0 = ONNX Runtime's default")
     # Test hook: "module:factory" returning an Engine, used instead of the real backend.

@@ -28,6 +28,7 @@ from engines.errors import EngineError, ModelFormatError
 from engines.model.pipeline import ModelPipeline, load_model_pipeline
 from engines.precision import Precision
 from engines.runtime.backends import (
+    DEFAULT_BACKEND,
     ONNX_BACKEND,
     check_backend_name,
     current_host,
@@ -60,7 +61,7 @@ class BuildConfig:
     calib_dir: Path | None = None
     val_dir: Path | None = None
     labels: Path | None = None  # COCO json with real boxes for the files in val_dir
-    backend: str = "onnxruntime"
+    backend: str = DEFAULT_BACKEND
     max_batch: int = 8
     calibration_method: CalibrationName = "minmax"
     calibration_images: int = 48  # demo set size (no calib_dir)

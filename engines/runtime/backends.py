@@ -23,8 +23,9 @@ BACKENDS: dict[str, Backend] = {
     tensorrt.NAME: tensorrt.BACKEND,
 }
 # Runs plain ONNX graphs: the build checks every variant graph with it, and a model without a
-# build is served from its source ONNX through it.
+# build is served from its source ONNX through it. Also the default backend (runs anywhere).
 ONNX_BACKEND: Backend = onnxruntime.BACKEND
+DEFAULT_BACKEND = onnxruntime.NAME
 
 
 def backend_names() -> tuple[str, ...]:

@@ -20,6 +20,7 @@ import numpy as np
 
 from engines.errors import EngineLoadError, InferenceError
 from engines.precision import Precision
+from engines.runtime import onnxruntime
 from engines.runtime.base import (
     Engine,
     EngineOptions,
@@ -244,11 +245,7 @@ class TensorRTBackend:
 
     def tool_versions(self) -> dict[str, str]:
         # The ONNX a plan is compiled from is made (quantized) with onnx + onnxruntime.
-        return {
-            "onnx": module_version("onnx"),
-            "onnxruntime": module_version("onnxruntime"),
-            "tensorrt": module_version("tensorrt"),
-        }
+        return {**onnxruntime.BACKEND.tool_versions(), "tensorrt": module_version("tensorrt")}
 
     def device(self, providers: tuple[str, ...]) -> str:
         return gpu_name() or "no-gpu"

@@ -10,9 +10,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from engines.artifacts.manifest import manifest_path
 from engines.runtime.backends import backend_names
-from engines.sources.repository import MODEL_YAML, source_onnx
 from service.config import Settings
 
 
@@ -43,6 +41,8 @@ def add_build_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def _model_dir(args: argparse.Namespace, settings: Settings) -> Path:
+    from engines.sources.repository import source_onnx
+
     model: str = args.model
     name: str | None = args.name
     given = Path(model)
@@ -75,10 +75,11 @@ def quiet_tool_warnings() -> Iterator[None]:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    from engines.artifacts.manifest import manifest_path
     from engines.build.builder import BuildConfig, build_model
     from engines.build.report import summary_table
     from engines.precision import Precision
-    from engines.sources.repository import ensure_model_source
+    from engines.sources.repository import MODEL_YAML, ensure_model_source
 
     settings = Settings()
     model_dir = _model_dir(args, settings)

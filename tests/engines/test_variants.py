@@ -8,26 +8,15 @@ import onnx
 import pytest
 
 from engines.artifacts.manifest import Manifest
-from engines.artifacts.record import Accuracy, Timings, VariantRecord
+from engines.artifacts.record import Timings, VariantRecord
 from engines.artifacts.variants import load_servable_variants, verify_variant
 from engines.errors import ArtifactMismatchError
 from engines.precision import Precision
 from engines.runtime.backends import current_host
 from engines.sources.registry import sha256_file
-from tests.engines.build_fixtures import tiny_detector
+from tests.engines.build_fixtures import accuracy, tiny_detector
 
 MODEL = "tiny"
-
-
-def accuracy(score: float) -> Accuracy:
-    return Accuracy(
-        map50_95_agreement=score,
-        map50_agreement=score,
-        budget=0.95,
-        reference_boxes=10,
-        validation_images=4,
-        validation_hash="v",
-    )
 
 
 @pytest.fixture()

@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 
 from engines.artifacts.manifest import Manifest
-from engines.artifacts.record import Accuracy, Timings, VariantRecord
+from engines.artifacts.record import Timings, VariantRecord
 from engines.model.pipeline import load_model_pipeline
 from engines.precision import Precision
 from engines.runtime.backends import current_host
 from engines.sources.registry import sha256_file
 from tests.conftest import DEFAULT_MODEL, Server
+from tests.engines.build_fixtures import accuracy
 
 pytestmark = pytest.mark.slow
 
@@ -31,14 +32,7 @@ def recorded_build(engines: Path, source: Path) -> Manifest:
         precision=Precision.FP32,
         artifact="fp32.onnx",
         artifact_sha256=sha256_file(folder / "fp32.onnx"),
-        accuracy=Accuracy(
-            map50_95_agreement=1.0,
-            map50_agreement=1.0,
-            budget=1.0,
-            reference_boxes=42,
-            validation_images=3,
-            validation_hash="v",
-        ),
+        accuracy=accuracy(1.0, budget=1.0),
         timings=Timings(latency_ms={1: 12.5, 2: 20.0}),
         note="hand-recorded for the round-trip test",
         **common,

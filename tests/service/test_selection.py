@@ -4,29 +4,22 @@ from __future__ import annotations
 
 import pytest
 
-from engines.artifacts.record import Accuracy, Timings, VariantRecord
+from engines.artifacts.record import Timings, VariantRecord
 from engines.precision import Precision
 from service.errors import PrecisionUnavailable
 from service.selection import PrecisionSelector
+from tests.engines.build_fixtures import accuracy
 
 
 def record(precision: Precision, per_image_latency_s: float, agreement: float) -> VariantRecord:
     """An accepted variant as the build records it, timed at batch 2."""
-    accuracy = Accuracy(
-        map50_95_agreement=agreement,
-        map50_agreement=agreement,
-        budget=0.95,
-        reference_boxes=10,
-        validation_images=4,
-        validation_hash="v",
-    )
     timings = Timings(latency_ms={1: 1000 * per_image_latency_s, 2: 2000 * per_image_latency_s})
     return VariantRecord(
         precision=precision,
         backend="onnxruntime",
         device="cpu",
         status="accepted",
-        accuracy=accuracy,
+        accuracy=accuracy(agreement),
         timings=timings,
     )
 

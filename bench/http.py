@@ -22,7 +22,7 @@ from engines.model.pipeline import DetectOptions, ModelPipeline, load_model_pipe
 from engines.precision import Precision
 from engines.runtime.base import Engine
 from service.config import Settings
-from service.registry import engine_factory, engine_options
+from service.registry import engine_options, open_variant
 
 OPTIONS = DetectOptions(conf=0.25, iou=0.45, max_det=300, classes=None)
 
@@ -66,7 +66,7 @@ def load_engine(
     if precision not in servable:
         why = found.refused.get(precision, "it was not built")
         raise ValueError(f"{model} has no servable {precision.value} variant: {why}")
-    engine = engine_factory(settings)(servable[precision], engine_options(settings))
+    engine = open_variant(servable[precision], engine_options(settings))
     return engine, load_model_pipeline(found.source, model, max_pixels=settings.max_pixels)
 
 

@@ -8,7 +8,6 @@ readiness, instead of taking the whole process down.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,12 +35,9 @@ def open_variant(variant: ServableVariant, options: EngineOptions) -> Engine:
     return open_engine(variant.path, variant.record.precision, variant.record.backend, options)
 
 
-def engine_factory(settings: Settings) -> EngineFactory:
-    """The configured test hook (``module:function``) or the backend table."""
-    if settings.engine_factory:
-        module, _, attr = settings.engine_factory.partition(":")
-        factory: EngineFactory = getattr(importlib.import_module(module), attr)
-        return factory
+def engine_factory() -> EngineFactory:
+    """How this process opens engines: through the backend table. (The fault-injecting test
+    server wraps this function; production code has no hook.)"""
     return open_variant
 
 
@@ -163,7 +159,7 @@ class ModelRegistry:
         s = self._settings
         record = servable.record
         precision = record.precision
-        engine = engine_factory(s)(servable, engine_options(s))
+        engine = engine_factory()(servable, engine_options(s))
         engine.warmup()
         observer = _VariantObserver(self._metrics, name, precision)
         scheduler = BatchScheduler(

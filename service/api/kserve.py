@@ -174,7 +174,7 @@ class V2Route(Route[Response]):
         rows = [self._rows[i] for i in range(len(self._rows))]
         outputs = {n: np.concatenate([r[n] for r in rows]) for n in rows[0]}
         check_output_types(outputs)
-        chosen = {"precision": variant.spec.precision.value, "backend": variant.engine.backend}
+        chosen = {"precision": variant.record.precision.value, "backend": variant.engine.backend}
         extra = {"parameters": chosen}
         body, headers = await self._codec.encode(self._header, outputs, self._name, extra)
         return Response(body, headers=headers, media_type=headers["content-type"])

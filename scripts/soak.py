@@ -162,7 +162,10 @@ def attack(args: argparse.Namespace) -> int:
                     result = asyncio.run(retry_storm(server.url, image, args.clients, args.seconds))
                 else:
                     answers = asyncio.run(bomb_attack(server.url, 16, 4, args.deadline_ms))
-            report: dict[str, object] = {"scenario": args.scenario}
+            report: dict[str, object] = {
+                "scenario": args.scenario,
+                "capacity_refused": capacity.errors,  # 16 polite clients should get none
+            }
             if args.scenario == "storm":
                 report |= storm_report(
                     capacity.images_per_s, args.seconds, args.deadline_ms, result

@@ -5,10 +5,12 @@ work of other variants on the same device) decides whether a deadline can be met
 written once, in ``Admission.needed_s``; the door (``Admission.check``) and the batcher (dropping
 late requests from a batch about to run) both use it.
 
-The mean estimate is calibrated against what really happened: every queued image records what was
-estimated for it and how long it really waited, and the estimate is scaled by a high quantile of
-actual / estimated over recent images (``Calibration``). A fixed pessimism (mean plus two standard
-deviations, times a safety factor) refused requests at half the queue that would have been on time.
+The estimate is calibrated against what really happened: every queued image records what was
+estimated for it and how long it really waited, and the estimate is scaled by the median of
+actual / estimated over recent images (``Calibration``), so a request is refused when it would
+more likely than not be late. A fixed pessimism (mean plus two standard deviations, times a
+safety factor) refused requests at half the queue that would have been on time. The batcher drops
+a request that can no longer make it before its batch runs, so the door need not be pessimistic.
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ from service.scheduler.errors import (
 # Until enough images have been answered to measure the estimate's error: how much longer than
 # the mean estimate an image may take.
 DEADLINE_SAFETY = 1.25
-CALIBRATION_QUANTILE = 0.95  # refuse only what would be late more often than 1 in 20
+CALIBRATION_QUANTILE = 0.5  # refuse what would more likely than not be late
 CALIBRATION_MIN_SAMPLES = 16
-CALIBRATION_MAX_FACTOR = 4.0
+CALIBRATION_FACTOR_RANGE = (0.5, 4.0)  # one odd stretch of measurements cannot run away
 
 
 class BatchObserver(Protocol):
@@ -53,15 +55,16 @@ class NullObserver:
 
 @dataclass
 class BatchTimes:
-    """Running per-image cost (EWMA), to refuse requests that cannot meet their deadline.
+    """Running batch cost (EWMAs), to refuse requests that cannot meet their deadline.
 
-    Per-image cost underestimates small batches (fixed overhead is spread thin); the calibration
-    measures and corrects that along with every other error of the estimate.
+    A batch has a fixed cost as well as a per-image one, so batch times are kept per batch size
+    as measured; a size not seen yet is priced from the running per-image cost.
     """
 
     per_image_s: float = 0.0
     samples: int = 0
     _alpha: float = field(default=0.2, repr=False)
+    _by_size: dict[int, float] = field(default_factory=dict, repr=False)
 
     @property
     def known(self) -> bool:
@@ -74,16 +77,28 @@ class BatchTimes:
         else:
             self.per_image_s += self._alpha * (per_image - self.per_image_s)
         self.samples += 1
+        seen = self._by_size.get(size)
+        self._by_size[size] = (
+            duration_s if seen is None else seen + self._alpha * (duration_s - seen)
+        )
 
     def estimate(self, size: int) -> float:
         return self.per_image_s * size
+
+    def batch_s(self, size: int) -> float:
+        return self._by_size.get(size, self.per_image_s * size)
+
+    def queue_s(self, images: int, max_batch: int) -> float:
+        """Time to run ``images`` in batches of up to ``max_batch``: full batches, then the rest."""
+        full, rest = divmod(images, max_batch)
+        return full * self.batch_s(max_batch) + (self.batch_s(rest) if rest else 0.0)
 
 
 class Calibration:
     """How far real waits land from the mean estimate: actual / estimated over recent images.
 
-    ``factor`` is a high quantile of that ratio (at least 1), so ``estimate * factor`` is late
-    for about 1 image in 20; before enough images were answered, ``DEADLINE_SAFETY``.
+    ``factor`` is the median of that ratio, so ``estimate * factor`` is as often early as late;
+    before enough images were answered, ``DEADLINE_SAFETY``.
     """
 
     def __init__(self, window: int = 256) -> None:
@@ -108,7 +123,8 @@ class Calibration:
             self._since = 0  # re-sorted every few answers, not at every admission
             ordered = sorted(self._ratios)
             q = ordered[int(CALIBRATION_QUANTILE * (len(ordered) - 1))]
-            self._factor = min(max(q, 1.0), CALIBRATION_MAX_FACTOR)
+            low, high = CALIBRATION_FACTOR_RANGE
+            self._factor = min(max(q, low), high)
 
 
 class DeviceMember(Protocol):
@@ -160,8 +176,10 @@ class Admission:
         workers: int,
         expected_per_image_s: float | None,
         observer: BatchObserver,
+        max_batch: int = 1,
     ) -> None:
         self._max_queue = max_queue
+        self._max_batch = max_batch
         self._workers = workers
         self._observer = observer
         self.batches = BatchTimes(per_image_s=expected_per_image_s or 0.0)
@@ -173,7 +191,8 @@ class Admission:
     def mean_s(self, images: int, *, workers: int = 1, others_s: float = 0.0) -> float:
         """Mean time until the last of ``images`` (run by ``workers`` batch workers) is out of
         the engine, after ``others_s`` of other variants' work on the device."""
-        return self.batches.estimate(images) / workers + others_s
+        per_worker = -(-images // workers)  # the workers split the queue between them
+        return self.batches.queue_s(per_worker, self._max_batch) + others_s
 
     def needed_s(self, images: int, *, workers: int = 1, others_s: float = 0.0) -> float:
         """The deadline rule: the calibrated time to answer the last of ``images``, finishing
@@ -187,7 +206,7 @@ class Admission:
 
     def wait_s(self, images: int) -> float:
         """Mean engine time for ``images`` images on this variant's workers."""
-        return self.batches.estimate(images) / self._workers
+        return self.batches.queue_s(-(-images // self._workers), self._max_batch)
 
     def check(self, images: int, deadline: float, state: QueueState) -> None:
         """Refuse what could never be answered in time, or at all; otherwise return."""

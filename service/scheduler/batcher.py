@@ -108,6 +108,7 @@ class BatchScheduler:
             workers=config.concurrency,
             expected_per_image_s=config.expected_per_image_s,
             observer=self._observer,
+            max_batch=config.max_batch,
         )
         self._workers: list[asyncio.Task[None]] = []
         self._running_images = 0

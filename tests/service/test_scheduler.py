@@ -25,7 +25,7 @@ from service.scheduler import (
     TooManyImages,
     VariantOutOfService,
 )
-from service.scheduler.admission import DEADLINE_SAFETY, Calibration
+from service.scheduler.admission import DEADLINE_SAFETY, BatchTimes, Calibration
 
 
 class StandInEngine:
@@ -467,12 +467,23 @@ def test_scheduler_refusals_map_to_http_in_one_place() -> None:
     assert (server_set.status, server_set.headers["Retry-After"]) == (503, "3")
 
 
+def test_queue_estimates_price_whole_batches() -> None:
+    times = BatchTimes()
+    times.observe(8, 0.4)  # 50 ms per image in a full batch
+    times.observe(1, 0.1)  # but a lone image pays the fixed cost: 100 ms
+    assert times.queue_s(9, max_batch=8) == pytest.approx(0.5)  # one full batch, then one
+    assert times.queue_s(3, max_batch=8) == pytest.approx(3 * times.per_image_s)  # not seen yet
+
+
 def test_calibration_learns_how_late_estimates_run() -> None:
     calibration = Calibration()
     assert calibration.factor == DEADLINE_SAFETY  # nothing measured yet
-    for i in range(100):  # answers take 1.5x the estimate, one in ten 3x
-        calibration.observe(1.0, 3.0 if i % 10 == 0 else 1.5)
-    assert calibration.factor == 3.0
-    for _ in range(256):  # then the estimate is right
+    for i in range(100):  # answers take 1.5x the estimate, one in five 3x
+        calibration.observe(1.0, 3.0 if i % 5 == 0 else 1.5)
+    assert calibration.factor == 1.5  # the median: outliers do not make the door pessimistic
+    for _ in range(256):  # then the estimate turns out pessimistic
         calibration.observe(1.0, 0.8)
-    assert calibration.factor == 1.0  # never below the mean estimate itself
+    assert calibration.factor == 0.8
+    for _ in range(256):  # a stretch of absurd measurements is bounded
+        calibration.observe(1.0, 100.0)
+    assert calibration.factor == 4.0

@@ -161,7 +161,7 @@ def attack(args: argparse.Namespace) -> int:
                 if args.scenario == "storm":
                     result = asyncio.run(retry_storm(server.url, image, args.clients, args.seconds))
                 else:
-                    answers = asyncio.run(bomb_attack(server.url, 16, 4, args.deadline_ms))
+                    answers = asyncio.run(bomb_attack(server.url, 16, 4, args.seconds))
             report: dict[str, object] = {
                 "scenario": args.scenario,
                 "capacity_refused": capacity.errors,  # 16 polite clients should get none
@@ -172,6 +172,7 @@ def attack(args: argparse.Namespace) -> int:
                 )
             else:
                 report |= {
+                    "requests": len(answers),
                     "statuses": dict(Counter(f"{s} {code}" for s, _, code in answers)),
                     "slowest_answer_s": round(max(t for _, t, _ in answers), 3),
                     "deadline_ms": args.deadline_ms,

@@ -32,7 +32,10 @@ from service.scheduler.errors import (
 # Until enough images have been answered to measure the estimate's error: how much longer than
 # the mean estimate an image may take.
 DEADLINE_SAFETY = 1.25
-CALIBRATION_QUANTILE = 0.5  # refuse what would more likely than not be late
+CALIBRATION_QUANTILE = 0.5  # the door refuses what would more likely than not be late
+# A batch about to run drops a request unless it is all but sure to make it: an answer after its
+# deadline is wasted engine time, and nothing has been spent on it yet.
+CALIBRATION_TAIL_QUANTILE = 0.9
 CALIBRATION_MIN_SAMPLES = 16
 CALIBRATION_FACTOR_RANGE = (0.5, 4.0)  # one odd stretch of measurements cannot run away
 
@@ -98,17 +101,22 @@ class Calibration:
     """How far real waits land from the mean estimate: actual / estimated over recent images.
 
     ``factor`` is the median of that ratio, so ``estimate * factor`` is as often early as late;
-    before enough images were answered, ``DEADLINE_SAFETY``.
+    ``tail_factor`` its 90th percentile; before enough images were answered, both are
+    ``DEADLINE_SAFETY``.
     """
 
     def __init__(self, window: int = 256) -> None:
         self._ratios: deque[float] = deque(maxlen=window)
-        self._factor = DEADLINE_SAFETY
+        self._factor = self._tail_factor = DEADLINE_SAFETY
         self._since = 0
 
     @property
     def factor(self) -> float:
         return self._factor
+
+    @property
+    def tail_factor(self) -> float:
+        return self._tail_factor
 
     @property
     def samples(self) -> int:
@@ -122,9 +130,13 @@ class Calibration:
         if len(self._ratios) >= CALIBRATION_MIN_SAMPLES and self._since >= 8:
             self._since = 0  # re-sorted every few answers, not at every admission
             ordered = sorted(self._ratios)
-            q = ordered[int(CALIBRATION_QUANTILE * (len(ordered) - 1))]
             low, high = CALIBRATION_FACTOR_RANGE
-            self._factor = min(max(q, low), high)
+
+            def quantile(q: float) -> float:
+                return min(max(ordered[int(q * (len(ordered) - 1))], low), high)
+
+            self._factor = quantile(CALIBRATION_QUANTILE)
+            self._tail_factor = quantile(CALIBRATION_TAIL_QUANTILE)
 
 
 class DeviceMember(Protocol):
@@ -194,11 +206,14 @@ class Admission:
         per_worker = -(-images // workers)  # the workers split the queue between them
         return self.batches.queue_s(per_worker, self._max_batch) + others_s
 
-    def needed_s(self, images: int, *, workers: int = 1, others_s: float = 0.0) -> float:
+    def needed_s(
+        self, images: int, *, workers: int = 1, others_s: float = 0.0, tail: bool = False
+    ) -> float:
         """The deadline rule: the calibrated time to answer the last of ``images``, finishing
-        included."""
+        included (``tail``: as late as it gets 9 times in 10, for a batch about to run)."""
         mean_s = self.mean_s(images, workers=workers, others_s=others_s)
-        return mean_s * self.calibration.factor + self.finish.estimate(1)
+        factor = self.calibration.tail_factor if tail else self.calibration.factor
+        return mean_s * factor + self.finish.estimate(1)
 
     @staticmethod
     def misses(deadline: float, needed_s: float, now: float) -> bool:

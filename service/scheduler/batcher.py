@@ -277,7 +277,7 @@ class BatchScheduler:
         # tightest deadlines first), which also shortens the batch for the others.
         now = time.monotonic()
         while batch and self._admission.misses(
-            min(r.deadline for r in batch), self._admission.needed_s(len(batch)), now
+            min(r.deadline for r in batch), self._admission.needed_s(len(batch), tail=True), now
         ):
             late = min(batch, key=lambda r: r.deadline)
             batch.remove(late)

@@ -481,6 +481,7 @@ def test_calibration_learns_how_late_estimates_run() -> None:
     for i in range(100):  # answers take 1.5x the estimate, one in five 3x
         calibration.observe(1.0, 3.0 if i % 5 == 0 else 1.5)
     assert calibration.factor == 1.5  # the median: outliers do not make the door pessimistic
+    assert calibration.tail_factor == 3.0  # the 90th percentile, for a batch about to run
     for _ in range(256):  # then the estimate turns out pessimistic
         calibration.observe(1.0, 0.8)
     assert calibration.factor == 0.8

@@ -173,6 +173,7 @@ class QueueState:
 
     ahead: int  # images queued (and, at the door, still decoding) before this request
     running: int  # images inside the engine right now
+    running_left_s: float  # mean time until the batches running now are done
     others_s: float  # engine time owed to other variants on the same device
     dead: str | None  # why the variant is out of service, if it is
     closing: bool
@@ -200,18 +201,38 @@ class Admission:
         self.finish = BatchTimes()
         self.calibration = Calibration()
 
-    def mean_s(self, images: int, *, workers: int = 1, others_s: float = 0.0) -> float:
-        """Mean time until the last of ``images`` (run by ``workers`` batch workers) is out of
-        the engine, after ``others_s`` of other variants' work on the device."""
+    def mean_s(
+        self,
+        images: int,
+        *,
+        workers: int = 1,
+        others_s: float = 0.0,
+        running_left_s: float = 0.0,
+    ) -> float:
+        """Mean time until the last of ``images`` queued (run by ``workers`` batch workers) is
+        out of the engine, after what is running now and ``others_s`` of other variants' work
+        on the device."""
         per_worker = -(-images // workers)  # the workers split the queue between them
-        return self.batches.queue_s(per_worker, self._max_batch) + others_s
+        return running_left_s + self.batches.queue_s(per_worker, self._max_batch) + others_s
+
+    def left_s(self, size: int, started: float, now: float) -> float:
+        """Mean time still to go for a batch of ``size`` that started at ``started``."""
+        return max(0.0, self.batches.batch_s(size) - (now - started))
 
     def needed_s(
-        self, images: int, *, workers: int = 1, others_s: float = 0.0, tail: bool = False
+        self,
+        images: int,
+        *,
+        workers: int = 1,
+        others_s: float = 0.0,
+        running_left_s: float = 0.0,
+        tail: bool = False,
     ) -> float:
         """The deadline rule: the calibrated time to answer the last of ``images``, finishing
         included (``tail``: as late as it gets 9 times in 10, for a batch about to run)."""
-        mean_s = self.mean_s(images, workers=workers, others_s=others_s)
+        mean_s = self.mean_s(
+            images, workers=workers, others_s=others_s, running_left_s=running_left_s
+        )
         factor = self.calibration.tail_factor if tail else self.calibration.factor
         return mean_s * factor + self.finish.estimate(1)
 
@@ -239,11 +260,14 @@ class Admission:
             self._observer.rejected("queue_full")
             raise QueueFull(
                 f"queue full ({self._max_queue} waiting)",
-                retry_after_s=self.wait_s(state.ahead + state.running + 1),
+                retry_after_s=state.running_left_s + self.wait_s(state.ahead + 1),
             )
         now = time.monotonic()
         needed_s = self.needed_s(
-            state.ahead + images + state.running, workers=self._workers, others_s=state.others_s
+            state.ahead + images,
+            workers=self._workers,
+            others_s=state.others_s,
+            running_left_s=state.running_left_s,
         )
         if self.batches.known and self.misses(deadline, needed_s, now):
             self._observer.rejected("deadline")

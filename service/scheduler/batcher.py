@@ -112,6 +112,7 @@ class BatchScheduler:
         )
         self._workers: list[asyncio.Task[None]] = []
         self._running_images = 0
+        self._running: dict[int, tuple[int, float]] = {}  # batch id -> (size, started)
         self._device = device
         if device is not None:
             device.join(self)
@@ -175,8 +176,12 @@ class BatchScheduler:
 
     def pending_work_s(self) -> float:
         """Engine time still owed to what is running or queued here."""
-        images = self._running_images + len(self._queue)
-        return self._admission.wait_s(images)
+        return self._running_left_s() + self._admission.wait_s(len(self._queue))
+
+    def _running_left_s(self) -> float:
+        now = time.monotonic()
+        left = [self._admission.left_s(size, at, now) for size, at in self._running.values()]
+        return sum(left) / self._config.concurrency
 
     def _others_s(self) -> float:
         return self._device.others_work_s(self) if self._device else 0.0
@@ -203,7 +208,14 @@ class BatchScheduler:
         self._check(images, deadline, ahead=len(self._queue) + self._incoming)
 
     def _check(self, images: int, deadline: float, ahead: int) -> None:
-        state = QueueState(ahead, self._running_images, self._others_s(), self._dead, self._closing)
+        state = QueueState(
+            ahead,
+            self._running_images,
+            self._running_left_s(),
+            self._others_s(),
+            self._dead,
+            self._closing,
+        )
         self._admission.check(images, deadline, state)
 
     async def submit(self, tensor: np.ndarray, deadline: float) -> ItemResult:
@@ -215,9 +227,11 @@ class BatchScheduler:
         self._check(1, deadline, ahead=len(self._queue))
         now = time.monotonic()
         future: asyncio.Future[ItemResult] = asyncio.get_running_loop().create_future()
-        images = len(self._queue) + 1 + self._running_images
         mean_s = self._admission.mean_s(
-            images, workers=self._config.concurrency, others_s=self._others_s()
+            len(self._queue) + 1,
+            workers=self._config.concurrency,
+            others_s=self._others_s(),
+            running_left_s=self._running_left_s(),
         )
         estimated_s = mean_s * self._admission.calibration.factor
         self._queue.append(_Request(tensor, future, now, deadline, mean_s, estimated_s))
@@ -299,6 +313,7 @@ class BatchScheduler:
         self._observer.batch_started(len(batch), [started - r.enqueued_at for r in batch])
         tensor = np.stack([r.tensor for r in batch])
         self._running_images += len(batch)
+        self._running[id(batch)] = (len(batch), started)
         try:
             outputs = await asyncio.get_running_loop().run_in_executor(
                 self._executor, self._run_batch, tensor
@@ -312,6 +327,7 @@ class BatchScheduler:
             return
         finally:
             self._running_images -= len(batch)
+            del self._running[id(batch)]
         finished = time.monotonic()
         duration = finished - started
         self._admission.batches.observe(len(batch), duration)

@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from engines.model.pipeline import DetectOptions, PreparedImage
 from engines.model.postprocess import Detections
 from engines.precision import Precision
+from service.audit import PrecisionAudit
 from service.errors import EngineUnavailable
 from service.metrics import Metrics
 from service.registry import ServedModel, ServedVariant
@@ -60,6 +61,7 @@ async def run_images(
     options: DetectOptions,
     deadline: float,
     metrics: Metrics,
+    audit: PrecisionAudit | None = None,
 ) -> list[ImageOutcome]:
     """Submit every prepared image to the variant's batcher and post-process each answer."""
     labels = (model.name, variant.spec.precision.value)
@@ -71,6 +73,8 @@ async def run_images(
         post_s = time.perf_counter() - started
         variant.scheduler.observe_finish(post_s)
         metrics.postprocess_duration.labels(*labels).observe(post_s)
+        if audit is not None:  # maybe re-run in FP32 later, off this request's path
+            audit.offer(model, variant, image, result.outputs)
         timing = {
             "decode": decode_s * 1000,
             "queue": result.queue_wait_s * 1000,

@@ -146,6 +146,11 @@ class DeviceLoad:
     def others_work_s(self, me: BatchScheduler) -> float:
         return sum(m.pending_work_s() for m in self._members if m is not me)
 
+    def idle(self) -> bool:
+        """No batch running or waiting for a slot, nothing queued or decoding anywhere: the
+        only time background work (the precision audit's shadow runs) may take a slot."""
+        return not self._slots.locked() and not any(m.busy for m in self._members)
+
 
 class BatchScheduler:
     """Batches single-image requests for one engine variant."""
@@ -237,6 +242,15 @@ class BatchScheduler:
     @property
     def dead_reason(self) -> str | None:
         return self._dead
+
+    @property
+    def busy(self) -> bool:
+        """Requests queued, on their way (decoding) or running."""
+        return bool(self._queue or self._incoming or self._running_images)
+
+    @property
+    def device(self) -> DeviceLoad | None:
+        return self._device
 
     def _safe(self, images: int, tail: bool = True) -> float:
         """Time to answer a batch of ``images``, with the safety margin, finishing included."""

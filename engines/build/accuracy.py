@@ -9,7 +9,7 @@ ranking. With real labels (a COCO json), the same evaluator gives mAP against th
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ import numpy as np
 from engines.build.int8.calibration import ImageSet
 from engines.model.layouts import OutputLayout
 from engines.model.postprocess import Detections, pairwise_iou, postprocess
-from engines.model.preprocess import letterbox
+from engines.model.preprocess import LetterboxTransform, letterbox
 from engines.runtime.base import Engine
 
 REFERENCE_CONF = 0.25
@@ -33,6 +33,19 @@ class Agreement:
     map50_95: float
     map50: float
     reference_boxes: int
+
+
+def detections_of(
+    outputs: Mapping[str, np.ndarray],
+    k: int,
+    layout: OutputLayout,
+    transform: LetterboxTransform,
+    conf: float,
+) -> Detections:
+    """Image ``k`` of a batch's raw outputs, decoded and NMS'd the way agreement is measured
+    (the live precision audit decodes its shadow runs with this too, so both figures compare)."""
+    candidates = layout.decode(outputs, k, conf)
+    return postprocess(candidates, transform, iou=IOU, max_det=MAX_DET)
 
 
 def detect_all(
@@ -53,8 +66,7 @@ def detect_all(
         prepared = [letterbox(image, size, pad_value=pad_value) for image in chunk]
         outputs = engine.infer(np.stack([t for t, _ in prepared]))
         for k, (_, transform) in enumerate(prepared):
-            candidates = layout.decode(outputs, k, conf)
-            results.append(postprocess(candidates, transform, iou=IOU, max_det=MAX_DET))
+            results.append(detections_of(outputs, k, layout, transform, conf))
         if tick is not None:
             tick(len(chunk))
     return results

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
 from engines.model.pipeline import DetectOptions
-from service.deps import AuthDep, MetricsDep, ModelDep, SettingsDep
+from service.deps import AuditDep, AuthDep, MetricsDep, ModelDep, SettingsDep
 from service.errors import (
     BadRequest,
     ClientClosedRequest,
@@ -152,9 +152,10 @@ async def _detect(
     options: DetectOptions,
     deadline: float,
     metrics: MetricsDep,
+    audit: AuditDep,
 ) -> list[ImageOutcome]:
     prepared = await prepare_images(model, variant, blobs, deadline, metrics)
-    return await run_images(model, variant, prepared, options, deadline, metrics)
+    return await run_images(model, variant, prepared, options, deadline, metrics, audit)
 
 
 def _track(metrics: MetricsDep, model: str, precision: str) -> Callable[[int, float], None]:
@@ -179,6 +180,7 @@ async def detect(
     model: ModelDep,
     settings: SettingsDep,
     metrics: MetricsDep,
+    audit: AuditDep,
     precision: Annotated[
         Literal["fp32", "fp16", "int8", "auto"] | None,
         Query(description="Variant to run; default: the server's (auto)"),
@@ -218,7 +220,7 @@ async def detect(
         # messages from the same receive channel, and a body chunk taken by the watcher is lost.
         blobs = await read_images(request, settings.max_images_per_request)
         outcomes = await cancel_on_disconnect(
-            request, _detect(model, variant, blobs, options, deadline, metrics)
+            request, _detect(model, variant, blobs, options, deadline, metrics, audit)
         )
         status = 200
     except asyncio.CancelledError:

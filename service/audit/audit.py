@@ -65,7 +65,15 @@ class LiveAgreement:
 
 
 class PrecisionAudit:
-    def __init__(self, settings: Settings, metrics: Metrics, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        *,
+        seed: int | None = None,
+        max_pending: int = 8,
+        max_wait_s: float = 2.0,
+    ) -> None:
         self._settings = settings
         self._metrics = metrics
         self._rng = random.Random(seed)
@@ -83,7 +91,7 @@ class PrecisionAudit:
         # One thread: shadow work is serial by design, and never competes with itself.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit")
         self._shadow: ShadowQueue[_Sample, Outputs] = ShadowQueue(
-            self._infer, self._finish, self._drop
+            self._infer, self._finish, self._drop, max_pending=max_pending, max_wait_s=max_wait_s
         )
 
     # -- wiring (event loop, after the registry started) -----------------------------------------

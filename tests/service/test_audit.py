@@ -259,3 +259,10 @@ def test_shadow_runs_wait_for_an_idle_device_and_are_dropped_under_load(
             await v.scheduler.close()
 
     asyncio.run(main())
+
+
+def test_settings_refuse_a_window_smaller_than_its_minimum() -> None:
+    with pytest.raises(ValueError, match="audit_min_samples"):
+        Settings(audit_window=10, audit_min_samples=20)
+    assert Settings().audit_sample_fraction == 0.01 and not Settings().audit_demote
+    assert Settings().audit_keep_dir is None  # keeping users' images is opt-in

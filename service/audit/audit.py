@@ -18,8 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engines.artifacts.manifest import Manifest
-from engines.build.accuracy import CANDIDATE_CONF, detections_of
+from engines.build.accuracy import CANDIDATE_OPTIONS
 from engines.model.pipeline import PreparedImage
 from engines.precision import Precision
 from service.audit.budget import DeviceBudget
@@ -104,14 +103,15 @@ class PrecisionAudit:
             reference = model.variants.get(Precision.FP32)
             if reference is None or s.audit_sample_fraction <= 0:
                 continue
-            budgets = _build_budgets(s, model.name)
-            for precision in model.variants:
+            for precision, variant in model.variants.items():
                 if precision is Precision.FP32:
                     continue
                 window = RollingAgreement(
                     s.audit_window, s.audit_min_samples, model.info.num_classes
                 )
-                budget = budgets.get(precision, 1.0)
+                # The budget the build accepted it with (strict 1.0 if it recorded none).
+                accuracy = variant.record.accuracy
+                budget = accuracy.budget if accuracy is not None else 1.0
                 self._targets[(model.name, precision)] = _Target(
                     model, precision, reference, budget, window
                 )
@@ -144,7 +144,7 @@ class PrecisionAudit:
         self, model: ServedModel, variant: ServedVariant, image: PreparedImage, outputs: Outputs
     ) -> None:
         """One answered image; maybe queue its FP32 re-run. Never waits, never raises."""
-        target = self._targets.get((model.name, variant.spec.precision))
+        target = self._targets.get((model.name, variant.record.precision))
         if target is None or self._rng.random() >= self._settings.audit_sample_fraction:
             return
         sample = _Sample(target, image, outputs)
@@ -210,10 +210,9 @@ class PrecisionAudit:
     def _judge(self, sample: _Sample, reference_outputs: Outputs) -> bool:
         """Worker thread: decode both answers as the builder does, score, maybe keep."""
         t = sample.target
-        layout = t.model.pipeline.layout
-        transform = sample.image.transform
-        reference = detections_of(reference_outputs, 0, layout, transform, CANDIDATE_CONF)
-        candidate = detections_of(sample.outputs, 0, layout, transform, CANDIDATE_CONF)
+        pipeline = t.model.pipeline
+        reference = pipeline.finish(reference_outputs, sample.image, CANDIDATE_OPTIONS)
+        candidate = pipeline.finish(sample.outputs, sample.image, CANDIDATE_OPTIONS)
         t.window.add(reference, candidate)
         if self._store is None:
             return False
@@ -234,11 +233,3 @@ class PrecisionAudit:
                 "%s/%s recovered: live agreement %.4f", t.model.name, t.precision.value, value
             )
             t.demoted = None
-
-
-def _build_budgets(settings: Settings, model: str) -> dict[Precision, float]:
-    """Each variant's acceptance budget as its build recorded it (1.0 when unknown: strict)."""
-    manifest = Manifest.load(settings.engines_dir / model)
-    if manifest is None:
-        return {}
-    return {v.precision: v.accuracy.budget for v in manifest.variants if v.accuracy is not None}

@@ -16,10 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engines.artifacts.record import Timings, VariantRecord
 from engines.build.int8.calibration import ImageSet
-from engines.model.info import read_model_info
-from engines.model.layouts import detect_layout
-from engines.model.pipeline import ImagePipeline, PreparedImage
+from engines.model.pipeline import ModelPipeline, PreparedImage, load_model_pipeline
 from engines.model.postprocess import Detections
 from engines.precision import Precision
 from engines.runtime.onnxruntime import OnnxRuntimeEngine
@@ -32,9 +31,9 @@ from service.config import Settings
 from service.metrics import Metrics
 from service.registry import ModelRegistry, ServedModel, ServedVariant
 from service.scheduler import BatchingConfig, BatchScheduler, DeviceLoad, Outputs
-from service.selection import PrecisionSelector, VariantStats
-from service.variant_specs import VariantSpec
+from service.selection import PrecisionSelector
 from tests.conftest import DEFAULT_MODEL
+from tests.engines.build_fixtures import accuracy
 
 MODEL = "m"
 
@@ -65,12 +64,9 @@ class RecordedEngine:
 
 
 @pytest.fixture(scope="module")
-def bus(default_model_source: Path) -> tuple[ImagePipeline, PreparedImage, Outputs]:
+def bus(default_model_source: Path) -> tuple[ModelPipeline, PreparedImage, Outputs]:
     """The default model's pipeline, bus.jpg prepared for it, and FP32's real outputs on it."""
-    info = read_model_info(default_model_source, DEFAULT_MODEL)
-    pipeline = ImagePipeline(
-        info, detect_layout(info.outputs, info.num_classes, info.layout), max_pixels=10**8
-    )
+    pipeline = load_model_pipeline(default_model_source, DEFAULT_MODEL)
     image = pipeline.prepare(sample_image("bus").read_bytes())
     engine = OnnxRuntimeEngine(default_model_source, Precision.FP32, max_batch=1)
     try:
@@ -142,12 +138,24 @@ def test_sample_store_is_bounded_and_is_what_build_calib_reads(tmp_path: Path) -
     assert not again.keep(MODEL, "int8", tensors[4])
 
 
+def record(precision: Precision, per_image_s: float | None, agreement: float) -> VariantRecord:
+    """An accepted variant as the build records it."""
+    return VariantRecord(
+        precision=precision,
+        backend="onnxruntime",
+        device="cpu",
+        status="accepted",
+        accuracy=accuracy(agreement, budget=0.95),
+        timings=Timings(latency_ms={1: 1000 * per_image_s}) if per_image_s else None,
+    )
+
+
 def test_auto_avoids_a_demoted_variant_and_returns_when_it_recovers() -> None:
     selector = PrecisionSelector(
         [
-            VariantStats(Precision.FP32, 0.10, 1.0),
-            VariantStats(Precision.FP16, 0.08, 1.0),
-            VariantStats(Precision.INT8, 0.05, 0.98),
+            record(Precision.FP32, 0.10, 1.0),
+            record(Precision.FP16, 0.08, 1.0),
+            record(Precision.INT8, 0.05, 0.98),
         ],
         auto_min_agreement=0.95,
         queue_wait_slo_s=1.0,
@@ -167,11 +175,11 @@ def test_auto_avoids_a_demoted_variant_and_returns_when_it_recovers() -> None:
 
 
 def _served(
-    pipeline: ImagePipeline, engines: dict[Precision, RecordedEngine], device: DeviceLoad
+    pipeline: ModelPipeline, engines: dict[Precision, RecordedEngine], device: DeviceLoad
 ) -> ServedModel:
     variants = {
         p: ServedVariant(
-            VariantSpec(p, "stand-in", Path(f"{p.value}.onnx")),
+            record(p, None, 1.0),
             e,  # type: ignore[arg-type]
             BatchScheduler(
                 e.infer, BatchingConfig(max_batch=1, max_queue=64), device=device, name=p.value
@@ -181,9 +189,9 @@ def _served(
         for p, e in engines.items()
     }
     selector = PrecisionSelector(
-        [VariantStats(p, None, 1.0) for p in engines], auto_min_agreement=0.9, queue_wait_slo_s=1
+        [v.record for v in variants.values()], auto_min_agreement=0.9, queue_wait_slo_s=1
     )
-    return ServedModel(MODEL, pipeline.info, pipeline, selector, variants)
+    return ServedModel(MODEL, pipeline, selector, variants)
 
 
 async def _until(check: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
@@ -194,7 +202,7 @@ async def _until(check: Callable[[], bool], what: str, timeout_s: float = 20.0) 
 
 
 def test_shadow_runs_wait_for_an_idle_device_and_are_dropped_under_load(
-    bus: tuple[ImagePipeline, PreparedImage, Outputs], tmp_path: Path
+    bus: tuple[ModelPipeline, PreparedImage, Outputs], tmp_path: Path
 ) -> None:
     pipeline, image, outputs = bus
     int8 = RecordedEngine(outputs)

@@ -19,15 +19,16 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from engines.build.accuracy import CANDIDATE_CONF, agreement, detect_all
+from engines.build.accuracy import agreement
 from engines.build.int8.calibration import ImageSet
-from engines.model.info import read_model_info
-from engines.model.layouts import detect_layout
+from engines.build.validation import detect_all
+from engines.model.pipeline import load_model_pipeline
 from engines.model.preprocess import decode_image
 from engines.precision import Precision
 from engines.runtime.onnxruntime import OnnxRuntimeEngine
 from engines.sources.sample_images import SAMPLE_IMAGES, sample_image
 from tests.conftest import DEFAULT_MODEL, REPO, Server
+from tests.service.drift_engines import DRIFT_SERVER
 
 pytestmark = pytest.mark.slow
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
@@ -85,10 +86,12 @@ def int8_preferred(built_engines: Path, tmp_path_factory: pytest.TempPathFactory
     shutil.copytree(built_engines / DEFAULT_MODEL, engines / DEFAULT_MODEL)
     path = engines / DEFAULT_MODEL / "manifest.json"
     manifest = json.loads(path.read_text())
-    slowest = max(ms for v in manifest["variants"] for ms in v["latency_ms"].values())
+    timed = [v["timings"]["latency_ms"] for v in manifest["variants"] if v.get("timings")]
+    slowest = max(ms for latency in timed for ms in latency.values())
     for v in manifest["variants"]:
         if v["precision"] == "int8":
-            v["latency_ms"] = {b: slowest / 10 for b in v["latency_ms"]}
+            latency = v["timings"]["latency_ms"]
+            v["timings"]["latency_ms"] = {b: slowest / 10 for b in latency}
     path.write_text(json.dumps(manifest))
     return engines
 
@@ -104,7 +107,6 @@ def test_drifting_int8_falls_under_budget_alerts_and_is_demoted(
     server = server_factory(
         {
             "DETECT_ENGINES_DIR": str(int8_preferred),
-            "DETECT_ENGINE_FACTORY": "tests.service.drift_engines:drifting",
             "DRIFT_AFTER": str(steady),
             "DETECT_MAX_BATCH": "1",  # one request = one INT8 batch, so DRIFT_AFTER counts them
             "DETECT_AUTO_MIN_AGREEMENT": "0.95",
@@ -115,7 +117,8 @@ def test_drifting_int8_falls_under_budget_alerts_and_is_demoted(
             "DETECT_AUDIT_DEMOTE": "true",
             "DETECT_AUDIT_KEEP_DIR": str(keep),
             "DETECT_AUDIT_KEEP_MAX_FILES": "3",
-        }
+        },
+        module=DRIFT_SERVER,
     )
     budget = metric(server, "detect_audit_agreement_budget", **INT8)
     assert budget == 0.95  # the budget the build accepted INT8 with, from its manifest
@@ -243,8 +246,7 @@ def test_live_agreement_of_real_int8_matches_the_builders_measure_on_the_same_ph
     assert live is not None
 
     folder = built_engines / DEFAULT_MODEL
-    info = read_model_info(default_model_source, DEFAULT_MODEL)
-    layout = detect_layout(info.outputs, info.num_classes, info.layout)
+    pipeline = load_model_pipeline(default_model_source, DEFAULT_MODEL)
     images = ImageSet(
         tuple(photos),
         tuple(decode_image(blobs[n], max_pixels=10**8) for n in photos),
@@ -255,11 +257,12 @@ def test_live_agreement_of_real_int8_matches_the_builders_measure_on_the_same_ph
     for precision in (Precision.FP32, Precision.INT8):
         engine = OnnxRuntimeEngine(folder / f"{precision.value}.onnx", precision, max_batch=8)
         try:
-            once = detect_all(engine, images, layout, info.input_size, 114, CANDIDATE_CONF)
+            once = detect_all(engine, pipeline, images)
         finally:
             engine.close()
         found[precision] = once * rounds  # the 50 requests, in the order they were sent
-    offline = agreement(found[Precision.FP32], found[Precision.INT8], info.num_classes).map50_95
+    classes = pipeline.info.num_classes
+    offline = agreement(found[Precision.FP32], found[Precision.INT8], classes).map50_95
     build = json.loads((folder / "manifest.json").read_text())
     int8 = next(v for v in build["variants"] if v["precision"] == "int8")
     print(

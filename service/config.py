@@ -7,27 +7,25 @@ and validated there: an impossible combination fails start-up with the reason.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from engines.sources.home import HomeSettings
 
 DEFAULT_MODEL = "yolov3-tiny-coco"
 PrecisionName = Literal["fp32", "fp16", "int8"]
 
 
-class Settings(BaseSettings):
-    """Everything configurable about the service."""
+class Settings(HomeSettings):
+    """Everything configurable about the service (the home's folders come from HomeSettings)."""
 
     model_config = SettingsConfigDict(env_prefix="DETECT_", env_file=".env", extra="ignore")
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
 
-    # Model repository: committed metadata + fetched sources, and built engines (+ manifests).
-    models_dir: Path = Path("models")
-    engines_dir: Path = Path("engines_cache")
     models: list[str] = Field(default_factory=lambda: [DEFAULT_MODEL])
     default_model: str = DEFAULT_MODEL
     default_precision: Literal["fp32", "fp16", "int8", "auto"] = "auto"

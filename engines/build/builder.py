@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from engines.build.int8.calibration import CalibrationSet, ImageSet, image_sets
 from engines.build.int8.quantize import CalibrationName, Int8Options
 from engines.build.int8.search import Int8Search, make_int8
 from engines.build.report import Reporter
+from engines.build.staging import staging, sweep
 from engines.build.steps import (
     Candidate,
     EngineLoader,
@@ -163,6 +164,7 @@ def build_model(
     )
     out = engines_dir / info.name
     out.mkdir(parents=True, exist_ok=True)
+    sweep(out)
     host = current_host(config.backend, config.providers)
     job = _Job(source, info, out, val, calib, config, host, Reporter(progress))
     source_sha = sha256_file(source)
@@ -233,7 +235,10 @@ def _build_todo(
             cache_key=keys[precision],
         )
         try:
-            _build_one(job, precision, ref, load, variant)
+            # Built aside and moved in only when finished; anything else leaves no files.
+            with staging(job.out) as stage:
+                _build_one(replace(job, out=stage.dir), precision, ref, load, variant)
+                stage.commit()
         except (EngineError, OSError, ValueError, RuntimeError) as exc:
             # Recorded, never accepted: the next build retries only with --force or new inputs.
             variant.status = f"rejected: build failed: {exc}"

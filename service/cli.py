@@ -35,8 +35,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app import create_app
+    from service.cli_build import require_backend
 
     settings = _settings(args)
+    require_backend(settings.backend)
     if args.prepare:
         prepare(settings)
     app = create_app(settings)

@@ -59,6 +59,15 @@ def _model_dir(args: argparse.Namespace, settings: Settings) -> Path:
     return settings.models_dir / model
 
 
+def require_backend(backend: str) -> None:
+    """Say which extra a backend needs before any work starts (``ValueError``)."""
+    if backend == "tensorrt" and importlib.util.find_spec("tensorrt") is None:
+        raise ValueError(
+            "backend tensorrt needs the gpu extra (on a host with an NVIDIA GPU): "
+            "pip install 'detect-serve[gpu]'"
+        )
+
+
 @contextlib.contextmanager
 def quiet_tool_warnings() -> Iterator[None]:
     """The converters' per-tensor chatter (fp16 truncation notes, ORT's pre-processing hint)
@@ -82,11 +91,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     settings = Settings()
     backend = args.backend or settings.backend
-    if backend == "tensorrt" and importlib.util.find_spec("tensorrt") is None:
-        raise ValueError(
-            "backend tensorrt needs the gpu extra (on a host with an NVIDIA GPU): "
-            "pip install 'detect-serve[gpu]'"
-        )
+    require_backend(backend)
     model_dir = _model_dir(args, settings)
     ensure_model_source(model_dir, progress=sys.stdout.isatty())  # built-in, fetched or added
     config = BuildConfig(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import logging
 import shutil
 import sys
@@ -12,6 +11,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+from service import extras
 from service.config import Settings
 
 
@@ -59,13 +59,10 @@ def _model_dir(args: argparse.Namespace, settings: Settings) -> Path:
     return settings.models_dir / model
 
 
-def require_backend(backend: str) -> None:
-    """Say which extra a backend needs before any work starts (``ValueError``)."""
-    if backend == "tensorrt" and importlib.util.find_spec("tensorrt") is None:
-        raise ValueError(
-            "backend tensorrt needs the gpu extra (on a host with an NVIDIA GPU): "
-            "pip install 'detect-serve[gpu]'"
-        )
+def require_backend(command: str, backend: str) -> None:
+    """Name the extra a backend needs before any work starts (``extras.MissingExtra``)."""
+    if backend == "tensorrt":
+        extras.require(f"{command} with backend tensorrt", "gpu")
 
 
 @contextlib.contextmanager
@@ -91,7 +88,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     settings = Settings()
     backend = args.backend or settings.backend
-    require_backend(backend)
+    require_backend("detect-serve build", backend)
     model_dir = _model_dir(args, settings)
     ensure_model_source(model_dir, progress=sys.stdout.isatty())  # built-in, fetched or added
     config = BuildConfig(

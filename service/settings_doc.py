@@ -28,7 +28,6 @@ MEANINGS: dict[str, str] = {
     "ort_providers": "ONNX Runtime execution providers, e.g. "
     '`["CUDAExecutionProvider","CPUExecutionProvider"]`',
     "intra_op_threads": "ONNX Runtime intra-op threads per session; `0` = ONNX Runtime's default",
-    "engine_factory": "test hook: `module:factory` returning an Engine instead of the backend",
     "max_batch": "largest batch; a batch runs when this many images wait...",
     "max_wait_ms": "...or this long after its first image (a lone request never waits)",
     "max_queue": "images queued per variant before `503` + `Retry-After`",

@@ -67,10 +67,9 @@ def prepare(settings: Settings) -> None:
         ensure_model_source(settings.models_dir / name, progress=sys.stdout.isatty())
         if settings.prepare_precisions:
             from engines.build.builder import BuildConfig, build_model
-            from engines.precision import Precision
 
             config = BuildConfig(
-                precisions=tuple(Precision(p) for p in settings.prepare_precisions),
+                precisions=tuple(settings.prepare_precisions),
                 backend=settings.backend,
                 max_batch=settings.max_batch,
                 providers=tuple(settings.ort_providers),
@@ -92,14 +91,17 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     from engines.sources.catalogue import builtin_models
 
     settings = Settings()
+    from engines.artifacts.manifest import manifest_path
+    from engines.sources.repository import MODEL_YAML, source_onnx
+
     repo = settings.models_dir
-    names = set(builtin_models()) | {p.parent.name for p in repo.glob("*/model.yaml")}
+    names = set(builtin_models()) | {p.parent.name for p in repo.glob(f"*/{MODEL_YAML}")}
     names |= {p.parent.parent.name for p in repo.glob("*/source/model.onnx")}
     rows = [
         {
             "name": name,
-            "fetched": (repo / name / "source" / "model.onnx").is_file(),
-            "built": (settings.engines_dir / name / "manifest.json").is_file(),
+            "fetched": source_onnx(repo, name).is_file(),
+            "built": manifest_path(settings.engines_dir, name).is_file(),
         }
         for name in sorted(names)
     ]

@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api import detect, health, kserve, models
 from service.api.kserve_pool import CodecPool
+from service.audit import PrecisionAudit
 from service.config import Settings
 from service.deps import scope_is_authorized
 from service.errors import install_error_handlers
@@ -46,15 +47,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     decoding = DecodeBudget(
         memory_bytes=settings.decode_memory_bytes, workers=settings.decode_workers
     )
+    v2_codec = CodecPool()
     # uvicorn cancels what is left at the end of the grace period; uploads are cut a second
     # earlier so their clients get a JSON 503 rather than a dropped connection.
-    v2_codec = CodecPool()
     shutdown = ShutdownSignal(cut_after_s=max(0.0, settings.shutdown_grace_s - 1.0))
+    audit = PrecisionAudit(settings, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(registry.load)
         registry.start()
+        audit.attach(registry)
         ok, reasons = registry.readiness()
         if ok:
             log.info("ready: %s", ", ".join(settings.models))
@@ -63,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await audit.close()  # shadow runs are optional: stop them before the engines go
             await registry.close(settings.shutdown_grace_s)
             decoding.close()
             v2_codec.close()
@@ -81,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.decode_budget = decoding
     app.state.v2_codec = v2_codec
     app.state.shutdown = shutdown
+    app.state.audit = audit
     install_error_handlers(app)
     for module in (detect, models, health, kserve):
         app.include_router(module.router, responses=COMMON_ERRORS)

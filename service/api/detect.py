@@ -17,8 +17,9 @@ from engines.model.pipeline import DetectOptions, PreparedImage
 from engines.model.postprocess import Detections
 from engines.model.preprocess import DecodeCost, decode_cost
 from engines.precision import RequestedPrecision
+from service.audit import PrecisionAudit
 from service.config import Settings
-from service.deps import AuthDep, MetricsDep, ModelDep, SettingsDep
+from service.deps import AuditDep, AuthDep, MetricsDep, ModelDep, SettingsDep
 from service.errors import BadRequest, UnsupportedMediaType
 from service.flow import Route, serve
 from service.metrics import Metrics
@@ -139,8 +140,10 @@ class DetectRoute(Route[DetectResponse]):
         metrics: Metrics,
         decoding: DecodeBudget,
         deadline: float,
+        audit: PrecisionAudit | None = None,
     ) -> None:
         self._request = request
+        self._audit = audit
         self._model = model
         self._options = options
         self._settings = settings
@@ -184,6 +187,8 @@ class DetectRoute(Route[DetectResponse]):
         post_s = time.perf_counter() - started
         variant.scheduler.observe_finish(post_s)
         self._metrics.postprocess_duration.labels(*self._labels(variant)).observe(post_s)
+        if self._audit is not None:  # maybe re-run in FP32 later, off this request's path
+            self._audit.offer(self._model, variant, image, result.outputs)
         timing = {
             "decode": decode_s * 1000,
             "queue": result.queue_wait_s * 1000,
@@ -240,6 +245,7 @@ async def detect(
     model: ModelDep,
     settings: SettingsDep,
     metrics: MetricsDep,
+    audit: AuditDep,
     precision: Annotated[
         RequestedPrecision | None,
         Query(description="Variant to run; default: the server's (auto)"),
@@ -268,7 +274,7 @@ async def detect(
         raise BadRequest(str(exc)) from None
     options = DetectOptions(conf, iou, max_det, class_ids)
     decoding: DecodeBudget = request.app.state.decode_budget
-    route = DetectRoute(request, model, options, settings, metrics, decoding, deadline)
+    route = DetectRoute(request, model, options, settings, metrics, decoding, deadline, audit)
     requested = precision or settings.default_precision
     body = await serve(
         model,

@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DETECT_", env_file=".env", extra="ignore")
 
     host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
+    port: int = Field(8000, ge=0, le=65535)  # 0: any free port (logged)
 
     # Model repository: committed metadata + fetched sources, and built engines (+ manifests).
     models_dir: Path = Path("models")

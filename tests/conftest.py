@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
+import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import httpx
 import pytest
@@ -12,6 +16,39 @@ from bench.process import ServerProcess
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = "yolov3-tiny-coco"
+
+
+def _missing(what: str, install_hint: str) -> None:
+    """In CI (``CI=true``, as every CI sets it) a missing tool fails the test: a skip there would
+    quietly drop the work the tool does. Locally the skip says how to install it."""
+    if os.environ.get("CI", "").lower() in ("true", "1"):
+        pytest.fail(f"{what} is missing in CI: {install_hint}", pytrace=False)
+    pytest.skip(f"{what} missing: {install_hint}")
+
+
+def require_tool(name: str, install_hint: str) -> str:
+    """The path of executable ``name``; if absent, a failure in CI, else a skip with the hint."""
+    path = shutil.which(name)
+    if path is None:
+        _missing(f"the `{name}` executable", install_hint)
+    assert path is not None
+    return path
+
+
+def require_module(name: str, install_hint: str, *, has: str | None = None) -> ModuleType:
+    """Python module ``name`` (with attribute path ``has``); if absent, as ``require_tool``."""
+    try:
+        module = importlib.import_module(name)
+    except ImportError:
+        _missing(f"the Python module `{name}`", install_hint)
+        raise
+    if has is not None:
+        found: object = module
+        for part in has.split("."):
+            found = getattr(found, part, None)
+        if found is None:
+            _missing(f"`{name}.{has}` ({getattr(module, '__version__', '?')})", install_hint)
+    return module
 
 
 class Server(ServerProcess):

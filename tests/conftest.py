@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -107,6 +109,29 @@ def built_engines(tmp_path_factory: pytest.TempPathFactory, default_model_source
     engines_dir = tmp_path_factory.mktemp("engines")
     build_model(REPO / "models" / DEFAULT_MODEL, engines_dir, BuildConfig(), progress=False)
     return engines_dir
+
+
+@pytest.fixture(scope="session")
+def fp32_int8_engines(tmp_path_factory: pytest.TempPathFactory, default_model_source: Path) -> Path:
+    """FP32 + INT8 built the way a user does it (``detect-serve build``), shared by the tests
+    that serve both; nothing else is built."""
+    engines = tmp_path_factory.mktemp("fp32-int8")
+    env = {
+        **os.environ,
+        "DETECT_MODELS_DIR": str(REPO / "models"),
+        "DETECT_ENGINES_DIR": str(engines),
+    }
+    command = ["build", DEFAULT_MODEL, "--precision", "fp32,int8"]
+    done = subprocess.run(
+        [sys.executable, "-m", "service.cli", *command],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return engines
 
 
 def _gpu_available() -> tuple[bool, str]:

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -62,29 +60,8 @@ def stored_total(prometheus: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def traffic_engines(tmp_path_factory: pytest.TempPathFactory, default_model_source: Path) -> Path:
-    """FP32 + INT8 built the way a user does it, so this test needs no other precision."""
-    engines = tmp_path_factory.mktemp("engines")
-    env = {
-        **os.environ,
-        "DETECT_MODELS_DIR": str(REPO / "models"),
-        "DETECT_ENGINES_DIR": str(engines),
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "service.cli", "build", MODEL, "--precision", ",".join(TRAFFIC)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return engines
-
-
-@pytest.fixture(scope="module")
-def served(server_factory: Callable[..., Server], traffic_engines: Path) -> Server:
-    server = server_factory({"DETECT_ENGINES_DIR": str(traffic_engines)})
+def served(server_factory: Callable[..., Server], fp32_int8_engines: Path) -> Server:
+    server = server_factory({"DETECT_ENGINES_DIR": str(fp32_int8_engines)})
     with server.client() as client:
         body = client.get("/models").json()
     model = next(m for m in body["models"] if m["name"] == MODEL)

@@ -114,8 +114,10 @@ def built_engines(tmp_path_factory: pytest.TempPathFactory, default_model_source
 @pytest.fixture(scope="session")
 def fp32_int8_engines(tmp_path_factory: pytest.TempPathFactory, default_model_source: Path) -> Path:
     """FP32 + INT8 built the way a user does it (``detect-serve build``), shared by the tests
-    that serve both; nothing else is built."""
-    engines = tmp_path_factory.mktemp("fp32-int8")
+    that serve both; nothing else is built. ``DETECT_TEST_FP32_INT8_ENGINES`` names a folder to
+    build into and reuse (the build does no work when it is up to date): scripts/mutate.py."""
+    reuse = os.environ.get("DETECT_TEST_FP32_INT8_ENGINES")
+    engines = Path(reuse) if reuse else tmp_path_factory.mktemp("fp32-int8")
     env = {
         **os.environ,
         "DETECT_MODELS_DIR": str(REPO / "models"),

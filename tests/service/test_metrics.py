@@ -9,7 +9,8 @@ import pytest
 from engines.precision import Precision
 from service.metrics import BATCH_SIZE_BUCKETS, LATENCY_BUCKETS, Metrics
 from service.registry import _VariantObserver
-from service.selection import PrecisionSelector, VariantStats
+from service.selection import PrecisionSelector
+from tests.service.test_selection import record
 
 LABELS = {"model": "m", "precision": "fp32"}
 
@@ -56,7 +57,7 @@ def observer() -> tuple[Metrics, _VariantObserver, PrecisionSelector]:
     metrics = Metrics()
     watched = _VariantObserver(metrics, "m", Precision.FP32)
     selector = PrecisionSelector(
-        [VariantStats(Precision.FP32, 0.1, 1.0), VariantStats(Precision.INT8, 0.05, 0.9)],
+        [record(Precision.FP32, 0.1, 1.0), record(Precision.INT8, 0.05, 0.9)],
         auto_min_agreement=0.99,
         queue_wait_slo_s=0.05,
         hold_s=0.0,

@@ -8,7 +8,6 @@ the test decides how long requests wait in the queue, the server decides everyth
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from engines.artifacts.manifest import Manifest
 from tests.conftest import DEFAULT_MODEL, Server
 from tests.service.fault_engines import FAULT_SERVER
 from tests.service.scrape import moved, scrape, wait_for, wait_until
@@ -54,9 +54,11 @@ def test_auto_moves_to_the_faster_variant_under_queueing_and_back(
     gate: Path,
     photo: Callable[[str], bytes],
 ) -> None:
-    manifest = json.loads((fp32_int8_engines / DEFAULT_MODEL / "manifest.json").read_text())
-    latency = {v["precision"]: v["latency_ms"]["1"] for v in manifest["variants"]}
-    assert latency["int8"] < latency["fp32"], f"the build did not measure INT8 faster: {latency}"
+    manifest = Manifest.load(fp32_int8_engines / DEFAULT_MODEL)
+    assert manifest is not None
+    latency = {v.precision.value: v.per_image_latency_s for v in manifest.variants}
+    fp32_s, int8_s = latency["fp32"], latency["int8"]
+    assert fp32_s and int8_s and int8_s < fp32_s, f"the build did not time INT8 faster: {latency}"
     server = server_factory(
         {
             "DETECT_ENGINES_DIR": str(fp32_int8_engines),

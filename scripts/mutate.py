@@ -147,7 +147,7 @@ class Mutant:
 class Outcome:
     mutant: Mutant
     status: str  # killed | survived | timeout | error
-    stage: int | None = None
+    why: str | None = None  # the stage and the first test that failed
     seconds: float = 0.0
     source_line: str = field(default="")
 
@@ -297,7 +297,7 @@ def _prebuild(engines: Path) -> None:
     subprocess.run([sys.executable, "-m", "service.cli", *command], cwd=REPO, env=env, check=True)
 
 
-def _run_stages(work: Path, target: Target, timeout_s: float) -> tuple[str, int | None]:
+def _run_stages(work: Path, target: Target, timeout_s: float) -> tuple[str, str | None]:
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     for stage, args in enumerate(target.stages):
         command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *args]
@@ -306,11 +306,13 @@ def _run_stages(work: Path, target: Target, timeout_s: float) -> tuple[str, int 
                 command, cwd=work, env=env, capture_output=True, timeout=timeout_s, check=False
             )
         except subprocess.TimeoutExpired:
-            return "timeout", stage
+            return "timeout", f"stage {stage + 1}: timed out"
         if done.returncode in (2, 3, 4, 5):  # interrupted, internal or usage error, no tests
-            return "error", stage
+            return "error", f"stage {stage + 1}: pytest exit {done.returncode}"
         if done.returncode != 0:
-            return "killed", stage
+            failed = [ln for ln in done.stdout.decode(errors="replace").splitlines()]
+            first = next((ln for ln in failed if ln.startswith(("FAILED", "ERROR"))), "?")
+            return "killed", f"stage {stage + 1}: {first[:160]}"
     return "survived", None
 
 
@@ -413,13 +415,16 @@ def main() -> int:
         # The unmutated (unparsed) modules must pass every stage, or nothing below means much.
         with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
             for name, base in zip(chosen, pool.map(one, [(n, None) for n in chosen]), strict=True):
-                print(f"baseline {name}: {base.status} ({base.seconds:.0f} s)", flush=True)
+                print(f"baseline {name}: {base.status} {base.why or ''}", flush=True)
+                if base.status != "survived":  # retried once: a loaded machine can be slow
+                    base = one((name, None))
                 if base.status != "survived":
                     raise SystemExit(f"baseline of {name} fails its own tests: fix that first")
             outcomes = []
             for outcome in pool.map(one, [(m.target, m) for m in todo]):
                 m = outcome.mutant
-                print(f"{outcome.status:8} {chosen[m.target].path}:{m.line} {m.description}")
+                where = f"{chosen[m.target].path}:{m.line}"
+                print(f"{outcome.status:8} {where} {m.description} [{outcome.why}]", flush=True)
                 outcomes.append(outcome)
                 # Rewritten after every mutant: an interrupted run still leaves its results.
                 report(outcomes, time.monotonic() - started, args.report, len(todo))

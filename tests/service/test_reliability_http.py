@@ -74,8 +74,10 @@ def test_sigterm_under_load_finishes_accepted_requests_and_exits(
     )
     data = photo("bus")
     decoded = ("detect_preprocess_duration_seconds_count", {"model": "yolov3-tiny-coco"})
+    # Held at the gate for as long as the test takes: the default 10 s deadline must not decide.
+    patient = {"params": {"deadline_ms": 600_000}}
     with concurrent.futures.ThreadPoolExecutor(12) as pool:
-        accepted = [pool.submit(post, server, data) for _ in range(12)]
+        accepted = [pool.submit(post, server, data, **patient) for _ in range(12)]
         try:
             # Every request decoded: each is queued or held inside the engine, none finished.
             wait_for(server, decoded, 12)

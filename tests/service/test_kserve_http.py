@@ -22,8 +22,11 @@ MODEL = "yolov3-tiny-coco"
 
 @pytest.fixture(scope="module")
 def v2_server(server_factory: Callable[..., Server]) -> Server:
-    # Raw float tensors are big (2 MB per 416x416 image, ~4x that as JSON text).
-    return server_factory({"DETECT_MAX_BODY_BYTES": str(64 * 1024 * 1024)})
+    # Raw float tensors are big (2 MB per 416x416 image, ~4x that as JSON text); parsing that
+    # much JSON on a loaded machine can outlast the default 10 s deadline, which is not tested here.
+    return server_factory(
+        {"DETECT_MAX_BODY_BYTES": str(64 * 1024 * 1024), "DETECT_DEFAULT_DEADLINE_MS": "600000"}
+    )
 
 
 @pytest.fixture(scope="module")

@@ -3,21 +3,34 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+# uvicorn's start-up line names the port it really bound (also when asked for port 0).
+UVICORN_PORT = re.compile(r"Uvicorn running on http://[^\s]+:(\d+) ")
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+
+def listening_port(
+    log_path: Path, pattern: re.Pattern[str], process: subprocess.Popen[bytes], timeout_s: float
+) -> int:
+    """The port a child that bound port 0 reports in its log (group 1 of ``pattern``)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = pattern.search(log_path.read_text(errors="replace"))
+        if found:
+            return int(found.group(1))
+        if process.poll() is not None:
+            raise RuntimeError(f"exited with {process.returncode} before listening")
+        time.sleep(0.05)
+    raise RuntimeError(f"no listening port in {log_path} after {timeout_s:.0f}s")
 
 
 @dataclass
@@ -40,17 +53,20 @@ class ServerProcess:
     ) -> ServerProcess:
         """Start a server whose settings come from ``env`` (DETECT_*); wait for readiness.
 
+        Without ``DETECT_PORT`` the server binds port 0 itself and its real port is read back
+        from its log (no window in which another process could take a port picked for it).
         ``module`` is the entry point run with ``python -m`` (tests name one that wraps the CLI).
         """
-        port = int((env or {}).get("DETECT_PORT") or free_port())
         full_env = {
             **os.environ,
             "DETECT_HOST": "127.0.0.1",
-            "DETECT_PORT": str(port),
+            "DETECT_PORT": "0",
             **(env or {}),
         }
         workdir.mkdir(parents=True, exist_ok=True)
-        log_path = workdir / f"server-{port}.log"
+        fd, name = tempfile.mkstemp(prefix="server-", suffix=".log", dir=workdir)
+        os.close(fd)
+        log_path = Path(name)
         with log_path.open("wb") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", module, "serve", *(args or [])],
@@ -59,13 +75,25 @@ class ServerProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        server = cls(f"http://127.0.0.1:{port}", process, log_path)
+        server = cls("", process, log_path)
+        port = int(full_env["DETECT_PORT"])
+        if port:
+            server.url = f"http://127.0.0.1:{port}"
         if wait_ready:
             server.wait_ready(ready_timeout_s)
         return server
 
     def wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
+        if not self.url:  # bound port 0: uvicorn logs the port once the models have loaded
+            try:
+                port = listening_port(self.log_path, UVICORN_PORT, self.process, timeout_s)
+            except RuntimeError as exc:
+                self.stop(signal.SIGKILL)
+                raise RuntimeError(
+                    f"server did not start listening ({exc}):\n{self.log()}"
+                ) from None
+            self.url = f"http://127.0.0.1:{port}"
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")

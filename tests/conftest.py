@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
+import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import httpx
 import pytest
@@ -17,6 +23,39 @@ DEFAULT_MODEL = "yolov3-tiny-coco"
 # scripts/test.sh fills it once and every later run reuses it.
 MODELS_DIR = HomeSettings().models_dir
 DEFAULT_MODEL_DIR = MODELS_DIR / DEFAULT_MODEL
+
+
+def _missing(what: str, install_hint: str) -> None:
+    """In CI (``CI=true``, as every CI sets it) a missing tool fails the test: a skip there would
+    quietly drop the work the tool does. Locally the skip says how to install it."""
+    if os.environ.get("CI", "").lower() in ("true", "1"):
+        pytest.fail(f"{what} is missing in CI: {install_hint}", pytrace=False)
+    pytest.skip(f"{what} missing: {install_hint}")
+
+
+def require_tool(name: str, install_hint: str) -> str:
+    """The path of executable ``name``; if absent, a failure in CI, else a skip with the hint."""
+    path = shutil.which(name)
+    if path is None:
+        _missing(f"the `{name}` executable", install_hint)
+    assert path is not None
+    return path
+
+
+def require_module(name: str, install_hint: str, *, has: str | None = None) -> ModuleType:
+    """Python module ``name`` (with attribute path ``has``); if absent, as ``require_tool``."""
+    try:
+        module = importlib.import_module(name)
+    except ImportError:
+        _missing(f"the Python module `{name}`", install_hint)
+        raise
+    if has is not None:
+        found: object = module
+        for part in has.split("."):
+            found = getattr(found, part, None)
+        if found is None:
+            _missing(f"`{name}.{has}` ({getattr(module, '__version__', '?')})", install_hint)
+    return module
 
 
 class Server(ServerProcess):
@@ -75,6 +114,31 @@ def built_engines(tmp_path_factory: pytest.TempPathFactory, default_model_source
     engines_dir = tmp_path_factory.mktemp("engines")
     build_model(DEFAULT_MODEL_DIR, engines_dir, BuildConfig(), progress=False)
     return engines_dir
+
+
+@pytest.fixture(scope="session")
+def fp32_int8_engines(tmp_path_factory: pytest.TempPathFactory, default_model_source: Path) -> Path:
+    """FP32 + INT8 built the way a user does it (``detect-serve build``), shared by the tests
+    that serve both; nothing else is built. ``DETECT_TEST_FP32_INT8_ENGINES`` names a folder to
+    build into and reuse (the build does no work when it is up to date): scripts/mutate.py."""
+    reuse = os.environ.get("DETECT_TEST_FP32_INT8_ENGINES")
+    engines = Path(reuse) if reuse else tmp_path_factory.mktemp("fp32-int8")
+    env = {
+        **os.environ,
+        "DETECT_MODELS_DIR": str(MODELS_DIR),
+        "DETECT_ENGINES_DIR": str(engines),
+    }
+    command = ["build", DEFAULT_MODEL, "--precision", "fp32,int8"]
+    done = subprocess.run(
+        [sys.executable, "-m", "service.cli", *command],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return engines
 
 
 def _gpu_available() -> tuple[bool, str]:

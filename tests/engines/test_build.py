@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -43,10 +42,16 @@ def test_default_build_accepts_fp32_and_int8_and_reports_fp16(built_engines: Pat
     assert int8.calibration is not None and int8.calibration.image_count >= 32
     reasons = [k.reason for k in int8.kept_float]
     assert any(r.startswith("decode head") for r in reasons)
-    # Head-only mixed precision misses the budget on this model: the measured search must have
-    # fallen back a few of its 13 convolutions, and no more than it may.
-    fallbacks = [r for r in reasons if r.startswith("sensitivity:")]
-    assert 1 <= len(fallbacks) <= BuildConfig().max_fallbacks
+    # Whatever the search kept in float (a better quantizer may need no fallback at all), it
+    # stays within its limit, the result meets the budget, and what it names really is float.
+    fallbacks = [k.node for k in int8.kept_float if k.reason.startswith("sensitivity:")]
+    assert len(fallbacks) <= BuildConfig().max_fallbacks
+    assert int8.accuracy.map50_95_agreement >= int8.accuracy.budget
+    graph = onnx.load(str(built_engines / "yolov3-tiny-coco" / "int8.onnx")).graph
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    by_name = {n.name: n for n in graph.node}
+    for node in fallbacks:
+        assert not set(by_name[node].input) & dequantized, f"{node} kept float yet quantized"
     fp16 = by[Precision.FP16]
     assert fp16.accuracy is not None and fp16.latency_ms  # measured, whatever the verdict
     for v in manifest.variants:
@@ -70,10 +75,10 @@ def test_fp16_graph_is_half_inside_with_float32_io(built_engines: Path) -> None:
 def test_rebuilding_does_no_work(built_engines: Path) -> None:
     folder = built_engines / "yolov3-tiny-coco"
     before = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.onnx")}
-    started = time.monotonic()
+    manifest = (folder / "manifest.json").read_bytes()
     build_model(MODEL_DIR, built_engines, BuildConfig(), progress=False)
-    assert time.monotonic() - started < 20
     assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.onnx")} == before
+    assert (folder / "manifest.json").read_bytes() == manifest
 
 
 def test_whole_graph_int8_is_built_measured_and_rejected(tmp_path: Path) -> None:
@@ -178,21 +183,69 @@ def test_cli_reports_a_bad_model_file_without_a_traceback(tmp_path: Path) -> Non
     assert "not a readable ONNX model" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_real_labels_give_a_labelled_map(tmp_path: Path) -> None:
-    from engines.sources.registry import fetch
-    from engines.sources.sample_images import TERRAIN2_LABELS, sample_image
+def _own_detections_as_labels(photo: Path, to: Path, shift: float) -> Path:
+    """A COCO label file whose boxes are FP32's own confident detections (moved by ``shift``)."""
+    import json
+
+    import onnxruntime as ort
+
+    from engines.model.info import read_model_info
+    from engines.model.layouts import LAYOUTS
+    from engines.model.postprocess import postprocess
+    from engines.model.preprocess import decode_image, letterbox
+    from engines.sources.repository import ensure_model_source
+
+    source = ensure_model_source(MODEL_DIR)
+    image = decode_image(photo.read_bytes(), max_pixels=10**8)
+    tensor, transform = letterbox(image, (416, 416))
+    session = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
+    outputs = {"output0": session.run(None, {"images": tensor[np.newaxis]})[0]}
+    candidates = LAYOUTS["yolov5"].decode(outputs, 0, 0.25)
+    found = postprocess(candidates, transform, iou=0.45, max_det=100)
+    assert len(found) >= 3, "too few detections to label with"
+    names = read_model_info(source, "yolov3-tiny-coco").class_names
+    annotations = [
+        {
+            "id": k + 1,
+            "image_id": 1,
+            "category_id": int(c) + 1,
+            "bbox": [float(b[0]) + shift, float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
+            "area": float((b[2] - b[0]) * (b[3] - b[1])),
+            "iscrowd": 0,
+        }
+        for k, (b, c) in enumerate(zip(found.boxes, found.class_ids, strict=True))
+    ]
+    height, width = image.shape[:2]
+    to.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": photo.name, "width": width, "height": height}],
+                "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)],
+                "annotations": annotations,
+            }
+        )
+    )
+    return to
+
+
+def test_build_scores_its_detections_against_the_labels_given(tmp_path: Path) -> None:
+    """Labels that are the model's own boxes score (almost) 1, the same boxes moved away 0."""
+    from engines.sources.sample_images import sample_image
 
     val = tmp_path / "val"
     val.mkdir()
     shutil.copy(sample_image("terrain2"), val / "terrain2.png")
-    config = BuildConfig(
-        precisions=(Precision.FP32,), val_dir=val, labels=fetch(TERRAIN2_LABELS), timing=False
-    )
-    (variant,) = build_model(MODEL_DIR, tmp_path / "engines", config, progress=False).variants
-    assert variant.accuracy is not None
-    labelled = variant.accuracy.labelled_map50_95
-    # yolov3-tiny calls most of these cars "truck": a low score is the honest answer here.
-    assert labelled is not None and 0.0 <= labelled <= 1.0
+    scores = []
+    for shift in (0.0, 2000.0):
+        labels = _own_detections_as_labels(val / "terrain2.png", tmp_path / "labels.json", shift)
+        config = BuildConfig(precisions=(Precision.FP32,), val_dir=val, labels=labels, timing=False)
+        engines = tmp_path / f"engines-{shift:.0f}"
+        (variant,) = build_model(MODEL_DIR, engines, config, progress=False).variants
+        assert variant.accuracy is not None
+        scores.append(variant.accuracy.labelled_map50_95)
+    # The build also keeps low-confidence boxes, so a perfect label set scores a little under 1.
+    assert scores[0] is not None and scores[0] >= 0.9, scores
+    assert scores[1] == 0.0, scores
 
 
 def test_labelled_map_is_one_for_perfect_and_zero_for_wrong_boxes() -> None:

@@ -73,7 +73,11 @@ def test_calibration_set_feeds_letterboxed_images_and_rewinds(tmp_path: Path) ->
     assert calibration.get_next() is not None
 
 
-def test_spread_picks_evenly() -> None:
+@pytest.mark.parametrize("count", [2, 4, 5, 7, 24])
+def test_spread_picks_evenly_from_first_to_last(count: int) -> None:
     calib = ImageSet.from_samples(CALIBRATION_PHOTOS, 24)
-    probe = calib.spread(4)
-    assert probe.names == tuple(calib.names[i] for i in (0, 8, 15, 23))
+    picked = [calib.names.index(name) for name in calib.spread(count).names]
+    assert len(set(picked)) == count and picked == sorted(picked)
+    assert (picked[0], picked[-1]) == (0, 23)  # the whole set is covered
+    gaps = np.diff(picked)
+    assert gaps.max() - gaps.min() <= 1, picked  # evenly: steps differ by at most one

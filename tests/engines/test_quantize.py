@@ -113,9 +113,12 @@ def test_only_quantizes_just_the_named_node(tiny: Path, calibration: Calibration
     target = calibration.cache_path.parent / "only.onnx"
     quantize_int8(tiny, target, calibration, Int8Options(), keep_float=[], only=["head_conv0"])
     model = onnx.load(str(target))
-    weight_dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
-    conv1 = next(n for n in model.graph.node if n.name == "conv1")
-    assert weight_dq and conv1.input[1] == "w1"  # conv1 still reads its float weight
+    dequantized = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    convs = {n.name: n for n in model.graph.node if n.op_type == "Conv"}
+    quantized = {name for name, n in convs.items() if set(n.input[:2]) & dequantized}
+    assert quantized == {"head_conv0"}  # that one reads Q/DQ input and weight, no other conv does
+    assert set(convs["head_conv0"].input[:2]) <= dequantized
+    assert convs["conv1"].input[1] == "w1"  # conv1 still reads its float weight
 
 
 def test_tensorrt_target_gets_symmetric_activations() -> None:

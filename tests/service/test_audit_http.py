@@ -27,7 +27,7 @@ from engines.model.preprocess import decode_image
 from engines.precision import Precision
 from engines.runtime.onnxruntime import OnnxRuntimeEngine
 from engines.sources.sample_images import SAMPLE_IMAGES, sample_image
-from tests.conftest import DEFAULT_MODEL, REPO, Server
+from tests.conftest import DEFAULT_MODEL, REPO, Server, require_tool
 from tests.service.drift_engines import DRIFT_SERVER
 
 pytestmark = pytest.mark.slow
@@ -159,9 +159,7 @@ def test_drifting_int8_falls_under_budget_alerts_and_is_demoted(
 
 def assert_alert_fires(live: float, budget: float, tmp_path: Path) -> None:
     """The measured live agreement, held for 20 minutes, fires the alert (promtool)."""
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool missing: apt-get install prometheus (scripts/test.sh does)")
+    promtool = require_tool("promtool", "apt-get install prometheus (scripts/test.sh does)")
     rule = next(
         r
         for g in yaml.safe_load(ALERTS.read_text())["groups"]

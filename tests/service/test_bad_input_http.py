@@ -6,7 +6,6 @@ import io
 import re
 import socket
 import struct
-import time
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -149,15 +148,17 @@ def _read_http_response(sock: socket.socket) -> bytes:
 
 
 def test_oversized_body_refused_without_reading_it(server: Server) -> None:
-    """Declare 1 GB, send 1 KB: the 413 must come back at once, not after an upload."""
+    """Declare 1 GB, send 1 KB: the 413 must come back without the rest of the body.
+
+    The rest is never sent, so a server that waited for it would never answer (the socket's
+    timeout would fail the test): no clock needed.
+    """
     host, port = server.url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
         sock.sendall(
             b"POST /detect HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
             b"Content-Length: 1000000000\r\n\r\n" + b"\xff" * 1024
         )
-        started = time.monotonic()
         reply = _read_http_response(sock).decode(errors="replace")
     assert reply.startswith("HTTP/1.1 413"), reply
     assert '"payload_too_large"' in reply
-    assert time.monotonic() - started < 5

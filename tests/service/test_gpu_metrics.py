@@ -63,12 +63,21 @@ def test_a_failing_gpu_read_does_not_break_the_scrape(fake_nvml: types.ModuleTyp
     registry = CollectorRegistry()
     register_gpu_collector(registry)
 
-    def broken(h: int) -> Memory:
-        raise RuntimeError("GPU is lost")
+    def second_is_lost(h: int) -> Memory:
+        if h == 1:
+            raise RuntimeError("GPU is lost")
+        return Memory(used=3 * 2**30, total=80 * 2**30)
 
-    fake_nvml.nvmlDeviceGetMemoryInfo = broken  # type: ignore[attr-defined]
-    text = generate_latest(registry).decode()
-    assert "# TYPE detect_gpu_memory_used_bytes gauge" in text
+    fake_nvml.nvmlDeviceGetMemoryInfo = second_is_lost  # type: ignore[attr-defined]
+    samples = {
+        (s.name, s.labels["gpu"]): s.value for family in registry.collect() for s in family.samples
+    }
+    # The GPU that still answers is reported in full; the lost one is left out, not zeroed.
+    assert samples == {
+        ("detect_gpu_memory_used_bytes", "0"): 3 * 2**30,
+        ("detect_gpu_memory_total_bytes", "0"): 80 * 2**30,
+        ("detect_gpu_utilization_ratio", "0"): 0.40,
+    }
 
 
 def test_utilisation_unsupported_still_exports_memory(fake_nvml: types.ModuleType) -> None:

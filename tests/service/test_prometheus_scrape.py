@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,54 +22,54 @@ import httpx
 import pytest
 import yaml
 
-from bench.process import free_port
-from tests.conftest import MODELS_DIR, REPO, Server
+from bench.process import listening_port
+from tests.conftest import REPO, Server, require_tool
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        shutil.which("prometheus") is None,
-        reason="prometheus missing: apt-get install prometheus (scripts/test.sh)",
-    ),
-]
+pytestmark = pytest.mark.slow
+PROMETHEUS_HINT = "apt-get install prometheus (scripts/test.sh does)"
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "detect-serving.json"
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
 MODEL = "yolov3-tiny-coco"
 TRAFFIC = ("fp32", "int8")
 GPU_ONLY = "detect_gpu_"
 AUDIT = "detect_audit_"  # exported for the audited (reduced) precisions only
+PROMETHEUS_PORT = re.compile(r'msg="Listening on" address=127\.0\.0\.1:(\d+)')
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, message: str) -> None:
+    give_up = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < give_up, message
+        time.sleep(0.2)
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/-/ready", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def scrapes(prometheus: str) -> int:
+    """How many scrapes of the service Prometheus has stored so far."""
+    result = query(prometheus, 'count_over_time(up{job="detect"}[1h])')
+    return int(float(result[0]["value"][1])) if result else 0
+
+
+def stored_total(prometheus: str) -> float:
+    result = query(prometheus, f'sum(detect_requests_total{{model="{MODEL}"}})')
+    return float(result[0]["value"][1]) if result else -1.0
 
 
 @pytest.fixture(scope="module")
-def traffic_engines(tmp_path_factory: pytest.TempPathFactory, default_model_source: Path) -> Path:
-    """FP32 + INT8 built the way a user does it, so this test needs no other precision."""
-    engines = tmp_path_factory.mktemp("engines")
-    env = {
-        **os.environ,
-        "DETECT_MODELS_DIR": str(MODELS_DIR),
-        "DETECT_ENGINES_DIR": str(engines),
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "service.cli", "build", MODEL, "--precision", ",".join(TRAFFIC)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return engines
-
-
-@pytest.fixture(scope="module")
-def served(server_factory: Callable[..., Server], traffic_engines: Path) -> Server:
+def served(server_factory: Callable[..., Server], fp32_int8_engines: Path) -> Server:
     # Every int8 answer is re-run in FP32, and one sample is enough for a live agreement figure.
     audit = {
         "DETECT_AUDIT_SAMPLE_FRACTION": "1",
         "DETECT_AUDIT_BUDGET": "1",
         "DETECT_AUDIT_MIN_SAMPLES": "1",
     }
-    server = server_factory({"DETECT_ENGINES_DIR": str(traffic_engines), **audit})
+    server = server_factory({"DETECT_ENGINES_DIR": str(fp32_int8_engines), **audit})
     with server.client() as client:
         body = client.get("/models").json()
     model = next(m for m in body["models"] if m["name"] == MODEL)
@@ -88,6 +86,7 @@ def gpu_exported(served: Server) -> bool:
 
 @pytest.fixture(scope="module")
 def prometheus(served: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    binary = require_tool("prometheus", PROMETHEUS_HINT)
     work = tmp_path_factory.mktemp("prometheus")
     shutil.copy(ALERTS, work / "alerts.yml")
     target = served.url.removeprefix("http://")
@@ -102,29 +101,21 @@ def prometheus(served: Server, tmp_path_factory: pytest.TempPathFactory) -> Iter
             }
         )
     )
-    port = free_port()
     with (work / "prometheus.log").open("wb") as log:
         process = subprocess.Popen(
             [
-                "prometheus",
+                binary,
                 f"--config.file={work / 'prometheus.yml'}",
                 f"--storage.tsdb.path={work / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
+                "--web.listen-address=127.0.0.1:0",  # it binds a free port and logs which
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
-        else:
-            raise RuntimeError((work / "prometheus.log").read_text())
+        port = listening_port(work / "prometheus.log", PROMETHEUS_PORT, process, 60)
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _ready(url), 60, "Prometheus never became ready")
         yield url
     finally:
         process.terminate()
@@ -134,11 +125,8 @@ def prometheus(served: Server, tmp_path_factory: pytest.TempPathFactory) -> Iter
 @pytest.fixture(scope="module")
 def traffic(served: Server, prometheus: str, photo: Callable[[str], bytes]) -> None:
     """Requests at two precisions, a few bad ones and a deadline rejection, then 2+ scrapes."""
-    deadline = time.monotonic() + 30
-    while not query(prometheus, 'up{job="detect"} == 1'):  # counters must start before traffic
-        assert time.monotonic() < deadline, "Prometheus never scraped the service"
-        time.sleep(0.3)
-    time.sleep(1.5)
+    # Counters must be stored at zero before traffic, or rate() sees no increase.
+    wait_until(lambda: stored_total(prometheus) == 0, 30, "Prometheus never scraped the service")
     with served.client() as client:
         for _ in range(3):
             for precision in TRAFFIC:
@@ -157,7 +145,11 @@ def traffic(served: Server, prometheus: str, photo: Callable[[str], bytes]) -> N
                 params={"precision": precision, "deadline_ms": 1},
             )
             assert late.status_code == 504
-    time.sleep(5)  # several 1 s scrapes, so rate() over the window has samples
+    sent = 3 * (len(TRAFFIC) + 1) + len(TRAFFIC)
+    wait_until(lambda: stored_total(prometheus) == sent, 30, "the traffic was never scraped")
+    # A few scrapes after the traffic, so rate() and the alert windows have samples on both sides.
+    after = scrapes(prometheus)
+    wait_until(lambda: scrapes(prometheus) >= after + 5, 30, "Prometheus stopped scraping")
 
 
 def dashboard_queries() -> list[tuple[str, str]]:
@@ -275,7 +267,12 @@ def test_alert_rules_evaluate_cleanly(traffic: None, prometheus: str) -> None:
     assert set(rules) == {name.removeprefix("alert ") for name, _ in alert_queries()}
     for name, rule in rules.items():
         assert rule["health"] == "ok", (name, rule.get("lastError"))
-        assert query(prometheus, rule["query"]) is not None  # the full expression, comparison too
+        # The full expression, comparison too: an instant vector of finite values (a rule that
+        # compared NaNs or returned a scalar would never fire).
+        r = httpx.get(f"{prometheus}/api/v1/query", params={"query": rule["query"]}, timeout=10)
+        data = r.json()["data"]
+        assert data["resultType"] == "vector", (name, data)
+        assert all(math.isfinite(float(s["value"][1])) for s in data["result"]), (name, data)
 
 
 def test_every_metric_named_is_exported(traffic: None, served: Server) -> None:
@@ -293,11 +290,10 @@ def test_every_metric_named_is_exported(traffic: None, served: Server) -> None:
 
 
 def test_promtool_check_metrics_is_clean(traffic: None, served: Server) -> None:
-    if shutil.which("promtool") is None:
-        pytest.skip("promtool missing")
+    promtool = require_tool("promtool", PROMETHEUS_HINT)
     exported = httpx.get(f"{served.url}/metrics").text
     done = subprocess.run(
-        ["promtool", "check", "metrics"],
+        [promtool, "check", "metrics"],
         input=exported,
         text=True,
         capture_output=True,

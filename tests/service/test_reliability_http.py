@@ -5,14 +5,16 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import signal
-import time
+import socket
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import Server
 from tests.service.fault_engines import FAULT_SERVER
+from tests.service.scrape import wait_for, wait_until
 
 pytestmark = pytest.mark.slow
 FAULTY = {"DETECT_MAX_BATCH": "1"}
@@ -48,33 +50,48 @@ def test_fatal_engine_error_flips_readiness_with_reason(
     assert httpx.get(f"{server.url}/health/live").status_code == 200
 
 
+def listening(server: Server) -> bool:
+    host, port = server.url.removeprefix("http://").split(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except ConnectionRefusedError:
+        return False
+    return True
+
+
 def test_sigterm_under_load_finishes_accepted_requests_and_exits(
-    server_factory: Callable[..., Server], photo: Callable[[str], bytes]
+    server_factory: Callable[..., Server], photo: Callable[[str], bytes], tmp_path: Path
 ) -> None:
+    gate = tmp_path / "open"  # the engine holds every batch until the test creates it
     server = server_factory(
         {
             **FAULTY,
-            "FAULT_DELAY_S": "0.05",
+            "FAULT_GATE_FILE": str(gate),
             "DETECT_MAX_BATCH": "4",
-            "DETECT_SHUTDOWN_GRACE_S": "20",
+            "DETECT_SHUTDOWN_GRACE_S": "60",
         },
         module=FAULT_SERVER,
     )
     data = photo("bus")
+    decoded = ("detect_preprocess_duration_seconds_count", {"model": "yolov3-tiny-coco"})
+    # Held at the gate for as long as the test takes: the default 10 s deadline must not decide.
+    patient = {"params": {"deadline_ms": 600_000}}
     with concurrent.futures.ThreadPoolExecutor(12) as pool:
-        accepted = [pool.submit(post, server, data) for _ in range(12)]
-        time.sleep(1.0)  # every request is now inside the server (decoding, queued or running)
-        signalled = time.monotonic()
-        server.process.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
-        with pytest.raises(httpx.HTTPError):
-            post(server, data)  # the listener is closed: new work is refused
-        results = [f.result(timeout=60) for f in accepted]
+        accepted = [pool.submit(post, server, data, **patient) for _ in range(12)]
+        try:
+            # Every request decoded: each is queued or held inside the engine, none finished.
+            wait_for(server, decoded, 12)
+            server.process.send_signal(signal.SIGTERM)
+            wait_until(lambda: not listening(server), "the listener stayed open after SIGTERM")
+            with pytest.raises(httpx.ConnectError):
+                post(server, data)  # new work is refused
+        finally:
+            gate.touch()
+        results = [f.result(timeout=120) for f in accepted]
     assert [r.status_code for r in results] == [200] * 12, [r.text for r in results]
     # uvicorn re-raises the signal after its graceful shutdown, so -SIGTERM is a clean exit too.
-    assert server.process.wait(30) in (0, -signal.SIGTERM)
+    assert server.process.wait(60) in (0, -signal.SIGTERM)
     assert "drained: every accepted request was answered" in server.log()
-    assert time.monotonic() - signalled < 20
 
 
 def test_api_keys_guard_inference_but_not_health(

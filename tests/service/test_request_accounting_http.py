@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from engines.model.preprocess import decode_image, letterbox
 from tests.conftest import Server
 from tests.service.fault_engines import FAULT_SERVER
+from tests.service.scrape import Key, scrape, value, wait_for
 
 pytestmark = pytest.mark.slow
 MODEL = "yolov3-tiny-coco"
@@ -29,34 +28,8 @@ SELECTED = ("detect_precision_selected_total", {"model": MODEL, "requested": "au
 DURATION = ("detect_request_duration_seconds_count", {"model": MODEL})
 
 
-Samples = list[tuple[str, dict[str, str], float]]
-Key = tuple[str, dict[str, str]]
-
-
 def requests_with(status: int) -> Key:
     return "detect_requests_total", {"model": MODEL, "status": str(status)}
-
-
-def scrape(server: Server) -> Samples:
-    text = httpx.get(f"{server.url}/metrics", timeout=30).text
-    return [
-        (s.name, s.labels, s.value)
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    ]
-
-
-def value(samples: Samples, key: Key) -> float:
-    """Sum of the samples named ``key[0]`` whose labels include ``key[1]``."""
-    name, labels = key
-    return sum(v for n, lbl, v in samples if n == name and labels.items() <= lbl.items())
-
-
-def wait_for(server: Server, key: Key, expected: float) -> None:
-    give_up = time.monotonic() + 60
-    while value(scrape(server), key) != expected:
-        assert time.monotonic() < give_up, f"{key} never reached {expected}"
-        time.sleep(0.02)
 
 
 @pytest.fixture(scope="module")

@@ -37,8 +37,10 @@ class StandInEngine:
         self.fail_if = fail_if
         self.gate = threading.Event()
         self.gate.set()
+        self.entered = 0  # batches that reached the engine (held at the gate or not)
 
     def __call__(self, batch: np.ndarray) -> Outputs:
+        self.entered += 1
         self.gate.wait(10)
         ids = [int(v) for v in batch[:, 0, 0, 0]]
         self.batches.append(ids)
@@ -46,6 +48,10 @@ class StandInEngine:
             raise InferenceError(f"batch {ids} failed")
         time.sleep(self.delay_s)
         return {"ids": batch[:, 0, 0, 0].copy(), "double": batch[:, 0, 0, 0] * 2}
+
+
+HOUR = 3600.0
+NOT_AN_HOUR = 60.0  # far below max_wait, far above any batch on a loaded machine
 
 
 def item(i: int) -> np.ndarray:
@@ -58,6 +64,14 @@ def far() -> float:
 
 def run(coro_fn: Callable[[], object]) -> None:
     asyncio.run(coro_fn())  # type: ignore[arg-type]
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 10) -> None:
+    """Yield to the loop until ``condition`` holds (instead of sleeping and hoping)."""
+    give_up = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < give_up, "condition never held"
+        await asyncio.sleep(0.001)
 
 
 def make(engine: StandInEngine, **config: float) -> BatchScheduler:
@@ -77,12 +91,11 @@ async def taught(delay_s: float, **config: float) -> tuple[StandInEngine, BatchS
 def test_batch_forms_on_size() -> None:
     async def main() -> None:
         engine = StandInEngine()
-        sched = make(engine, max_batch=4, max_wait_s=10.0, max_queue=16)
-        started = time.monotonic()
+        sched = make(engine, max_batch=4, max_wait_s=HOUR, max_queue=16)
         with sched.incoming():  # another request is on its way: the batcher may wait
             tasks = [asyncio.create_task(sched.submit(item(i), far())) for i in range(4)]
-            results = await asyncio.gather(*tasks)
-        assert time.monotonic() - started < 5.0  # did not wait for max_wait
+            # A full batch runs at once: waiting for max_wait would blow this (generous) limit.
+            results = await asyncio.wait_for(asyncio.gather(*tasks), NOT_AN_HOUR)
         assert engine.batches == [[0, 1, 2, 3]]
         assert [int(r.outputs["ids"][0]) for r in results] == [0, 1, 2, 3]
         assert all(r.batch_size == 4 for r in results)
@@ -110,10 +123,9 @@ def test_batch_forms_on_time() -> None:
 def test_lone_request_does_not_wait_for_batch() -> None:
     async def main() -> None:
         engine = StandInEngine()
-        sched = make(engine, max_batch=8, max_wait_s=5.0, max_queue=16)
-        started = time.monotonic()
-        await sched.submit(item(7), far())
-        assert time.monotonic() - started < 1.0
+        sched = make(engine, max_batch=8, max_wait_s=HOUR, max_queue=16)
+        result = await asyncio.wait_for(sched.submit(item(7), far()), NOT_AN_HOUR)
+        assert result.batch_size == 1
         await sched.close()
 
     run(main)
@@ -167,7 +179,7 @@ def test_late_request_in_the_middle_of_a_batch_is_dropped_and_the_rest_run() -> 
         engine, sched = await taught(0.05, max_batch=3, max_wait_s=0.0, max_queue=16)
         engine.gate.clear()
         blocker = asyncio.create_task(sched.submit(item(1), far()))
-        await asyncio.sleep(0.02)  # item 1 is inside the stalled engine
+        await until(lambda: engine.entered == 2)  # item 1 is inside the stalled engine
         first = asyncio.create_task(sched.submit(item(2), far()))
         await asyncio.sleep(0)
         late = asyncio.create_task(sched.submit(item(3), time.monotonic() + 0.25))
@@ -272,7 +284,7 @@ def test_deadline_counts_work_of_other_variants_on_the_same_device() -> None:
         idle.start()
         busy_engine.gate.clear()
         queued = [asyncio.create_task(busy.submit(item(i), far())) for i in range(5)]
-        await asyncio.sleep(0.02)  # ~500 ms of work owed on the shared device
+        await until(lambda: busy_engine.entered == 1 and busy.queue_depth == 4)  # ~500 ms owed
         alone = BatchScheduler(StandInEngine(), config, name="elsewhere")
         alone.start()
         await alone.submit(item(9), time.monotonic() + 0.3)  # 100 ms of its own: fits
@@ -324,7 +336,7 @@ def test_deadline_passing_while_queued_is_refused_before_running() -> None:
         await sched.submit(item(0), far())
         engine.gate.clear()  # the engine stalls on the next batch
         blocker = asyncio.create_task(sched.submit(item(1), far()))
-        await asyncio.sleep(0.05)
+        await until(lambda: engine.entered == 2)
         late = asyncio.create_task(sched.submit(item(2), time.monotonic() + 0.15))
         await asyncio.sleep(0.3)
         engine.gate.set()
@@ -341,14 +353,17 @@ def test_full_queue_is_refused_with_retry_after() -> None:
     async def main() -> None:
         engine = StandInEngine()
         engine.gate.clear()
-        sched = make(engine, max_batch=2, max_wait_s=0.0, max_queue=2)
+        # The builder measured 1.5 s per image (no batch has run here to change that).
+        sched = make(engine, max_batch=2, max_wait_s=0.0, max_queue=2, expected_per_image_s=1.5)
         running = asyncio.create_task(sched.submit(item(0), far()))
-        await asyncio.sleep(0.05)  # item 0 is inside the engine, queue empty
+        await until(lambda: engine.entered == 1)  # item 0 is inside the engine, queue empty
         queued = [asyncio.create_task(sched.submit(item(i), far())) for i in (1, 2)]
-        await asyncio.sleep(0.01)
+        await until(lambda: sched.queue_depth == 2)
         with pytest.raises(QueueFull) as refused:
             await sched.submit(item(3), far())
-        assert int(to_service_error(refused.value).headers["Retry-After"]) >= 1
+        # Two queued and one running ahead, then this one: 4 x 1.5 s.
+        assert refused.value.retry_after_s == pytest.approx(6.0)
+        assert to_service_error(refused.value).headers["Retry-After"] == "6"
         engine.gate.set()
         await asyncio.gather(running, *queued)  # accepted work still completes
         await sched.close()
@@ -398,9 +413,9 @@ def test_cancelled_requests_never_reach_the_engine() -> None:
         engine.gate.clear()
         sched = make(engine, max_batch=8, max_wait_s=0.0, max_queue=16)
         running = asyncio.create_task(sched.submit(item(0), far()))
-        await asyncio.sleep(0.05)
+        await until(lambda: engine.entered == 1)
         waiting = {i: asyncio.create_task(sched.submit(item(i), far())) for i in (1, 2, 3, 4)}
-        await asyncio.sleep(0.01)
+        await until(lambda: sched.queue_depth == 4)
         waiting[2].cancel()
         waiting[4].cancel()
         engine.gate.set()

@@ -1,0 +1,114 @@
+"""The one mapping from errors to HTTP: statuses, codes, headers, bodies (in-process app)."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from starlette.requests import ClientDisconnect
+
+from engines.errors import ImageDecodeError, ImageTooLargeError, InferenceError
+from service.errors import (
+    BadRequest,
+    EngineUnavailable,
+    Overloaded,
+    ServiceError,
+    Unauthorized,
+    error_body,
+    install_error_handlers,
+    to_service_error,
+)
+from service.scheduler.errors import SchedulerError
+
+
+@pytest.mark.parametrize(
+    ("estimate_s", "header"), [(0.0, "1"), (0.2, "1"), (1.0, "1"), (1.01, "2"), (2.5, "3")]
+)
+def test_overloaded_retry_after_is_the_wait_in_whole_seconds_rounded_up(
+    estimate_s: float, header: str
+) -> None:
+    err = Overloaded("full", retry_after_s=estimate_s)
+    assert (err.status, err.code, err.headers) == (503, "overloaded", {"Retry-After": header})
+
+
+def test_other_errors_with_headers() -> None:
+    assert EngineUnavailable("dead").headers == {"Retry-After": "5"}
+    assert EngineUnavailable("dead").status == 503
+    assert Unauthorized().headers == {"WWW-Authenticate": "Bearer"} and Unauthorized().status == 401
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [
+        (ImageTooLargeError("big"), 413, "image_too_large"),
+        (ImageDecodeError("junk"), 400, "invalid_image"),
+        (ClientDisconnect(), 499, "client_closed_request"),
+        (InferenceError("device lost", fatal=True), 503, "engine_unavailable"),
+        (InferenceError("bad batch"), 500, "inference_failed"),
+        (SchedulerError("unheard of"), 500, "internal_error"),
+        (RuntimeError("secret detail"), 500, "internal_error"),
+    ],
+)
+def test_engine_and_unexpected_errors_map_to_the_taxonomy(
+    error: BaseException, status: int, code: str
+) -> None:
+    mapped = to_service_error(error)
+    assert (mapped.status, mapped.code) == (status, code)
+    if code == "internal_error":
+        assert mapped.message == "internal error"  # nothing internal leaks
+
+
+def test_service_errors_pass_through_unchanged() -> None:
+    err = BadRequest("nope")
+    assert to_service_error(err) is err
+
+
+@pytest.fixture(scope="module")
+def client() -> TestClient:
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/overloaded")
+    @app.get("/v2/overloaded")
+    async def overloaded() -> None:
+        raise Overloaded("queue full", retry_after_s=2.2)
+
+    @app.get("/number")
+    async def number(x: int) -> int:
+        return x
+
+    @app.get("/crash")
+    async def crash() -> None:
+        raise RuntimeError("secret detail")
+
+    return TestClient(app, raise_server_exceptions=False)
+
+
+def test_service_error_becomes_json_with_status_and_headers(client: TestClient) -> None:
+    r = client.get("/overloaded")
+    assert r.status_code == 503 and r.headers["Retry-After"] == "3"
+    assert r.json() == {"error": {"code": "overloaded", "message": "queue full"}}
+    v2 = client.get("/v2/overloaded")  # KServe v2 fixes its own error shape
+    assert v2.status_code == 503 and v2.json() == {"error": "queue full"}
+
+
+def test_validation_not_found_method_and_crash(client: TestClient) -> None:
+    r = client.get("/number", params={"x": "lots"})
+    assert r.status_code == 422
+    error = r.json()["error"]
+    assert error["code"] == "invalid_parameter"
+    assert error["message"].startswith("invalid parameter query.x: ")
+    assert error["details"][0]["loc"] == ["query", "x"]
+    missing = client.get("/nowhere")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    wrong = client.post("/number")
+    assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "method_not_allowed"
+    crash = client.get("/crash")
+    assert crash.status_code == 500
+    assert crash.json() == {"error": {"code": "internal_error", "message": "internal error"}}
+
+
+def test_error_body_carries_details_only_when_given() -> None:
+    assert error_body("c", "m") == {"error": {"code": "c", "message": "m"}}
+    assert error_body("c", "m", [1]) == {"error": {"code": "c", "message": "m", "details": [1]}}
+    assert ServiceError("x").status == 500

@@ -1,0 +1,153 @@
+"""The KServe v2 tensor codec on its own: body splitting, JSON and binary inputs, outputs."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+
+from service.api.kserve_codec import (
+    check_requested_outputs,
+    decode_inputs,
+    encode_outputs,
+    requested_precision,
+    split_body,
+    wants_binary,
+)
+from service.errors import BadRequest, InferenceFailed
+
+
+def test_split_body_with_and_without_a_binary_tail() -> None:
+    head = json.dumps({"inputs": []}).encode()
+    assert split_body(head, None) == ({"inputs": []}, b"")
+    assert split_body(head + b"\x01\x02", str(len(head))) == ({"inputs": []}, b"\x01\x02")
+    assert split_body(head, str(len(head))) == ({"inputs": []}, b"")  # all header, no tail
+
+
+@pytest.mark.parametrize(
+    ("body", "length"),
+    [(b"{}", "0"), (b"{}", "3"), (b"{}", "-1"), (b"{}", "two"), (b"not json", None), (b"[", "1")],
+)
+def test_split_body_refuses_a_bad_header_length_or_header(body: bytes, length: str | None) -> None:
+    with pytest.raises(BadRequest, match="malformed v2 inference request"):
+        split_body(body, length)
+
+
+def test_json_and_binary_inputs_decode_in_order() -> None:
+    a = np.arange(6, dtype="<f4").reshape(2, 3)
+    b = np.array([[7, -8]], dtype="<i8")
+    request = {
+        "inputs": [
+            {"name": "x", "datatype": "FP32", "shape": [2, 3], "data": a.ravel().tolist()},
+            {
+                "name": "a",
+                "datatype": "FP32",
+                "shape": [2, 3],
+                "parameters": {"binary_data_size": a.nbytes},
+            },
+            {
+                "name": "b",
+                "datatype": "INT64",
+                "shape": [1, 2],
+                "parameters": {"binary_data_size": b.nbytes},
+            },
+        ]
+    }
+    arrays = decode_inputs(request, a.tobytes() + b.tobytes())
+    np.testing.assert_array_equal(arrays["x"], a)
+    np.testing.assert_array_equal(arrays["a"], a)  # the first slice ...
+    np.testing.assert_array_equal(arrays["b"], b)  # ... and the next one after it
+    assert arrays["a"].dtype == np.float32 and arrays["b"].dtype == np.int64
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        {},
+        {"inputs": []},
+        {"inputs": "x"},
+        {"inputs": [{"name": "x", "datatype": "FP99", "shape": [1], "data": [1]}]},
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1]}]},
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1]}]},
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": "FP32",
+                    "shape": [4],
+                    "parameters": {"binary_data_size": 16},
+                }
+            ]
+        },
+    ],
+)
+def test_bad_inputs_are_bad_requests(request_: dict[str, Any]) -> None:
+    with pytest.raises(BadRequest):
+        decode_inputs(request_, b"\0" * 8)
+
+
+def test_requested_precision_and_outputs() -> None:
+    assert requested_precision({}) == "auto"
+    assert requested_precision({"parameters": {"precision": "int8"}}) == "int8"
+    with pytest.raises(BadRequest, match="'parameters' must be an object"):
+        requested_precision({"parameters": [1]})
+    check_requested_outputs({"outputs": [{"name": "out"}]}, ["out"])
+    check_requested_outputs({}, ["out"])
+    for bad in ({"outputs": {"a": 1}}, {"outputs": [1]}, {"outputs": [{"name": 3}]}):
+        with pytest.raises(BadRequest, match="output"):
+            check_requested_outputs(bad, ["out"])
+    with pytest.raises(BadRequest, match="unknown output 'nope'"):
+        check_requested_outputs({"outputs": [{"name": "nope"}]}, ["out"])
+    with pytest.raises(BadRequest, match="parameters"):
+        check_requested_outputs({"outputs": [{"name": "out", "parameters": 1}]}, ["out"])
+
+
+def test_wants_binary_per_output_or_for_the_whole_request() -> None:
+    assert not wants_binary({}, "a")
+    assert wants_binary({"parameters": {"binary_data_output": True}}, "a")
+    per_output = {"outputs": [{"name": "a", "parameters": {"binary_data": True}}, {"name": "b"}]}
+    assert wants_binary(per_output, "a") and not wants_binary(per_output, "b")
+    assert not wants_binary({"outputs": [{"name": "a", "parameters": {"binary_data": False}}]}, "a")
+
+
+OUTPUTS = {"a": np.arange(4, dtype=np.float32).reshape(1, 4), "b": np.array([[5]], np.int64)}
+
+
+def test_json_outputs() -> None:
+    body, headers = encode_outputs({"id": "r1"}, OUTPUTS, "m.fp32", {"parameters": {"p": 1}})
+    assert headers == {"content-type": "application/json"}
+    reply = json.loads(body)
+    assert (
+        reply["model_name"] == "m.fp32" and reply["id"] == "r1" and reply["parameters"] == {"p": 1}
+    )
+    assert reply["outputs"] == [
+        {"name": "a", "datatype": "FP32", "shape": [1, 4], "data": [0.0, 1.0, 2.0, 3.0]},
+        {"name": "b", "datatype": "INT64", "shape": [1, 1], "data": [5]},
+    ]
+
+
+def test_binary_outputs_follow_the_header_and_only_requested_ones_are_sent() -> None:
+    request = {"outputs": [{"name": "a", "parameters": {"binary_data": True}}]}
+    body, headers = encode_outputs(request, OUTPUTS, "m", {})
+    assert headers["content-type"] == "application/octet-stream"
+    n = int(headers["Inference-Header-Content-Length"])
+    header = json.loads(body[:n])
+    assert "id" not in header
+    (entry,) = header["outputs"]  # b was not requested
+    assert entry["parameters"] == {"binary_data_size": 16} and "data" not in entry
+    assert body[n:] == OUTPUTS["a"].astype("<f4").tobytes()
+
+
+def test_big_endian_outputs_are_sent_little_endian() -> None:
+    big = {"a": np.arange(3, dtype=">f4").reshape(1, 3)}
+    body, headers = encode_outputs({"parameters": {"binary_data_output": True}}, big, "m", {})
+    n = int(headers["Inference-Header-Content-Length"])
+    assert json.loads(body[:n])["outputs"][0]["datatype"] == "FP32"
+    assert body[n:] == np.arange(3, dtype="<f4").tobytes()
+
+
+def test_an_output_dtype_v2_cannot_carry_is_a_server_error() -> None:
+    with pytest.raises(InferenceFailed, match="not a v2 type"):
+        encode_outputs({}, {"a": np.zeros((1, 2), np.complex64)}, "m", {})

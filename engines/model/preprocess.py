@@ -67,8 +67,13 @@ def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
     return image
 
 
-def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
+def decode_image(
+    data: bytes, *, max_pixels: int, draft_size: tuple[int, int] | None = None
+) -> np.ndarray:
     """Bytes -> HxWx3 uint8 RGB in display orientation; first frame of animations.
+
+    ``draft_size`` (width, height): a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (libjpeg's
+    DCT scaling) as long as the result stays at least that large; other formats ignore it.
 
     Raises ``ImageTooLargeError`` when the declared size exceeds ``max_pixels`` and
     ``ImageDecodeError`` for anything that is not a complete, decodable image (a Pillow error
@@ -78,6 +83,8 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
         raise ImageDecodeError("empty image")
     try:
         with _open_checked(data, max_pixels) as image:
+            if draft_size is not None and image.format == "JPEG":
+                image.draft("RGB", draft_size)  # a cheaper decode when the model input is small
             image.load()  # the first frame; raises on truncation (LOAD_TRUNCATED_IMAGES off)
             rgb = _to_rgb(_upright(image))
     except ImageDecodeError:

@@ -76,7 +76,10 @@ def quantize(recipe: Recipe, calib: CalibrationSet, keep: list[str], out: Path) 
         op_types_to_quantize=list(recipe.ops),
         nodes_to_exclude=keep,
         calibrate_method=METHODS[recipe.method],
-        extra_options={"ActivationSymmetric": recipe.symmetric_activations, "WeightSymmetric": True},
+        extra_options={
+            "ActivationSymmetric": recipe.symmetric_activations,
+            "WeightSymmetric": True,
+        },
     )
 
 

@@ -20,10 +20,10 @@ from engines.model.pipeline import ModelPipeline, load_model_pipeline
 from engines.precision import Precision
 from engines.runtime.backends import open_engine
 from engines.runtime.base import Engine, EngineOptions
+from service import speed
 from service.config import Settings
 from service.metrics import Metrics
 from service.scheduler import BatchingConfig, BatchScheduler, DeviceLoad
-from service import speed
 from service.selection import PrecisionSelector
 from service.speed import LiveSpeed
 

@@ -47,10 +47,7 @@ class PrecisionSelector:
         self._records = {v.precision: v for v in variants}
         given = dict(speeds or {})
         # Without live figures (tests, tools), the build's timings are the only guess there is.
-        self._speeds = {
-            p: given.get(p) or first_guess(r)
-            for p, r in self._records.items()
-        }
+        self._speeds = {p: given.get(p) or first_guess(r) for p, r in self._records.items()}
         self._min_agreement = auto_min_agreement
         self._batch = saturation_batch
         self._slo_s = queue_wait_slo_s
@@ -148,4 +145,3 @@ class PrecisionSelector:
         self._last_move = now
         # The preferred variant's old average predates the pressure: start it fresh.
         self._wait_ewma.pop(self.preferred(), None)
-

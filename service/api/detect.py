@@ -204,7 +204,6 @@ class DetectRoute(Route[DetectResponse]):
 )
 async def detect(
     request: Request,
-    response: Response,
     model: ModelDep,
     settings: SettingsDep,
     metrics: MetricsDep,
@@ -223,7 +222,7 @@ async def detect(
         Query(ge=1, le=600_000, allow_inf_nan=False, description="Time budget in ms"),
     ] = None,
     x_deadline_ms: Annotated[float | None, Header(gt=0, le=600_000, allow_inf_nan=False)] = None,
-) -> DetectResponse:
+) -> Response:
     """Run the model on the uploaded image(s); boxes are in original-image pixels."""
     budget_ms = deadline_ms or x_deadline_ms or settings.default_deadline_ms
     deadline = time.monotonic() + budget_ms / 1000
@@ -237,6 +236,10 @@ async def detect(
     route = DetectRoute(request, model, options, settings.max_images_per_request, metrics)
     requested = precision or settings.default_precision
     body = await serve(model, requested, route, deadline=deadline, metrics=metrics, request=request)
-    response.headers["X-Precision"] = body.precision
-    response.headers["X-Backend"] = body.backend
-    return body
+    # Serialised once, by pydantic's compiled serialiser: returning the model would have FastAPI
+    # validate it again against ``response_model`` (which stays for the OpenAPI schema).
+    return Response(
+        body.model_dump_json(exclude_none=True),
+        media_type="application/json",
+        headers={"X-Precision": body.precision, "X-Backend": body.backend},
+    )

@@ -8,8 +8,10 @@ before the app is built.
 ``FAULT_FAIL_BATCHES``: comma-separated batch numbers (1-based) that raise a recoverable error.
 ``FAULT_FATAL_AFTER``: after this many good batches, every batch raises a fatal error.
 ``FAULT_DELAY_S``: extra seconds per batch (makes overload and drain tests deterministic).
-``FAULT_DELAY_PRECISIONS``: comma-separated precisions the delay applies to (default: all), so
-a stand-in FP32 can be made slow while INT8 runs at its real speed.
+``FAULT_SLOWDOWN``: each batch takes this many times its real engine time (a slower device,
+whatever the machine's load).
+``FAULT_DELAY_PRECISIONS``: comma-separated precisions the delay and slowdown apply to (default:
+all), so a stand-in FP32 can be made slow while INT8 runs at its real speed.
 The warm-up speed measurement (``service.speed.measure_engine``) runs with the delay but is not
 counted as batches, so batch numbers start at the first served batch.
 ``FAULT_GATE_FILE``: every batch waits until this file exists (a test holds requests in flight
@@ -53,6 +55,7 @@ class FaultyEngine:
         delayed = os.environ.get("FAULT_DELAY_PRECISIONS", "")
         applies = not delayed or inner.precision.value in delayed.split(",")
         self._delay = float(os.environ.get("FAULT_DELAY_S", "0")) if applies else 0.0
+        self._slowdown = float(os.environ.get("FAULT_SLOWDOWN", "1")) if applies else 1.0
         self.counting = True
         gate = os.environ.get("FAULT_GATE_FILE")
         self._gate = Path(gate) if gate else None
@@ -65,8 +68,7 @@ class FaultyEngine:
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         if not self.counting:  # the warm-up speed measurement: real speed, no faults
-            time.sleep(self._delay)
-            return self._inner.infer(batch)
+            return self._slow(batch)
         with self._lock:
             self._batches += 1
             n = self._batches
@@ -75,10 +77,16 @@ class FaultyEngine:
             raise InferenceError(f"injected failure in batch {n}")
         if self._fatal_after is not None and n > self._fatal_after:
             raise InferenceError("injected fatal error: device lost", fatal=True)
-        time.sleep(self._delay)
-        outputs = self._inner.infer(batch)
+        outputs = self._slow(batch)
         if n in self._garble:
             return {k: v.astype(np.complex64) for k, v in outputs.items()}
+        return outputs
+
+    def _slow(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        time.sleep(self._delay)
+        started = time.perf_counter()
+        outputs = self._inner.infer(batch)
+        time.sleep((self._slowdown - 1) * (time.perf_counter() - started))
         return outputs
 
     def _wait_for_gate(self) -> None:

@@ -181,7 +181,8 @@ class ModelRegistry:
                 max_wait_s=s.max_wait_ms / 1000,
                 max_queue=s.max_queue,
                 concurrency=s.concurrent_batches,
-                expected_per_image_s=record.per_image_latency_s,
+                # This host's warm-up figure when there is one, not the build machine's.
+                expected_per_image_s=live.per_image_s(s.max_batch),
             ),
             observer=observer,
             on_fatal=lambda exc: self._on_fatal(name, precision, exc),

@@ -91,7 +91,6 @@ class BuildConfig:
             self.calibration_method,
             symmetric_activations=recipe.symmetric_activations,
             op_types=("Conv",) if self.mixed_precision else None,
-            head_convs_float=recipe.head_convs_float and self.mixed_precision,
         )
 
     def variant_inputs(self, precision: Precision) -> dict[str, Any]:

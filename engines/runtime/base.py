@@ -109,11 +109,6 @@ class Int8Recipe:
     # TensorRT takes only symmetric (zero-point 0) activations; ONNX Runtime takes both, and on
     # AVX2 CPUs symmetric int8 activations are shifted to uint8 and saturate its u8s8 kernels.
     symmetric_activations: bool = False
-    # Keep float the convolutions that feed the decode head. Their outputs mix box offsets with
-    # class logits in one tensor; a backend whose INT8 convolutions quantize their *outputs*
-    # (ONNX Runtime's CPU QLinearConv) gives that tensor one scale, like the head itself. They
-    # are 1x1 convolutions at the coarsest scales: a few % of the model's arithmetic.
-    head_convs_float: bool = False
 
 
 class Backend(Protocol):

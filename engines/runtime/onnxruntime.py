@@ -127,10 +127,7 @@ class OnnxRuntimeBackend:
     """Runs the variant ONNX itself (no compile step); CPU unless GPU providers are named."""
 
     name = NAME
-    # Measured on the default model (bench/int8_recipes.py and the build's search): with only
-    # the decode head float, agreement 0.86 and the search had to keep 4 convolutions float
-    # (0.986); with the head convolutions float too, 0.93 before the search, 0.98 after one.
-    int8 = Int8Recipe(symmetric_activations=False, head_convs_float=True)
+    int8 = Int8Recipe(symmetric_activations=False)
     revalidate_compiled = False
 
     def open(self, artifact: Path, precision: Precision, options: EngineOptions) -> Engine:

@@ -10,10 +10,6 @@ COMPUTE_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
 HEAD_REASON = (
     "decode head: mixes pixel-scale boxes with 0..1 scores; one INT8 scale cannot hold both"
 )
-HEAD_CONV_REASON = (
-    "head convolution: its output holds box offsets and class logits side by side, and this "
-    "backend quantizes convolution outputs with one scale (recipe: head_convs_float)"
-)
 
 
 def decode_head(model: onnx.ModelProto) -> list[str]:
@@ -61,19 +57,3 @@ def decode_head(model: onnx.ModelProto) -> list[str]:
 
 def compute_nodes(model: onnx.ModelProto) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type in COMPUTE_OPS]
-
-
-def head_convolutions(model: onnx.ModelProto) -> list[str]:
-    """Convolutions whose every output consumer is in the decode head: the last convolution of
-    each detection head (its output holds box offsets and class logits side by side)."""
-    head = set(decode_head(model))
-    consumers: dict[str, list[str]] = defaultdict(list)
-    for node in model.graph.node:
-        for name in node.input:
-            consumers[name].append(node.name)
-    return [
-        node.name
-        for node in model.graph.node
-        if node.op_type in COMPUTE_OPS
-        and all(consumers[out] and set(consumers[out]) <= head for out in node.output)
-    ]

@@ -3,8 +3,7 @@ search that finds which nodes stay in float, and says why.
 
 1. Structural rule: the decode head (every node after each head's last convolution, found by
    graph analysis in ``engines.build.int8.graph``) stays float; it mixes pixel-scale boxes
-   with 0..1 scores. When the backend's recipe says so (``head_convs_float``: ONNX Runtime's
-   CPU kernels quantize convolution outputs), so do the convolutions that feed it.
+   with 0..1 scores.
 2. Measured rule: if the variant still misses its budget, rank every convolution by how far it
    moves the detections when it alone is quantized (ranges computed once, cached, so each probe
    is a sub-second re-quantization plus a few images), then fall back the worst ones to float,
@@ -23,13 +22,7 @@ import onnx
 from engines.artifacts.record import Accuracy, KeptFloat, VariantRecord
 from engines.build.accuracy import detection_error
 from engines.build.int8.calibration import CalibrationSet
-from engines.build.int8.graph import (
-    HEAD_CONV_REASON,
-    HEAD_REASON,
-    compute_nodes,
-    decode_head,
-    head_convolutions,
-)
+from engines.build.int8.graph import HEAD_REASON, compute_nodes, decode_head
 from engines.build.int8.quantize import Int8Options, quantize_int8
 from engines.build.validation import EngineLoader, Reference, detect_all, measure
 from engines.model.postprocess import Detections
@@ -54,11 +47,8 @@ class Sensitivity:
     error: float  # detection_error of the graph with only this node quantized
 
 
-def structural_float_set(model: onnx.ModelProto, head_convs: bool = False) -> list[KeptFloat]:
-    kept = [KeptFloat(node=n, reason=HEAD_REASON) for n in decode_head(model)]
-    if head_convs:
-        kept += [KeptFloat(node=n, reason=HEAD_CONV_REASON) for n in head_convolutions(model)]
-    return kept
+def structural_float_set(model: onnx.ModelProto) -> list[KeptFloat]:
+    return [KeptFloat(node=n, reason=HEAD_REASON) for n in decode_head(model)]
 
 
 class _Quantizer:
@@ -125,16 +115,14 @@ def make_int8(
     """The INT8 variant with the smallest float-kept set this search finds within budget (or,
     failing that, the last one tried: the builder's budget check then rejects it)."""
     model = onnx.load(str(source), load_external_data=False)
-    structural = structural_float_set(model, search.options.head_convs_float)
-    kept = structural if search.mixed_precision else []
+    kept = structural_float_set(model) if search.mixed_precision else []
     quantizer = _Quantizer(source, search, load)
     target = out_dir / "int8.onnx"
     accuracy = quantizer.accuracy(target, [k.node for k in kept], ref)
     say(f"int8: {len(kept)} nodes kept float, agreement {accuracy.map50_95_agreement:.4f}")
     if accuracy.map50_95_agreement >= search.budget or not search.mixed_precision:
         return _made(draft, target, accuracy, kept)
-    floats = {k.node for k in kept}
-    convs = [c for c in compute_nodes(model) if c not in floats]
+    convs = compute_nodes(model)
     say(f"int8: below budget {search.budget}; probing {len(convs)} convolutions one at a time")
     ranked = rank_sensitivity(
         quantizer, ref, [k.node for k in kept], convs, out_dir / "int8-probe.onnx"

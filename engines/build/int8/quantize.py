@@ -44,8 +44,6 @@ class Int8Options:
     # and measurably closer to FP32 here than also quantizing pools and activations.
     # None = every op the quantizer supports (the whole graph, decode head included).
     op_types: tuple[str, ...] | None = ("Conv",)
-    # The backend's recipe: keep the convolutions feeding the decode head float (mixed mode).
-    head_convs_float: bool = False
 
     @property
     def ranges_key(self) -> str:
@@ -57,8 +55,7 @@ class Int8Options:
         activations = "symmetric" if self.symmetric_activations else "asymmetric"
         weights = "per-channel" if self.per_channel else "per-tensor"
         ops = ", ".join(self.op_types) if self.op_types else "every supported op"
-        head = "; head convolutions float" if self.head_convs_float else ""
-        return f"{self.method}; {weights} weights; {activations} activations; Q/DQ at {ops}{head}"
+        return f"{self.method}; {weights} weights; {activations} activations; Q/DQ at {ops}"
 
 
 def quantize_int8(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from engines.artifacts.record import VariantRecord
 from engines.precision import AUTO, Precision
@@ -58,6 +58,9 @@ class PrecisionSelector:
         self._last_sample = 0.0
         self._wait_ewma: dict[Precision, float] = {}
         self._lock = threading.Lock()
+        # Why `auto` must avoid a precision right now (the live precision audit sets this);
+        # None = no objection. Explicit requests for the precision are still served.
+        self.demoted: Callable[[Precision], str | None] = lambda _precision: None
 
     @property
     def available(self) -> list[Precision]:
@@ -100,7 +103,18 @@ class PrecisionSelector:
             # must not be served by the burst's choice.
             if self._pressured and now - self._last_sample > max(self._hold_s, 1.0) * 2:
                 self._relieve(now)
-            return self.fastest() if self._pressured else self.preferred()
+            return self._choice()
+
+    def _choice(self) -> Precision:
+        choice = self.fastest() if self._pressured else self.preferred()
+        if self.demoted(choice) is None:
+            return choice
+        # The audit objects: the at-rest choice, else the fastest variant within the auto
+        # budget, else any, that it does not object to. FP32 (its reference) is never demoted.
+        by_speed = sorted(self._records, key=lambda p: self._per_image_s(p, self._batch))
+        proven = [p for p in by_speed if (self._records[p].agreement or 0) >= self._min_agreement]
+        fallbacks = [self.preferred(), *proven, *by_speed]
+        return next((p for p in fallbacks if self.demoted(p) is None), choice)
 
     def select(self, requested: str, reasons: Mapping[Precision, str] | None = None) -> Precision:
         """Resolve a requested precision; ``reasons`` explains unavailable ones (from the build)."""
@@ -127,14 +141,13 @@ class PrecisionSelector:
             now = time.monotonic()
             previous = self._wait_ewma.get(precision, wait_s)
             self._wait_ewma[precision] = previous + 0.3 * (wait_s - previous)
-            current = self.fastest() if self._pressured else self.preferred()
-            if precision != current:
+            if precision != self._choice():
                 return
             self._last_sample = now
             if now - self._last_move < self._hold_s:
                 return
             wait = self._wait_ewma[precision]
-            if not self._pressured and wait > self._slo_s and self.fastest() != current:
+            if not self._pressured and wait > self._slo_s and self.fastest() != precision:
                 self._pressured = True
                 self._last_move = now
             elif self._pressured and wait < self._recover_s:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -16,6 +17,14 @@ from pathlib import Path
 
 # uvicorn's start-up line names the port it really bound (also when asked for port 0).
 UVICORN_PORT = re.compile(r"Uvicorn running on http://[^\s]+:(\d+) ")
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago, for peers that cannot report the port they
+    bound (a plain uvicorn server, LitServe); our own servers bind port 0 themselves instead."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def listening_port(

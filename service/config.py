@@ -51,6 +51,10 @@ class Settings(HomeSettings):
     auto_min_agreement: float = Field(0.99, ge=0.0, le=1.0)
     # Load-adaptive `auto`: move to a faster variant when queue wait exceeds this.
     queue_wait_slo_ms: float = Field(50.0, gt=0.0)
+    # Batches of size 1 and max_batch timed per variant at warm-up (median), so `auto` ranks
+    # variants on this host's speed from the first request; 0 = trust the manifest until the
+    # first real batches.
+    warmup_timing_runs: int = Field(3, ge=0, le=100)
 
     # Input limits, checked before any heavy work.
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)

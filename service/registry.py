@@ -20,10 +20,12 @@ from engines.model.pipeline import ModelPipeline, load_model_pipeline
 from engines.precision import Precision
 from engines.runtime.backends import open_engine
 from engines.runtime.base import Engine, EngineOptions
+from service import speed
 from service.config import Settings
 from service.metrics import Metrics
 from service.scheduler import BatchingConfig, BatchScheduler, DeviceLoad
 from service.selection import PrecisionSelector
+from service.speed import LiveSpeed
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ class ServedVariant:
     record: VariantRecord
     engine: Engine
     scheduler: BatchScheduler
+    speed: LiveSpeed  # engine time per batch size on this host, kept current by every batch
     ready: bool = False
 
 
@@ -75,8 +78,9 @@ class ServedModel:
 class _VariantObserver:
     """Routes the scheduler's knowledge to metrics and to the auto-precision policy."""
 
-    def __init__(self, metrics: Metrics, model: str, precision: Precision) -> None:
+    def __init__(self, metrics: Metrics, model: str, precision: Precision, live: LiveSpeed) -> None:
         self._m = metrics
+        self._live = live
         self._labels = (model, precision.value)
         self._model = model
         self._precision = precision
@@ -97,6 +101,7 @@ class _VariantObserver:
         self._m.inference_duration.labels(*self._labels).observe(duration_s)
         if ok:
             self._m.images.labels(*self._labels).inc(size)
+            self._live.observe(size, duration_s)
 
     def rejected(self, reason: str) -> None:
         self._m.rejected.labels(self._model, reason).inc()
@@ -148,6 +153,8 @@ class ModelRegistry:
             [v.record for v in variants.values()],
             auto_min_agreement=s.auto_min_agreement,
             queue_wait_slo_s=s.queue_wait_slo_ms / 1000,
+            speeds={p: v.speed for p, v in variants.items()},
+            saturation_batch=s.max_batch,
         )
         for variant in variants.values():
             observer = variant.scheduler.observer
@@ -161,7 +168,12 @@ class ModelRegistry:
         precision = record.precision
         engine = engine_factory()(servable, engine_options(s))
         engine.warmup()
-        observer = _VariantObserver(self._metrics, name, precision)
+        live = speed.first_guess(record)
+        if s.warmup_timing_runs:
+            # The manifest's figures may come from another host or a busy moment: time this one.
+            sizes = (1, min(s.max_batch, engine.max_batch))
+            live.replace(speed.measure_engine(engine, sizes, s.warmup_timing_runs))
+        observer = _VariantObserver(self._metrics, name, precision, live)
         scheduler = BatchScheduler(
             engine.infer,
             BatchingConfig(
@@ -169,7 +181,8 @@ class ModelRegistry:
                 max_wait_s=s.max_wait_ms / 1000,
                 max_queue=s.max_queue,
                 concurrency=s.concurrent_batches,
-                expected_per_image_s=record.per_image_latency_s,
+                # This host's warm-up figure when there is one, not the build machine's.
+                expected_per_image_s=live.per_image_s(s.max_batch),
             ),
             observer=observer,
             on_fatal=lambda exc: self._on_fatal(name, precision, exc),
@@ -183,7 +196,7 @@ class ModelRegistry:
             1
         )
         log.info("loaded %s/%s on %s (%s)", name, precision, engine.device, engine.backend)
-        return ServedVariant(record, engine, scheduler)
+        return ServedVariant(record, engine, scheduler, live)
 
     def _on_fatal(self, model: str, precision: Precision, exc: BaseException) -> None:
         served = self.models.get(model)

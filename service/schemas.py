@@ -65,6 +65,16 @@ class VariantInfo(BaseModel):
     agreement: float | None = Field(None, description="mAP50-95 agreement with FP32")
     latency_ms: dict[int, float] = Field(default_factory=dict, description="batch size -> ms")
     latency_measured_under: str | None = Field(None, description="the load behind latency_ms")
+    live_latency_ms: dict[int, float] = Field(
+        default_factory=dict,
+        description="batch size -> ms per batch on this host now (what `auto` ranks by)",
+    )
+    live_samples: dict[int, int] = Field(
+        default_factory=dict, description="batch size -> batches behind the live figure"
+    )
+    live_measured_under: dict[int, str] = Field(
+        default_factory=dict, description="batch size -> where the live figure comes from"
+    )
     note: str = ""
     live: LiveAgreementInfo | None = Field(
         None, description="live precision audit (reduced precisions with an FP32 sibling)"
@@ -77,6 +87,9 @@ class ModelEntry(BaseModel):
     layout: str
     classes: list[str]
     auto_precision: str
+    auto_under_pressure: bool = Field(
+        False, description="`auto` has moved to its fastest variant (queue wait over the SLO)"
+    )
     variants: list[VariantInfo]
     unavailable: dict[str, str] = Field(
         default_factory=dict, description="precision -> why not served"

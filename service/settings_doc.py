@@ -37,6 +37,8 @@ MEANINGS: dict[str, str] = {
     "auto_min_agreement": "`auto` serves the fastest variant with at least this mAP50-95 "
     "agreement with FP32",
     "queue_wait_slo_ms": "`auto` moves to a faster accepted variant when queue wait exceeds this",
+    "warmup_timing_runs": "batches of 1 and `max_batch` timed per variant at warm-up, so `auto` "
+    "ranks variants on this host's speed (`0`: the manifest's figures until real batches run)",
     "max_body_bytes": "largest request body (`413` above it)",
     "max_pixels": "largest decoded image, width x height (`413` above it)",
     "max_images_per_request": "most images in one request (`image` fields, KServe batch rows)",

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engines.model.draft import draft_request, full_size, stored_size, to_full_size
 from engines.model.info import ModelInfo, read_model_info
 from engines.model.layouts import OutputLayout, detect_layout
 from engines.model.postprocess import Detections, postprocess
@@ -47,10 +48,19 @@ class ModelPipeline:
     info: ModelInfo
     layout: OutputLayout
     max_pixels: int = DEFAULT_MAX_PIXELS
+    reduced_decode: bool = True  # JPEGs much larger than the input decode at 1/2..1/8 scale
 
     def prepare(self, data: bytes) -> PreparedImage:
         """Encoded image bytes (untrusted: size-checked before decoding) -> prepared image."""
-        return self.prepare_array(decode_image(data, max_pixels=self.max_pixels))
+        stored = stored_size(data) if self.reduced_decode else None
+        draft = draft_request(stored, self.info.input_size) if stored else None
+        image = decode_image(data, max_pixels=self.max_pixels, draft_size=draft)
+        prepared = self.prepare_array(image)
+        if stored is None or stored[0] * stored[1] == image.shape[0] * image.shape[1]:
+            return prepared  # decoded at full scale
+        width, height = full_size(stored, (image.shape[1], image.shape[0]))
+        transform = to_full_size(prepared.transform, (width, height))
+        return PreparedImage(prepared.tensor, transform, width=width, height=height)
 
     def prepare_array(self, image: np.ndarray) -> PreparedImage:
         """A decoded HxWx3 uint8 RGB image -> prepared image."""

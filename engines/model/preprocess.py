@@ -193,8 +193,17 @@ def decode_cost(data: bytes, *, max_pixels: int, max_side: int | None = None) ->
     )
 
 
-def decode_image(data: bytes, *, max_pixels: int, max_side: int | None = None) -> np.ndarray:
+def decode_image(
+    data: bytes,
+    *,
+    max_pixels: int,
+    max_side: int | None = None,
+    draft_size: tuple[int, int] | None = None,
+) -> np.ndarray:
     """Bytes -> HxWx3 uint8 RGB in display orientation; first frame of animations.
+
+    ``draft_size`` (width, height): a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (libjpeg's
+    DCT scaling) as long as the result stays at least that large; other formats ignore it.
 
     Raises ``ImageTooLargeError`` when the declared size exceeds ``max_pixels`` and
     ``ImageDecodeError`` for anything that is not a complete, decodable image (a Pillow error
@@ -206,6 +215,8 @@ def decode_image(data: bytes, *, max_pixels: int, max_side: int | None = None) -
         with _open_checked(data, max_pixels, max_side) as image:
             bits = (_png_bits(data) if image.format == "PNG" else None) or 8
             _check_complete(data, image, bits)
+            if draft_size is not None and image.format == "JPEG":
+                image.draft("RGB", draft_size)  # a cheaper decode when the model input is small
             image.load()  # the first frame; raises on truncation (LOAD_TRUNCATED_IMAGES off)
             rgb = _to_rgb(_upright(image))
     except ImageDecodeError:

@@ -241,7 +241,6 @@ class DetectRoute(Route[DetectResponse]):
 )
 async def detect(
     request: Request,
-    response: Response,
     model: ModelDep,
     settings: SettingsDep,
     metrics: MetricsDep,
@@ -261,7 +260,7 @@ async def detect(
         Query(ge=1, le=600_000, allow_inf_nan=False, description="Time budget in ms"),
     ] = None,
     x_deadline_ms: Annotated[float | None, Header(gt=0, le=600_000, allow_inf_nan=False)] = None,
-) -> DetectResponse:
+) -> Response:
     """Run the model on the uploaded image(s); boxes are in original-image pixels."""
     client_budget_ms = deadline_ms or x_deadline_ms
     budget_ms = client_budget_ms or settings.default_deadline_ms
@@ -285,7 +284,14 @@ async def detect(
         request=request,
         client_deadline=client_budget_ms is not None,
     )
-    response.headers["X-Precision"] = body.precision
-    response.headers["X-Backend"] = body.backend
-    response.headers["Server-Timing"] = route.server_timing()
-    return body
+    # Serialised once, by pydantic's compiled serialiser: returning the model would have FastAPI
+    # validate it again against ``response_model`` (which stays for the OpenAPI schema).
+    return Response(
+        body.model_dump_json(exclude_none=True),
+        media_type="application/json",
+        headers={
+            "X-Precision": body.precision,
+            "X-Backend": body.backend,
+            "Server-Timing": route.server_timing(),
+        },
+    )

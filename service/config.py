@@ -44,7 +44,13 @@ class Settings(BaseSettings):
     # Test hook: "module:factory" returning an Engine, used instead of the real backend.
     engine_factory: str | None = None
 
-    # Batching.
+    # Request defaults (a model's model.yaml `defaults`, or its family's, come first: Ultralytics
+    # models answer like `yolo predict`, iou 0.7).
+    default_conf: float = Field(0.25, ge=0.0, le=1.0)
+    default_iou: float = Field(0.45, ge=0.0, le=1.0)
+    default_max_det: int = Field(300, ge=1, le=10_000)
+
+    # Batching (a model's model.yaml `batching` overrides these for that model).
     max_batch: int = Field(8, ge=1, le=256)
     max_wait_ms: float = Field(4.0, ge=0.0, le=10_000.0)
     max_queue: int = Field(64, ge=1)

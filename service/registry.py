@@ -10,17 +10,18 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from engines.errors import EngineError
-from engines.model.info import ModelInfo, read_model_info
+from engines.model.info import ModelInfo
 from engines.model.layouts import detect_layout
 from engines.model.pipeline import ImagePipeline
 from engines.precision import Precision
 from engines.runtime.base import Engine
 from service.config import Settings
 from service.metrics import Metrics
+from service.model_serving import ModelServing, model_serving
 from service.scheduler import BatchingConfig, BatchScheduler, DeviceLoad
 from service.selection import PrecisionSelector, VariantStats
 from service.variant_specs import VariantSpec, discover_variants
@@ -40,14 +41,17 @@ def _onnxruntime_engine(spec: VariantSpec, settings: Settings) -> Engine:
         spec.precision,
         providers=settings.ort_providers,
         intra_op_threads=settings.intra_op_threads,
-        max_batch=settings.max_batch,
+        max_batch=spec.max_batch or settings.max_batch,
+        input_size=spec.input_size,
     )
 
 
 def _tensorrt_engine(spec: VariantSpec, settings: Settings) -> Engine:
     from engines.runtime.tensorrt import TensorRTEngine  # lazy: needs CUDA + TensorRT
 
-    return TensorRTEngine(spec.artifact, spec.precision, max_batch=settings.max_batch)
+    return TensorRTEngine(
+        spec.artifact, spec.precision, max_batch=spec.max_batch or settings.max_batch
+    )
 
 
 ENGINE_FACTORIES: dict[str, EngineFactory] = {
@@ -84,6 +88,7 @@ class ServedModel:
     selector: PrecisionSelector
     variants: dict[Precision, ServedVariant]
     unavailable: dict[str, str] = field(default_factory=dict)  # precision -> why not served
+    config: ModelServing | None = None  # effective per-model defaults and batching
 
 
 class _VariantObserver:
@@ -145,13 +150,14 @@ class ModelRegistry:
         source, specs, unavailable = discover_variants(
             s.models_dir, s.engines_dir, name, s.backend, tuple(s.ort_providers)
         )
-        info = read_model_info(source, name)
+        info, serving = model_serving(s, name, source)
         layout = detect_layout(info.outputs, info.num_classes, info.layout)
         pipeline = ImagePipeline(info, layout, max_pixels=s.max_pixels)
         variants: dict[Precision, ServedVariant] = {}
         for spec in specs:
+            spec = replace(spec, input_size=info.input_size, max_batch=serving.batching.max_batch)
             try:
-                variants[spec.precision] = self._load_variant(name, spec)
+                variants[spec.precision] = self._load_variant(name, spec, serving)
             except EngineError as exc:
                 unavailable[spec.precision.value] = f"failed to load: {exc}"
                 log.error("%s/%s not served: %s", name, spec.precision, exc)
@@ -169,9 +175,9 @@ class ModelRegistry:
             observer = variant.scheduler.observer
             if isinstance(observer, _VariantObserver):
                 observer.selector = selector
-        return ServedModel(name, info, pipeline, selector, variants, unavailable)
+        return ServedModel(name, info, pipeline, selector, variants, unavailable, serving)
 
-    def _load_variant(self, name: str, spec: VariantSpec) -> ServedVariant:
+    def _load_variant(self, name: str, spec: VariantSpec, serving: ModelServing) -> ServedVariant:
         s = self._settings
         engine = engine_factory(s, spec.backend)(spec, s)
         engine.warmup()
@@ -179,8 +185,8 @@ class ModelRegistry:
         scheduler = BatchScheduler(
             engine.infer,
             BatchingConfig(
-                max_batch=min(s.max_batch, engine.max_batch),
-                max_wait_s=s.max_wait_ms / 1000,
+                max_batch=min(serving.batching.max_batch, engine.max_batch),
+                max_wait_s=serving.batching.max_wait_ms / 1000,
                 max_queue=s.max_queue,
                 concurrency=s.concurrent_batches,
                 expected_per_image_s=spec.per_image_latency_s,

@@ -23,6 +23,9 @@ class VariantSpec:
     agreement: float | None = None  # mAP50-95 agreement with FP32 (FP32 is 1.0)
     latency_ms: dict[int, float] = field(default_factory=dict)  # batch size -> median ms
     note: str = ""
+    # Set by the registry from the model's effective configuration before the engine loads.
+    input_size: tuple[int, int] | None = None  # (height, width) for symbolic spatial dims
+    max_batch: int | None = None  # the model's effective max batch (else the global one)
 
     @property
     def per_image_latency_s(self) -> float | None:

@@ -9,6 +9,7 @@ tool versions, device): same key and intact artifact -> no work.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from engines.build.int8.calibration import CalibrationSet, ImageSet, image_sets
 from engines.build.int8.quantize import CalibrationName, Int8Options
 from engines.build.int8.search import Int8Search, make_int8
 from engines.build.report import Reporter
+from engines.build.servable import check_servable, float32_source
 from engines.build.steps import (
     Candidate,
     EngineLoader,
@@ -39,6 +41,7 @@ from engines.precision import Precision
 from engines.runtime.base import Engine
 from engines.runtime.host import HostInfo, current_host
 from engines.sources.registry import sha256_file
+from engines.sources.repository import model_fallback
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,7 @@ class BuildConfig:
     force: bool = False
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     timing: bool = True
+    input_size: tuple[int, int] | None = None  # (height, width): overrides model.yaml/metadata
 
     def __post_init__(self) -> None:
         if not self.precisions:
@@ -83,6 +87,8 @@ class BuildConfig:
             raise ValueError(f"unknown backend {self.backend!r}: onnxruntime or tensorrt")
         if self.labels is not None and self.val_dir is None:
             raise ValueError("labels need val_dir: the labelled images themselves")
+        if self.input_size is not None and min(self.input_size) < 1:
+            raise ValueError(f"input_size must be positive, got {self.input_size}")
 
     def int8_options(self) -> Int8Options:
         # TensorRT takes only symmetric activations; whole-graph mode quantizes every op.
@@ -116,6 +122,7 @@ class _Job:
     """Everything one build run shares across its variants."""
 
     source: Path
+    float_source: Path  # the source, or its exact float32 upcast for a float16 model
     info: ModelInfo
     out: Path
     val: ImageSet
@@ -125,11 +132,12 @@ class _Job:
     report: Reporter
 
 
-def _load_model(model_dir: Path) -> tuple[Path, ModelInfo, str]:
+def _load_model(model_dir: Path, input_size: tuple[int, int] | None) -> tuple[Path, ModelInfo, str]:
     source = model_dir / "source" / "model.onnx"
     if not source.is_file():
         raise ModelFormatError(f"{source} does not exist; fetch or add the model first")
-    info = read_model_info(source, model_dir.name)
+    info = read_model_info(source, model_dir.name, model_fallback(model_dir), input_size)
+    check_servable(info)
     layout = detect_layout(info.outputs, info.num_classes, info.layout)
     return source, info, layout.name
 
@@ -137,7 +145,8 @@ def _load_model(model_dir: Path) -> tuple[Path, ModelInfo, str]:
 def _keys(job: _Job, source_sha: str) -> dict[Precision, str]:
     keys = {}
     for precision in job.config.precisions:
-        inputs = {"source": source_sha, "val": job.val.content_hash}
+        inputs: dict[str, object] = {"source": source_sha, "val": job.val.content_hash}
+        inputs["input_size"] = list(job.info.input_size)
         inputs |= job.config.variant_inputs(precision)
         if precision is Precision.INT8 and job.calib is not None:
             inputs["calib"] = job.calib.content_hash
@@ -154,7 +163,7 @@ def build_model(
     ``ModelFormatError`` for a file that is not a detection ONNX and ``ImageSetError`` for an
     unusable image folder, before anything is recorded.
     """
-    source, info, layout_name = _load_model(model_dir)
+    source, info, layout_name = _load_model(model_dir, config.input_size)
     val, calib = image_sets(
         config.val_dir or config.validation_images,
         (config.calib_dir or config.calibration_images)
@@ -164,7 +173,8 @@ def build_model(
     out = engines_dir / info.name
     out.mkdir(parents=True, exist_ok=True)
     host = current_host(config.backend, config.providers)
-    job = _Job(source, info, out, val, calib, config, host, Reporter(progress))
+    float_source = float32_source(source, out)
+    job = _Job(source, float_source, info, out, val, calib, config, host, Reporter(progress))
     source_sha = sha256_file(source)
     previous = Manifest.load(out)
     manifest = Manifest(
@@ -191,12 +201,16 @@ def build_model(
     return manifest
 
 
-def _loader(config: BuildConfig) -> EngineLoader:
+def _loader(config: BuildConfig, input_size: tuple[int, int]) -> EngineLoader:
     from engines.runtime.onnxruntime import OnnxRuntimeEngine
 
     def load(path: Path, precision: Precision) -> Engine:
         return OnnxRuntimeEngine(
-            path, precision, providers=config.providers, max_batch=config.max_batch
+            path,
+            precision,
+            providers=config.providers,
+            max_batch=config.max_batch,
+            input_size=input_size,
         )
 
     return load
@@ -206,7 +220,7 @@ def _reference(job: _Job, load: EngineLoader) -> Reference:
     layout = detect_layout(job.info.outputs, job.info.num_classes, job.info.layout)
     pad = job.info.metadata.get("pad_value", "114")
     pad_value = int(pad) if pad.isdigit() else 114
-    engine = load(job.source, Precision.FP32)
+    engine = load(job.float_source, Precision.FP32)
     try:
         with job.report.bar("reference fp32 on validation", len(job.val)) as tick:
             detections = detect_all(
@@ -220,7 +234,7 @@ def _reference(job: _Job, load: EngineLoader) -> Reference:
 def _build_todo(
     job: _Job, todo: list[Precision], keys: dict[Precision, str], manifest: Manifest
 ) -> None:
-    load = _loader(job.config)
+    load = _loader(job.config, job.info.input_size)
     ref = _reference(job, load)
     for precision in todo:
         started = time.perf_counter()
@@ -247,14 +261,23 @@ def _build_todo(
 
 def _make(job: _Job, precision: Precision, ref: Reference, load: EngineLoader) -> Candidate:
     if precision is Precision.FP32:
-        return make_fp32(job.source, job.out)
+        return make_fp32(job.float_source, job.out)
     if precision is Precision.FP16:
+        if job.float_source != job.source:  # a half export: its own file is the FP16 variant
+            shutil.copyfile(job.source, job.out / "fp16.onnx")
+            return Candidate(job.out / "fp16.onnx")
         return make_fp16(job.source, job.out)
     assert job.calib is not None  # image_sets loads it whenever INT8 is requested
     options = job.config.int8_options()
-    ranges = job.out / f"calibration-{options.ranges_key}-{job.calib.content_hash[:12]}.json"
+    h, w = job.info.input_size
+    ranges = (
+        job.out / f"calibration-{options.ranges_key}-{h}x{w}-{job.calib.content_hash[:12]}.json"
+    )
     pad, size = ref.pad_value, job.info.input_size
-    calibration = CalibrationSet(job.calib, job.info.input_name, size, pad, ranges)
+    static_batch = job.info.inputs[0].shape[0] or 1
+    calibration = CalibrationSet(
+        job.calib, job.info.input_name, size, pad, ranges, batch=static_batch
+    )
     budget = job.config.budgets.of(precision)
     search = Int8Search(
         calibration, options, budget, job.config.mixed_precision, job.config.max_fallbacks
@@ -264,7 +287,7 @@ def _make(job: _Job, precision: Precision, ref: Reference, load: EngineLoader) -
     )
     with job.report.bar("int8 calibration", len(calibration)) as tick:
         calibration.on_feed = tick
-        return make_int8(job.source, job.out, ref, search, load, job.report.say)
+        return make_int8(job.float_source, job.out, ref, search, load, job.report.say)
 
 
 def _build_one(
@@ -280,9 +303,11 @@ def _build_one(
             with job.report.bar(f"{precision.value} validation", len(ref.images)) as tick:
                 candidate.accuracy = measure(engine, ref, budget, tick)
         if job.config.timing:
-            sizes = batch_sizes(job.config.max_batch)
+            sizes = batch_sizes(min(job.config.max_batch, engine.max_batch))
             with job.report.bar(f"{precision.value} timing", len(sizes)) as tick:
-                variant.latency_ms = time_engine(engine, sizes, on_size=tick)
+                variant.latency_ms = time_engine(
+                    engine, sizes, input_size=job.info.input_size, on_size=tick
+                )
             variant.images_per_s = {
                 b: round(b * 1000 / ms, 2) for b, ms in variant.latency_ms.items()
             }

@@ -65,3 +65,19 @@ def check_outputs(batch_size: int, outputs: dict[str, np.ndarray]) -> dict[str, 
                 f"output {name!r} has shape {value.shape}, expected leading dimension {batch_size}"
             )
     return outputs
+
+
+def input_shape(
+    info: TensorInfo, batch: int, input_size: tuple[int, int] | None
+) -> tuple[int, int, int, int]:
+    """A concrete NCHW shape for ``info``: ``batch`` images of ``input_size`` (height, width).
+
+    Symbolic spatial dims take ``input_size``: feeding 1 instead makes a YOLO graph fail in
+    its first Concat of upsampled and strided feature maps, and times the wrong work anyway.
+    """
+    _, c, h, w = info.shape
+    if h is None or w is None:
+        if input_size is None:
+            raise ValueError(f"input {info.name!r} {info.shape} has symbolic height/width")
+        h, w = h or input_size[0], w or input_size[1]
+    return batch, c or 3, h, w

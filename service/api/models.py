@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from fastapi import APIRouter
 
 from service.deps import AuthDep, RegistryDep, SettingsDep
 from service.registry import ServedModel
-from service.schemas import ModelEntry, ModelsResponse, VariantInfo
+from service.schemas import ModelBatching, ModelDefaults, ModelEntry, ModelsResponse, VariantInfo
 
 router = APIRouter(tags=["models"], dependencies=[AuthDep])
 
@@ -31,6 +33,8 @@ def model_entry(model: ServedModel) -> ModelEntry:
             for p, v in model.variants.items()
         ],
         unavailable=model.unavailable,
+        defaults=ModelDefaults(**asdict(model.config.defaults)) if model.config else None,
+        batching=ModelBatching(**asdict(model.config.batching)) if model.config else None,
     )
 
 

@@ -44,6 +44,12 @@ def add_build_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="input size H,W (or one number) for a model whose input height/width are symbolic "
         "and whose metadata has no imgsz; overrides model.yaml's input_size",
     )
+    build.add_argument(
+        "--calib-images", type=int, default=48, help="demo calibration images without --calib"
+    )
+    build.add_argument(
+        "--val-images", type=int, default=24, help="demo validation images without --val"
+    )
     build.add_argument("--force", action="store_true", help="rebuild even if cached")
     build.set_defaults(func=cmd_build)
 
@@ -137,6 +143,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         force=args.force,
         providers=tuple(settings.ort_providers),
         input_size=args.imgsz,
+        calibration_images=args.calib_images,
+        validation_images=args.val_images,
     )
     with quiet_tool_warnings():
         manifest = build_model(model_dir, settings.engines_dir, config, progress=True)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -94,3 +96,36 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("gpu"):
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def ultralytics_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, Any]]:
+    """Every committed Ultralytics export added to one repository and built (FP32 + INT8,
+    + FP16 for half exports): (models_dir, engines_dir, name -> manifest)."""
+    from tests.ultralytics_forms import add_to_repository, build_fixture, fixture_index
+
+    root = tmp_path_factory.mktemp("ultralytics")
+    models_dir, engines_dir = root / "models", root / "engines"
+    manifests = {}
+    for name in fixture_index():
+        add_to_repository(models_dir, name)
+        manifests[name] = build_fixture(models_dir, engines_dir, name)
+    return models_dir, engines_dir, manifests
+
+
+@pytest.fixture(scope="session")
+def ultralytics_server(
+    server_factory: Callable[..., Server], ultralytics_repo: tuple[Path, Path, dict[str, Any]]
+) -> Server:
+    """One server serving every built Ultralytics export at once."""
+    models_dir, engines_dir, manifests = ultralytics_repo
+    names = sorted(manifests)
+    return server_factory(
+        {
+            "DETECT_MODELS_DIR": str(models_dir),
+            "DETECT_ENGINES_DIR": str(engines_dir),
+            "DETECT_MODELS": json.dumps(names),
+            "DETECT_DEFAULT_MODEL": names[0],
+            "DETECT_MAX_BATCH": "2",
+        }
+    )

@@ -98,17 +98,24 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
 class LetterboxTransform:
     """Maps boxes between letterboxed-input pixels and original-image pixels."""
 
-    scale: float
+    scale: float  # x scale (and y's, unless scale_y is given)
     pad_x: float
     pad_y: float
     src_width: int
     src_height: int
+    # Each side is rounded to whole pixels, so the effective scales differ by up to half a pixel
+    # over the image; mapping y with its own scale is what Ultralytics' scale_boxes does.
+    scale_y: float | None = None
+
+    @property
+    def _sy(self) -> float:
+        return self.scale if self.scale_y is None else self.scale_y
 
     def to_original(self, boxes_xyxy: np.ndarray) -> np.ndarray:
         """(N,4) input-pixel boxes -> original pixels, clipped to the image."""
         boxes = np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4).copy()
         boxes[:, [0, 2]] = (boxes[:, [0, 2]] - self.pad_x) / self.scale
-        boxes[:, [1, 3]] = (boxes[:, [1, 3]] - self.pad_y) / self.scale
+        boxes[:, [1, 3]] = (boxes[:, [1, 3]] - self.pad_y) / self._sy
         boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, self.src_width)
         boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, self.src_height)
         return boxes
@@ -117,7 +124,7 @@ class LetterboxTransform:
         """(N,4) original-pixel boxes -> letterboxed-input pixels (not clipped)."""
         boxes = np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4).copy()
         boxes[:, [0, 2]] = boxes[:, [0, 2]] * self.scale + self.pad_x
-        boxes[:, [1, 3]] = boxes[:, [1, 3]] * self.scale + self.pad_y
+        boxes[:, [1, 3]] = boxes[:, [1, 3]] * self._sy + self.pad_y
         return boxes
 
 
@@ -143,8 +150,10 @@ def letterbox(
     canvas[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = np.asarray(resized)
     tensor = canvas.transpose(2, 0, 1).astype(np.float32)
     tensor *= np.float32(1 / 255)  # in place: one float copy of the input, not two
-    # The effective scale per axis after rounding; use x's (differs from y's by < 1 px at most).
-    transform = LetterboxTransform(new_w / src_w, float(pad_x), float(pad_y), src_w, src_h)
+    # The effective scale of each axis after rounding its side.
+    transform = LetterboxTransform(
+        new_w / src_w, float(pad_x), float(pad_y), src_w, src_h, scale_y=new_h / src_h
+    )
     return tensor, transform
 
 

@@ -109,11 +109,8 @@ def test_symbolic_size_without_metadata_needs_imgsz(tmp_path: Path) -> None:
     config = BuildConfig(precisions=(Precision.FP32,), validation_images=3, timing=False)
     with pytest.raises(ModelFormatError, match="--imgsz"):
         build_model(models / "nosize", tmp_path / "engines", config, progress=False)
-    done = _cli(
-        [str(path), "--name", "sized", "--precision", "fp32", "--val-images", "3"]
-        + ["--imgsz", "320,256"],
-        tmp_path,
-    )
+    sized = [str(path), "--name", "sized", "--precision", "fp32", *SMALL_SETS]
+    done = _cli([*sized, "--imgsz", "320,256"], tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "320x256" in done.stdout
     assert "input_size: [320, 256]" in (models / "sized" / "model.yaml").read_text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from bench.process import ServerProcess
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = "yolov3-tiny-coco"
+CONFIGURED = "yolo26-e2e-configured"  # an Ultralytics fixture with a model.yaml of its own
 
 
 class Server(ServerProcess):
@@ -110,6 +112,16 @@ def ultralytics_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pa
     for name in fixture_index():
         add_to_repository(models_dir, name)
         manifests[name] = build_fixture(models_dir, engines_dir, name)
+    # The same export once more, with its own settings in a model.yaml (no source: a user's ONNX).
+    configured = models_dir / CONFIGURED
+    shutil.copytree(models_dir / "yolo26-e2e", configured)
+    (configured / "model.yaml").write_text(
+        f"name: {CONFIGURED}\n"
+        "defaults: {conf: 0.5, max_det: 3}\n"
+        "batching: {max_batch: 1, max_wait_ms: 1}\n"
+        "build: {precisions: [fp32]}\n"
+    )
+    manifests[CONFIGURED] = build_fixture(models_dir, engines_dir, CONFIGURED)
     return models_dir, engines_dir, manifests
 
 

@@ -44,7 +44,7 @@ def add_to_repository(models_dir: Path, name: str) -> Path:
 
 def build_fixture(models_dir: Path, engines_dir: Path, name: str) -> Manifest:
     """FP32 and INT8 (and FP16 for half exports, whose FP16 variant is their own file)."""
-    record = fixture_index()[name]
+    record = fixture_index()[name.removesuffix("-configured")]
     precisions = [Precision.FP32, Precision.INT8]
     if is_half(record):
         precisions.insert(1, Precision.FP16)
@@ -53,7 +53,7 @@ def build_fixture(models_dir: Path, engines_dir: Path, name: str) -> Manifest:
         max_batch=2,
         calibration_images=4,
         validation_images=3,
-        max_fallbacks=1,
+        max_fallbacks=0,  # random weights: the sensitivity search would not rescue them
         # Timing is where symbolic dims used to break; elsewhere it only costs test time.
         timing=has_symbolic_dims(record),
     )

@@ -117,8 +117,27 @@ def test_half_exports_serve_their_own_float16_file(
 
 PREDICTED = Path(__file__).resolve().parent.parent / "data" / "ultralytics_reference" / "fixtures"
 # `yolo predict` pads a dynamic export only to a stride multiple (its rect mode, another input
-# per image shape); we letterbox to the full imgsz so that images batch (README).
-STATIC = [n for n in NAMES if not has_symbolic_dims(fixture_index()[n])]
+# per image shape); we letterbox to the full imgsz so that images batch (README). Half exports
+# compute in float16, whose last digits depend on the casts and fusions ONNX Runtime's session
+# options make on a CPU: near-equal scores then flip NMS decisions on these random-weight
+# heads, so they are checked against the independent decode above instead.
+STATIC = [
+    n
+    for n in NAMES
+    if not has_symbolic_dims(fixture_index()[n]) and not is_half(fixture_index()[n])
+]
+
+
+def _assert_equal(got: list[dict[str, Any]], expected: list[dict[str, Any]], where: str) -> None:
+    # Deliberate difference (README): a box wholly in the letterbox padding clips to zero area;
+    # Ultralytics returns it, we drop it.
+    expected = [e for e in expected if e["xyxy"][2] > e["xyxy"][0] and e["xyxy"][3] > e["xyxy"][1]]
+    assert len(got) == len(expected), where
+    for g, e in zip(got, expected, strict=True):
+        assert g["class_id"] == e["cls"], where
+        # The server rounds scores to 4 decimals and coordinates to 0.1 px.
+        assert g["score"] == pytest.approx(e["conf"], abs=1e-4), where
+        assert g["box"] == pytest.approx(e["xyxy"], abs=0.06), where
 
 
 @pytest.mark.parametrize("photo_name", PHOTOS)
@@ -134,8 +153,7 @@ def test_static_exports_answer_like_yolo_predict(
             record = fixture_index()[name]
             predicted = json.loads((PREDICTED / f"{name}-{photo_name}.json").read_text())
             assert predicted["model_sha256"] == record["sha256"]
-            # A half export's own file is our FP16 variant (FP32 is its float32 upcast).
-            precision = "fp16" if is_half(record) else "fp32"
+            precision = "fp32"
             response = client.post(
                 "/detect",
                 params={"model": name, "precision": precision},
@@ -145,11 +163,7 @@ def test_static_exports_answer_like_yolo_predict(
             assert response.status_code == 200, response.text
             got = response.json()["detections"]
             where = f"{name}/{precision} on {photo_name}"
-            assert len(got) == predicted["num_detections"], where
-            for g, e in zip(got, predicted["detections"], strict=True):
-                assert g["class_id"] == e["cls"], where
-                assert g["score"] == pytest.approx(e["conf"], abs=1e-4), where
-                assert g["box"] == pytest.approx(e["xyxy"], abs=0.06), where
+            _assert_equal(got, predicted["detections"], where)
             compared += len(got)
     assert compared > 0
 

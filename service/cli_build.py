@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from engines.runtime.backends import backend_names
 from service.config import Settings
 
 
@@ -33,7 +34,7 @@ def add_build_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     build.add_argument("--calib", type=Path, help="folder of calibration images (INT8)")
     build.add_argument("--val", type=Path, help="folder of validation images")
     build.add_argument("--labels", type=Path, help="COCO json with real labels for --val")
-    build.add_argument("--backend", choices=["onnxruntime", "tensorrt"], default=None)
+    build.add_argument("--backend", choices=backend_names(), default=None)
     build.add_argument("--max-batch", type=int, default=None)
     build.add_argument(
         "--calib-method", choices=["minmax", "entropy", "percentile"], default="minmax"
@@ -65,6 +66,8 @@ def parse_imgsz(text: str) -> tuple[int, int]:
 
 
 def _model_dir(args: argparse.Namespace, settings: Settings) -> Path:
+    from engines.sources.repository import source_onnx
+
     model: str = args.model
     name: str | None = args.name
     given = Path(model)
@@ -73,7 +76,7 @@ def _model_dir(args: argparse.Namespace, settings: Settings) -> Path:
             raise ValueError("a model given as a file needs --name NAME")
         if not given.is_file():
             raise ValueError(f"{given} does not exist")
-        target = settings.models_dir / name / "source" / "model.onnx"
+        target = source_onnx(settings.models_dir, name)
         target.parent.mkdir(parents=True, exist_ok=True)
         if not target.exists() or target.read_bytes() != given.read_bytes():
             shutil.copyfile(given, target)
@@ -116,6 +119,7 @@ def quiet_tool_warnings() -> Iterator[None]:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    from engines.artifacts.manifest import manifest_path
     from engines.build.builder import BuildConfig, build_model
     from engines.build.report import summary_table
     from engines.model.config import BuildSection
@@ -149,6 +153,6 @@ def cmd_build(args: argparse.Namespace) -> int:
     with quiet_tool_warnings():
         manifest = build_model(model_dir, settings.engines_dir, config, progress=True)
     print(summary_table(manifest))
-    print(f"manifest: {settings.engines_dir / manifest.model / 'manifest.json'}")
-    accepted = [v for v in manifest.variants if v.status == "accepted"]
+    print(f"manifest: {manifest_path(settings.engines_dir, manifest.model)}")
+    accepted = [v for v in manifest.variants if v.accepted]
     return 0 if accepted else 1

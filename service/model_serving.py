@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from engines.model.config import (
     DetectDefaults,
@@ -12,8 +11,8 @@ from engines.model.config import (
     effective_batching,
     effective_defaults,
 )
-from engines.model.info import ModelInfo, read_model_info
-from engines.sources.repository import model_fallback, read_model_spec
+from engines.model.info import ModelInfo
+from engines.sources.repository import read_model_spec
 from service.config import Settings
 
 
@@ -25,14 +24,9 @@ class ModelServing:
     batching: EffectiveBatching
 
 
-def model_serving(settings: Settings, name: str, source: Path) -> tuple[ModelInfo, ModelServing]:
-    """The model's static description and effective serving configuration.
-
-    Raises ``ModelFormatError`` for an invalid ``model.yaml`` or an unusable ONNX.
-    """
-    model_dir = settings.models_dir / name
-    spec = read_model_spec(model_dir)
-    info = read_model_info(source, name, model_fallback(model_dir))
+def model_serving(settings: Settings, name: str, info: ModelInfo) -> ModelServing:
+    """The model's effective serving configuration (``ModelFormatError`` for a bad model.yaml)."""
+    spec = read_model_spec(settings.models_dir / name)
     global_defaults = DetectDefaults(
         conf=settings.default_conf, iou=settings.default_iou, max_det=settings.default_max_det
     )
@@ -46,4 +40,4 @@ def model_serving(settings: Settings, name: str, source: Path) -> tuple[ModelInf
         settings.max_wait_ms,
         min(own_batch, settings.max_queue),
     )
-    return info, ModelServing(defaults, batching)
+    return ModelServing(defaults, batching)

@@ -63,7 +63,7 @@ def trained_server(
 
 def test_the_build_records_int8_agreement(trained_build: tuple[Path, Manifest]) -> None:
     variants = {v.precision: v for v in trained_build[1].variants}
-    assert variants[Precision.FP32].status == "accepted"
+    assert variants[Precision.FP32].accepted
     int8 = variants[Precision.INT8]
     assert int8.accuracy is not None and int8.accuracy.reference_boxes > 0
     # Real weights: INT8 finds most of FP32's boxes even before any float fallback.

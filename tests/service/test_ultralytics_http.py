@@ -43,7 +43,7 @@ def _served(ultralytics_repo: tuple[Path, Path, dict[str, Any]]) -> list[tuple[s
         (name, v.precision.value)
         for name, manifest in sorted(ultralytics_repo[2].items())
         for v in manifest.variants
-        if v.status == "accepted" and name != CONFIGURED
+        if v.accepted and name != CONFIGURED
     ]
 
 
@@ -62,7 +62,7 @@ def test_models_lists_every_form_with_its_effective_configuration(
         expected = min(2, own_batch) if isinstance(own_batch, int) else 2
         assert entry["batching"]["max_batch"] == expected
         accepted = {
-            v.precision.value for v in ultralytics_repo[2][name].variants if v.status == "accepted"
+            v.precision.value for v in ultralytics_repo[2][name].variants if v.accepted
         }
         assert {v["precision"] for v in entry["variants"]} == accepted
 

@@ -270,7 +270,9 @@ def _make(
     ranges = job.out / f"calibration-{key}.json"
     # A static-batch model takes exactly its own batch in every feed.
     static_batch = info.inputs[0].shape[0] or 1
-    calibration = CalibrationSet(job.calib, info.input_name, size, pad, ranges, batch=static_batch)
+    calibration = CalibrationSet(
+        job.calib, info.input_name, size, pad, ranges, batch=static_batch, resize=info.resize
+    )
     budget = job.config.budgets.of(precision)
     search = Int8Search(
         calibration, options, budget, job.config.mixed_precision, job.config.max_fallbacks

@@ -18,7 +18,7 @@ from pathlib import Path
 import onnx
 
 from engines.errors import ModelFormatError
-from engines.model.preprocess import DEFAULT_PAD_VALUE
+from engines.model.preprocess import DEFAULT_PAD_VALUE, Resize
 from engines.runtime.base import TensorInfo
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,12 @@ class ModelInfo:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def resize(self) -> Resize:
+        """The letterbox resize the model was fed in training: OpenCV's for Ultralytics exports
+        (their ``author`` metadata), so that we answer like ``yolo predict``; else Pillow's."""
+        return "opencv" if self.metadata.get("author", "").startswith("Ultralytics") else "pillow"
 
 
 def _parse_literal(text: str) -> object:

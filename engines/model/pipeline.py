@@ -54,7 +54,10 @@ class ModelPipeline:
 
     def prepare_array(self, image: np.ndarray) -> PreparedImage:
         """A decoded HxWx3 uint8 RGB image -> prepared image."""
-        tensor, transform = letterbox(image, self.info.input_size, pad_value=self.info.pad_value)
+        info = self.info
+        tensor, transform = letterbox(
+            image, info.input_size, pad_value=info.pad_value, resize=info.resize
+        )
         return PreparedImage(tensor, transform, width=image.shape[1], height=image.shape[0])
 
     def finish(

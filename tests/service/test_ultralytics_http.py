@@ -29,7 +29,7 @@ def _reference(artifact: Path, data: bytes, size: tuple[int, int]) -> list[Found
     session = ort.InferenceSession(str(artifact), providers=["CPUExecutionProvider"])
     inp = session.get_inputs()[0]
     image = decode_image(data, max_pixels=10**8)
-    tensor, _ = letterbox(image, size)
+    tensor, _ = letterbox(image, size, resize="opencv")  # Ultralytics exports: as predict
     batch = int(inp.shape[0]) if isinstance(inp.shape[0], int) else 1
     feed = np.repeat(tensor[None], batch, axis=0)
     if inp.type == "tensor(float16)":
@@ -61,9 +61,7 @@ def test_models_lists_every_form_with_its_effective_configuration(
         own_batch = record["inputs"][0]["shape"][0]
         expected = min(2, own_batch) if isinstance(own_batch, int) else 2
         assert entry["batching"]["max_batch"] == expected
-        accepted = {
-            v.precision.value for v in ultralytics_repo[2][name].variants if v.accepted
-        }
+        accepted = {v.precision.value for v in ultralytics_repo[2][name].variants if v.accepted}
         assert {v["precision"] for v in entry["variants"]} == accepted
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
 from engines.errors import EngineError, ImageDecodeError
-from engines.model.preprocess import decode_image, letterbox
+from engines.model.preprocess import Resize, decode_image, letterbox
 from engines.sources.sample_images import CALIBRATION_PHOTOS, VALIDATION_PHOTOS, sample_image
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
@@ -166,10 +166,13 @@ class CalibrationSet(CalibrationDataReader):  # type: ignore[misc]
         pad_value: int,
         cache_path: Path,
         batch: int = 1,
+        resize: Resize = "pillow",
     ) -> None:
-        """``batch`` images per feed: a static-batch model takes exactly its own batch."""
+        """``batch`` images per feed: a static-batch model takes exactly its own batch;
+        ``resize``: the model's letterbox resize."""
         self.images = images
         self.batch = batch
+        self.resize = resize
         self.input_name = input_name
         self.size = size
         self.pad_value = pad_value
@@ -189,7 +192,10 @@ class CalibrationSet(CalibrationDataReader):  # type: ignore[misc]
         for start in range(0, len(images), self.batch):
             # A short last feed is filled from the start of the set (real images, not blanks).
             chunk = [images[(start + k) % len(images)] for k in range(self.batch)]
-            tensors = [letterbox(image, self.size, pad_value=self.pad_value)[0] for image in chunk]
+            tensors = [
+                letterbox(image, self.size, pad_value=self.pad_value, resize=self.resize)[0]
+                for image in chunk
+            ]
             if self.on_feed is not None:
                 self.on_feed(min(self.batch, len(images) - start))
             yield {self.input_name: np.stack(tensors)}

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import logging
 import shutil
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from engines.runtime.backends import backend_names
+from service import extras
 from service.config import Settings
 
 
@@ -20,8 +22,9 @@ def add_build_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     build = sub.add_parser(
         "build",
         help="build FP32/FP16/INT8 variants, check each against FP32, time them",
-        description="MODEL is a name in the model repository (models/NAME/) or a path to an "
-        ".onnx file (then --name is required and the file is added to the repository).",
+        description="MODEL is a built-in model, a name in the model repository "
+        "($DETECT_HOME/models/NAME/) or a path to an .onnx file (then --name is required and the "
+        "file is added to the repository).",
     )
     build.add_argument("model", help="model name, or path/to/model.onnx with --name")
     build.add_argument("--name", help="repository name for a model given as a path")
@@ -103,6 +106,12 @@ def remember_input_size(model_dir: Path, size: tuple[int, int]) -> None:
         raise ValueError(f"{meta} has input_size {own}; edit it or leave out --imgsz {size}")
 
 
+def require_backend(command: str, backend: str) -> None:
+    """Name the extra a backend needs before any work starts (``extras.MissingExtra``)."""
+    if backend == "tensorrt":
+        extras.require(f"{command} with backend tensorrt", "gpu")
+
+
 @contextlib.contextmanager
 def quiet_tool_warnings() -> Iterator[None]:
     """The converters' per-tensor chatter (fp16 truncation notes, ORT's pre-processing hint)
@@ -127,12 +136,13 @@ def cmd_build(args: argparse.Namespace) -> int:
     from engines.sources.repository import ensure_model_source, read_model_spec
 
     settings = Settings()
+    backend = args.backend or settings.backend
+    require_backend("detect-serve build", backend)
     model_dir = _model_dir(args, settings)
     if args.imgsz:
         remember_input_size(model_dir, args.imgsz)
+    ensure_model_source(model_dir, progress=sys.stdout.isatty())  # built-in, fetched or added
     spec = read_model_spec(model_dir)
-    if spec is not None:
-        ensure_model_source(model_dir)
     own = spec.build.resolved(model_dir) if spec and spec.build else BuildSection()
     precisions = args.precision.split(",") if args.precision else own.precisions
     own_batch = spec.batching.max_batch if spec and spec.batching else None
@@ -141,7 +151,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         calib_dir=args.calib or own.calib_dir,
         val_dir=args.val or own.val_dir,
         labels=args.labels or own.labels,
-        backend=args.backend or settings.backend,
+        backend=backend,
         max_batch=args.max_batch or own_batch or settings.max_batch,
         calibration_method=args.calib_method,
         force=args.force,

@@ -7,28 +7,24 @@ and validated there: an impossible combination fails start-up with the reason.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from engines.precision import Precision, RequestedPrecision
 from engines.runtime.backends import DEFAULT_BACKEND, BackendName
+from engines.sources.home import HomeSettings
 
 DEFAULT_MODEL = "yolov3-tiny-coco"
 
 
-class Settings(BaseSettings):
-    """Everything configurable about the service."""
+class Settings(HomeSettings):
+    """Everything configurable about the service (the home's folders come from HomeSettings)."""
 
     model_config = SettingsConfigDict(env_prefix="DETECT_", env_file=".env", extra="ignore")
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
 
-    # Model repository: committed metadata + fetched sources, and built engines (+ manifests).
-    models_dir: Path = Path("models")
-    engines_dir: Path = Path("engines_cache")
     models: list[str] = Field(default_factory=lambda: [DEFAULT_MODEL])
     default_model: str = DEFAULT_MODEL
     default_precision: RequestedPrecision = "auto"
@@ -45,9 +41,16 @@ class Settings(BaseSettings):
 
     # Request defaults (a model's model.yaml `defaults`, or its family's, come first: Ultralytics
     # models answer like `yolo predict`, iou 0.7).
-    default_conf: float = Field(0.25, ge=0.0, le=1.0)
-    default_iou: float = Field(0.45, ge=0.0, le=1.0)
-    default_max_det: int = Field(300, ge=1, le=10_000)
+    default_conf: float = Field(
+        0.25, ge=0.0, le=1.0, description="`conf` when neither the request nor the model sets it"
+    )
+    default_iou: float = Field(
+        0.45,
+        ge=0.0,
+        le=1.0,
+        description="`iou` likewise (a model.yaml `defaults` wins; Ultralytics models: 0.7)",
+    )
+    default_max_det: int = Field(300, ge=1, le=10_000, description="`max_det` likewise")
 
     # Batching (a model's model.yaml `batching` overrides these for that model).
     max_batch: int = Field(8, ge=1, le=256)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from engines.build.int8.quantize import CalibrationName, Int8Options
 from engines.build.makers import make_fp16, make_fp32
 from engines.build.report import Reporter
 from engines.build.servable import check_servable, float32_source
+from engines.build.staging import staging, sweep
 from engines.build.timing import batch_sizes, time_engine
 from engines.build.validation import EngineLoader, Reference, make_reference, measure
 from engines.errors import EngineError, ModelFormatError
@@ -173,6 +174,7 @@ def build_model(
     )
     out = engines_dir / info.name
     out.mkdir(parents=True, exist_ok=True)
+    sweep(out)
     host = current_host(config.backend, config.providers)
     float_source = float32_source(source, out)
     job = _Job(source, float_source, pipeline, out, val, calib, config, host, Reporter(progress))
@@ -239,7 +241,10 @@ def _build_todo(
             cache_key=keys[precision],
         )
         try:
-            record = _build_one(job, precision, ref, load, draft)
+            # Built aside and moved in only when finished; anything else leaves no files.
+            with staging(job.out) as stage:
+                record = _build_one(replace(job, out=stage.dir), precision, ref, load, draft)
+                stage.commit()
         except (EngineError, OSError, ValueError, RuntimeError) as exc:
             # Recorded, never accepted: the next build retries only with --force or new inputs.
             record = draft.reject(f"build failed: {exc}")

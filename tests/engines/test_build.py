@@ -20,10 +20,10 @@ from engines.build.int8.calibration import ImageSetError
 from engines.errors import ArtifactMismatchError, ModelFormatError
 from engines.precision import Precision
 from engines.runtime.backends import current_host
+from tests.conftest import DEFAULT_MODEL_DIR as MODEL_DIR
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[2]
-MODEL_DIR = REPO / "models" / "yolov3-tiny-coco"
 
 
 def manifest_of(engines_dir: Path) -> Manifest:

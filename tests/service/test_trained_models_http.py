@@ -3,7 +3,7 @@ built and served end to end: its detections equal Ultralytics' own predictor's.
 
 The reference files in tests/data/ultralytics_reference/ were written by `YOLO(model.onnx,
 task="detect").predict(photo, conf=0.25, iou=0.7)` with ultralytics 8.4.190 on the same ONNX
-file (sha256 pinned in models/yolov8n-coco/model.yaml) and the same photo bytes.
+file (sha256 pinned in engines/sources/catalogue/yolov8n-coco/model.yaml) and the same photo bytes.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 from engines.artifacts.manifest import Manifest
 from engines.build.builder import BuildConfig, build_model
 from engines.precision import Precision
-from tests.conftest import REPO, Server
+from tests.conftest import MODELS_DIR, REPO, Server
 
 pytestmark = pytest.mark.slow
 MODEL = "yolov8n-coco"
@@ -35,7 +35,7 @@ def _reference(photo: str) -> dict[str, Any]:
 def trained_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Manifest]:
     from engines.sources.repository import ensure_model_source
 
-    ensure_model_source(REPO / "models" / MODEL)
+    ensure_model_source(MODELS_DIR / MODEL)
     engines_dir = tmp_path_factory.mktemp("trained-engines")
     config = BuildConfig(
         precisions=(Precision.FP32, Precision.INT8),
@@ -44,7 +44,7 @@ def trained_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Manif
         max_fallbacks=0,  # the full search runs in `detect-serve build`; here, its first try
         timing=False,
     )
-    return engines_dir, build_model(REPO / "models" / MODEL, engines_dir, config, progress=False)
+    return engines_dir, build_model(MODELS_DIR / MODEL, engines_dir, config, progress=False)
 
 
 @pytest.fixture(scope="module")

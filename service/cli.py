@@ -59,9 +59,18 @@ def prepare(settings: Settings) -> None:
         ensure_model_source(settings.models_dir / name, progress=sys.stdout.isatty())
         if settings.prepare_precisions:
             from engines.build.builder import BuildConfig, build_model
+            from engines.precision import Precision
+            from engines.sources.repository import read_model_spec
 
+            # The model's own model.yaml `build` section wins over the global list.
+            spec = read_model_spec(settings.models_dir / name)
+            own = spec.build.resolved(settings.models_dir / name) if spec and spec.build else None
+            precisions = (own.precisions if own else None) or settings.prepare_precisions
             config = BuildConfig(
-                precisions=tuple(settings.prepare_precisions),
+                precisions=tuple(Precision(p) for p in precisions),
+                calib_dir=own.calib_dir if own else None,
+                val_dir=own.val_dir if own else None,
+                labels=own.labels if own else None,
                 backend=settings.backend,
                 max_batch=settings.max_batch,
                 providers=tuple(settings.ort_providers),

@@ -41,7 +41,20 @@ class Settings(HomeSettings):
     ort_providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
     intra_op_threads: int = Field(0, ge=0, description="0 = ONNX Runtime's default")
 
-    # Batching.
+    # Request defaults (a model's model.yaml `defaults`, or its family's, come first: Ultralytics
+    # models answer like `yolo predict`, iou 0.7).
+    default_conf: float = Field(
+        0.25, ge=0.0, le=1.0, description="`conf` when neither the request nor the model sets it"
+    )
+    default_iou: float = Field(
+        0.45,
+        ge=0.0,
+        le=1.0,
+        description="`iou` likewise (a model.yaml `defaults` wins; Ultralytics models: 0.7)",
+    )
+    default_max_det: int = Field(300, ge=1, le=10_000, description="`max_det` likewise")
+
+    # Batching (a model's model.yaml `batching` overrides these for that model).
     max_batch: int = Field(8, ge=1, le=256)
     max_wait_ms: float = Field(4.0, ge=0.0, le=10_000.0)
     max_queue: int = Field(64, ge=1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from engines.artifacts.record import VariantRecord
 from engines.artifacts.variants import ServableVariant, discover_variants
@@ -20,9 +20,11 @@ from engines.model.pipeline import ModelPipeline, load_model_pipeline
 from engines.precision import Precision
 from engines.runtime.backends import open_engine
 from engines.runtime.base import Engine, EngineOptions
+from engines.sources.repository import model_fallback
 from service import speed
 from service.config import Settings
 from service.metrics import Metrics
+from service.model_serving import ModelServing, model_serving
 from service.scheduler import BatchingConfig, BatchScheduler, DeviceLoad
 from service.selection import PrecisionSelector
 from service.speed import LiveSpeed
@@ -69,6 +71,7 @@ class ServedModel:
     selector: PrecisionSelector
     variants: dict[Precision, ServedVariant]
     unavailable: dict[Precision, str] = field(default_factory=dict)  # why a precision is not served
+    config: ModelServing | None = None  # effective per-model defaults and batching
 
     @property
     def info(self) -> ModelInfo:
@@ -136,13 +139,19 @@ class ModelRegistry:
         found = discover_variants(
             s.models_dir, s.engines_dir, name, s.backend, tuple(s.ort_providers)
         )
-        pipeline = load_model_pipeline(found.source, name, max_pixels=s.max_pixels)
+        pipeline = load_model_pipeline(
+            found.source,
+            name,
+            max_pixels=s.max_pixels,
+            fallback=model_fallback(s.models_dir / name),
+        )
+        serving = model_serving(s, name, pipeline.info)
         unavailable = dict(found.refused)
         variants: dict[Precision, ServedVariant] = {}
         for servable in found.servable:
             precision = servable.record.precision
             try:
-                variants[precision] = self._load_variant(name, servable)
+                variants[precision] = self._load_variant(name, servable, pipeline.info, serving)
             except EngineError as exc:
                 unavailable[precision] = f"failed to load: {exc}"
                 log.error("%s/%s not served: %s", name, precision, exc)
@@ -160,13 +169,18 @@ class ModelRegistry:
             observer = variant.scheduler.observer
             if isinstance(observer, _VariantObserver):
                 observer.selector = selector
-        return ServedModel(name, pipeline, selector, variants, unavailable)
+        return ServedModel(name, pipeline, selector, variants, unavailable, serving)
 
-    def _load_variant(self, name: str, servable: ServableVariant) -> ServedVariant:
+    def _load_variant(
+        self, name: str, servable: ServableVariant, info: ModelInfo, serving: ModelServing
+    ) -> ServedVariant:
         s = self._settings
         record = servable.record
         precision = record.precision
-        engine = engine_factory()(servable, engine_options(s))
+        options = replace(
+            engine_options(s), max_batch=serving.batching.max_batch, input_size=info.input_size
+        )
+        engine = engine_factory()(servable, options)
         engine.warmup()
         live = speed.first_guess(record)
         if s.warmup_timing_runs:
@@ -177,8 +191,8 @@ class ModelRegistry:
         scheduler = BatchScheduler(
             engine.infer,
             BatchingConfig(
-                max_batch=min(s.max_batch, engine.max_batch),
-                max_wait_s=s.max_wait_ms / 1000,
+                max_batch=min(serving.batching.max_batch, engine.max_batch),
+                max_wait_s=serving.batching.max_wait_ms / 1000,
                 max_queue=s.max_queue,
                 concurrency=s.concurrent_batches,
                 # This host's warm-up figure when there is one, not the build machine's.

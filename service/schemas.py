@@ -81,6 +81,21 @@ class VariantInfo(BaseModel):
     )
 
 
+class ModelDefaults(BaseModel):
+    conf: float
+    iou: float
+    max_det: int
+    source: str = Field(
+        description="where the values come from: model.yaml, ultralytics (yolo predict's), "
+        "settings (DETECT_DEFAULT_*), '+'-joined when mixed"
+    )
+
+
+class ModelBatching(BaseModel):
+    max_batch: int = Field(description="the model's max batch (never above its own static batch)")
+    max_wait_ms: float
+
+
 class ModelEntry(BaseModel):
     name: str
     input_size: list[int]
@@ -94,6 +109,8 @@ class ModelEntry(BaseModel):
     unavailable: dict[str, str] = Field(
         default_factory=dict, description="precision -> why not served"
     )
+    defaults: ModelDefaults | None = Field(None, description="effective request defaults")
+    batching: ModelBatching | None = Field(None, description="effective batching")
 
 
 class ModelsResponse(BaseModel):

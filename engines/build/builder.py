@@ -9,6 +9,7 @@ tool versions, device): same key and intact artifact -> no work.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,6 +23,7 @@ from engines.build.int8.maker import Int8Search, make_int8
 from engines.build.int8.quantize import CalibrationName, Int8Options
 from engines.build.makers import make_fp16, make_fp32
 from engines.build.report import Reporter
+from engines.build.servable import check_servable, float32_source
 from engines.build.staging import staging, sweep
 from engines.build.timing import batch_sizes, time_engine
 from engines.build.validation import EngineLoader, Reference, make_reference, measure
@@ -38,7 +40,7 @@ from engines.runtime.backends import (
 from engines.runtime.base import Engine, EngineOptions
 from engines.runtime.host import HostInfo
 from engines.sources.registry import sha256_file
-from engines.sources.repository import SOURCE_ONNX
+from engines.sources.repository import SOURCE_ONNX, model_fallback
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,7 @@ class BuildConfig:
     force: bool = False
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     timing: bool = True
+    input_size: tuple[int, int] | None = None  # (height, width): overrides model.yaml/metadata
 
     def __post_init__(self) -> None:
         if not self.precisions:
@@ -82,6 +85,8 @@ class BuildConfig:
         check_backend_name(self.backend)
         if self.labels is not None and self.val_dir is None:
             raise ValueError("labels need val_dir: the labelled images themselves")
+        if self.input_size is not None and min(self.input_size) < 1:
+            raise ValueError(f"input_size must be positive, got {self.input_size}")
 
     def int8_options(self) -> Int8Options:
         """The backend's INT8 recipe with this build's method; whole-graph mode quantizes
@@ -117,6 +122,7 @@ class _Job:
     """Everything one build run shares across its variants."""
 
     source: Path
+    float_source: Path  # the source, or its exact float32 upcast for a float16 model
     pipeline: ModelPipeline
     out: Path
     val: ImageSet
@@ -126,17 +132,22 @@ class _Job:
     report: Reporter
 
 
-def _load_model(model_dir: Path) -> tuple[Path, ModelPipeline]:
+def _load_model(model_dir: Path, input_size: tuple[int, int] | None) -> tuple[Path, ModelPipeline]:
     source = model_dir / SOURCE_ONNX
     if not source.is_file():
         raise ModelFormatError(f"{source} does not exist; fetch or add the model first")
-    return source, load_model_pipeline(source, model_dir.name)
+    pipeline = load_model_pipeline(
+        source, model_dir.name, fallback=model_fallback(model_dir), input_size=input_size
+    )
+    check_servable(pipeline.info)
+    return source, pipeline
 
 
 def _keys(job: _Job, source_sha: str) -> dict[Precision, str]:
     keys = {}
     for precision in job.config.precisions:
-        inputs = {"source": source_sha, "val": job.val.content_hash}
+        inputs: dict[str, object] = {"source": source_sha, "val": job.val.content_hash}
+        inputs["input_size"] = list(job.pipeline.info.input_size)
         inputs |= job.config.variant_inputs(precision)
         if precision is Precision.INT8 and job.calib is not None:
             inputs["calib"] = job.calib.content_hash
@@ -153,7 +164,7 @@ def build_model(
     ``ModelFormatError`` for a file that is not a detection ONNX and ``ImageSetError`` for an
     unusable image folder, before anything is recorded.
     """
-    source, pipeline = _load_model(model_dir)
+    source, pipeline = _load_model(model_dir, config.input_size)
     info = pipeline.info
     val, calib = image_sets(
         config.val_dir or config.validation_images,
@@ -165,7 +176,8 @@ def build_model(
     out.mkdir(parents=True, exist_ok=True)
     sweep(out)
     host = current_host(config.backend, config.providers)
-    job = _Job(source, pipeline, out, val, calib, config, host, Reporter(progress))
+    float_source = float32_source(source, out)
+    job = _Job(source, float_source, pipeline, out, val, calib, config, host, Reporter(progress))
     source_sha = sha256_file(source)
     previous = Manifest.load(out)
     manifest = Manifest(
@@ -191,8 +203,14 @@ def build_model(
     return manifest
 
 
-def _loader(config: BuildConfig) -> EngineLoader:
-    options = EngineOptions(max_batch=config.max_batch, providers=config.providers)
+def _options(config: BuildConfig, input_size: tuple[int, int]) -> EngineOptions:
+    return EngineOptions(
+        max_batch=config.max_batch, providers=config.providers, input_size=input_size
+    )
+
+
+def _loader(config: BuildConfig, input_size: tuple[int, int]) -> EngineLoader:
+    options = _options(config, input_size)
 
     def load(path: Path, precision: Precision) -> Engine:
         return ONNX_BACKEND.open(path, precision, options)
@@ -202,13 +220,15 @@ def _loader(config: BuildConfig) -> EngineLoader:
 
 def _reference(job: _Job, load: EngineLoader) -> Reference:
     with job.report.bar("reference fp32 on validation", len(job.val)) as tick:
-        return make_reference(job.source, job.pipeline, job.val, load, job.config.labels, tick=tick)
+        return make_reference(
+            job.float_source, job.pipeline, job.val, load, job.config.labels, tick=tick
+        )
 
 
 def _build_todo(
     job: _Job, todo: list[Precision], keys: dict[Precision, str], manifest: Manifest
 ) -> None:
-    load = _loader(job.config)
+    load = _loader(job.config, job.pipeline.info.input_size)
     ref = _reference(job, load)
     for precision in todo:
         started = time.perf_counter()
@@ -241,15 +261,23 @@ def _make(
     job: _Job, precision: Precision, ref: Reference, load: EngineLoader, draft: VariantRecord
 ) -> VariantRecord:
     if precision is Precision.FP32:
-        return make_fp32(job.source, job.out, draft)
+        return make_fp32(job.float_source, job.out, draft)
     if precision is Precision.FP16:
+        if job.float_source != job.source:  # a half export: its own file is the FP16 variant
+            shutil.copyfile(job.source, job.out / "fp16.onnx")
+            return draft.model_copy(update={"artifact": "fp16.onnx"})
         return make_fp16(job.source, job.out, draft)
     assert job.calib is not None  # image_sets loads it whenever INT8 is requested
     options = job.config.int8_options()
-    ranges = job.out / f"calibration-{options.ranges_key}-{job.calib.content_hash[:12]}.json"
     info = job.pipeline.info
     size, pad = info.input_size, info.pad_value
-    calibration = CalibrationSet(job.calib, info.input_name, size, pad, ranges)
+    key = f"{options.ranges_key}-{size[0]}x{size[1]}-{job.calib.content_hash[:12]}"
+    ranges = job.out / f"calibration-{key}.json"
+    # A static-batch model takes exactly its own batch in every feed.
+    static_batch = info.inputs[0].shape[0] or 1
+    calibration = CalibrationSet(
+        job.calib, info.input_name, size, pad, ranges, batch=static_batch, resize=info.resize
+    )
     budget = job.config.budgets.of(precision)
     search = Int8Search(
         calibration, options, budget, job.config.mixed_precision, job.config.max_fallbacks
@@ -259,7 +287,7 @@ def _make(
     )
     with job.report.bar("int8 calibration", len(calibration)) as tick:
         calibration.on_feed = tick
-        made = make_int8(job.source, job.out, ref, search, load, job.report.say, draft)
+        made = make_int8(job.float_source, job.out, ref, search, load, job.report.say, draft)
     return made.model_copy(
         update={
             "calibration": Calibration(
@@ -282,8 +310,7 @@ def _build_one(
     record = _make(job, precision, ref, load, draft)
     assert record.artifact is not None  # every maker writes its graph
     artifact = backend.compile(job.out / record.artifact, job.out, config.max_batch)
-    options = EngineOptions(max_batch=config.max_batch, providers=config.providers)
-    engine = backend.open(artifact, precision, options)
+    engine = backend.open(artifact, precision, _options(config, job.pipeline.info.input_size))
     try:
         accuracy = record.accuracy
         if accuracy is None or backend.revalidate_compiled:
@@ -291,9 +318,11 @@ def _build_one(
                 accuracy = measure(engine, ref, budget, tick)
         timings = None
         if config.timing:
-            sizes = batch_sizes(config.max_batch)
+            sizes = batch_sizes(min(config.max_batch, engine.max_batch))
+            size = job.pipeline.info.input_size
             with job.report.bar(f"{precision.value} timing", len(sizes)) as tick:
-                timings = Timings(latency_ms=time_engine(engine, sizes, on_size=tick))
+                latency = time_engine(engine, sizes, input_size=size, on_size=tick)
+                timings = Timings(latency_ms=latency)
     finally:
         engine.close()
     record = record.model_copy(

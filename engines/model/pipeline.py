@@ -64,7 +64,10 @@ class ModelPipeline:
 
     def prepare_array(self, image: np.ndarray) -> PreparedImage:
         """A decoded HxWx3 uint8 RGB image -> prepared image."""
-        tensor, transform = letterbox(image, self.info.input_size, pad_value=self.info.pad_value)
+        info = self.info
+        tensor, transform = letterbox(
+            image, info.input_size, pad_value=info.pad_value, resize=info.resize
+        )
         return PreparedImage(tensor, transform, width=image.shape[1], height=image.shape[0])
 
     def finish(
@@ -128,12 +131,19 @@ class ModelPipeline:
 
 
 def load_model_pipeline(
-    onnx_path: Path, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS
+    onnx_path: Path,
+    name: str,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    fallback: Mapping[str, object] | None = None,
+    input_size: tuple[int, int] | None = None,
 ) -> ModelPipeline:
     """Read a model's description and pick its output layout, once per model.
 
-    Raises ``ModelFormatError`` for a file that is not a usable detection ONNX.
+    ``fallback`` holds its model.yaml facts, ``input_size`` an explicit size (see
+    ``read_model_info``). Raises ``ModelFormatError`` for a file that is not a usable detection
+    ONNX.
     """
-    info = read_model_info(onnx_path, name)
+    info = read_model_info(onnx_path, name, fallback, input_size)
     layout = detect_layout(info.outputs, info.num_classes, info.layout)
     return ModelPipeline(info, layout, max_pixels)

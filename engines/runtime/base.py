@@ -100,6 +100,8 @@ class EngineOptions:
     max_batch: int = 8
     providers: tuple[str, ...] = ("CPUExecutionProvider",)  # ONNX Runtime execution providers
     intra_op_threads: int = 0  # 0 = the runtime's default
+    # (height, width) for warm-up batches of a model whose input height/width are symbolic
+    input_size: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -137,3 +139,19 @@ class Backend(Protocol):
 
     def device(self, providers: tuple[str, ...]) -> str:
         """The device an artifact is tied to on this host (part of every build's cache key)."""
+
+
+def input_shape(
+    info: TensorInfo, batch: int, input_size: tuple[int, int] | None
+) -> tuple[int, int, int, int]:
+    """A concrete NCHW shape for ``info``: ``batch`` images of ``input_size`` (height, width).
+
+    Symbolic spatial dims take ``input_size``: feeding 1 instead makes a YOLO graph fail in
+    its first Concat of upsampled and strided feature maps, and times the wrong work anyway.
+    """
+    _, c, h, w = info.shape
+    if h is None or w is None:
+        if input_size is None:
+            raise ValueError(f"input {info.name!r} {info.shape} has symbolic height/width")
+        h, w = h or input_size[0], w or input_size[1]
+    return batch, c or 3, h, w

@@ -28,6 +28,7 @@ from service.scheduler import DecodeBudget, ItemResult
 from service.schemas import Detection, DetectResponse, ImageResult, Timing, error_responses
 
 router = APIRouter(tags=["detection"], dependencies=[AuthDep])
+_DEFAULT_NOTE = "Default: the model's (GET /models `defaults`; Ultralytics models: as yolo predict)"
 
 IMAGE_TYPES = ("image/", "application/octet-stream")
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
@@ -249,9 +250,15 @@ async def detect(
         RequestedPrecision | None,
         Query(description="Variant to run; default: the server's (auto)"),
     ] = None,
-    conf: Annotated[float, Query(ge=0.0, le=1.0, allow_inf_nan=False)] = 0.25,
-    iou: Annotated[float, Query(ge=0.0, le=1.0, allow_inf_nan=False)] = 0.45,
-    max_det: Annotated[int, Query(ge=1, le=10_000)] = 300,
+    conf: Annotated[
+        float | None,
+        Query(ge=0.0, le=1.0, allow_inf_nan=False, description=_DEFAULT_NOTE),
+    ] = None,
+    iou: Annotated[
+        float | None,
+        Query(ge=0.0, le=1.0, allow_inf_nan=False, description=_DEFAULT_NOTE),
+    ] = None,
+    max_det: Annotated[int | None, Query(ge=1, le=10_000, description=_DEFAULT_NOTE)] = None,
     classes: Annotated[
         str | None, Query(max_length=2048, description="Class ids or names, comma separated")
     ] = None,
@@ -265,6 +272,11 @@ async def detect(
     client_budget_ms = deadline_ms or x_deadline_ms
     budget_ms = client_budget_ms or settings.default_deadline_ms
     deadline = time.monotonic() + budget_ms / 1000
+    defaults = model.config.defaults if model.config else None
+    conf = conf if conf is not None else (defaults.conf if defaults else settings.default_conf)
+    iou = iou if iou is not None else (defaults.iou if defaults else settings.default_iou)
+    if max_det is None:
+        max_det = defaults.max_det if defaults else settings.default_max_det
     if max_det > settings.max_detections:
         raise BadRequest(f"max_det {max_det} exceeds the server limit {settings.max_detections}")
     try:

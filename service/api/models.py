@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from fastapi import APIRouter
 
 from engines.precision import Precision
 from service.audit import PrecisionAudit
 from service.deps import AuditDep, AuthDep, RegistryDep, SettingsDep
 from service.registry import ServedModel, ServedVariant
-from service.schemas import LiveAgreementInfo, ModelEntry, ModelsResponse, VariantInfo
+from service.schemas import (
+    LiveAgreementInfo,
+    ModelBatching,
+    ModelDefaults,
+    ModelEntry,
+    ModelsResponse,
+    VariantInfo,
+)
 
 router = APIRouter(tags=["models"], dependencies=[AuthDep])
 
@@ -34,6 +43,8 @@ def model_entry(model: ServedModel, audit: PrecisionAudit) -> ModelEntry:
         auto_under_pressure=model.selector.under_pressure,
         variants=[variant_info(v, _live(audit, model, p)) for p, v in model.variants.items()],
         unavailable={p.value: why for p, why in model.unavailable.items()},
+        defaults=ModelDefaults(**asdict(model.config.defaults)) if model.config else None,
+        batching=ModelBatching(**asdict(model.config.batching)) if model.config else None,
     )
 
 

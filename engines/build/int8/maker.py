@@ -120,7 +120,12 @@ def make_int8(
     target = out_dir / "int8.onnx"
     accuracy = quantizer.accuracy(target, [k.node for k in kept], ref)
     say(f"int8: {len(kept)} nodes kept float, agreement {accuracy.map50_95_agreement:.4f}")
-    if accuracy.map50_95_agreement >= search.budget or not search.mixed_precision:
+    # No fallbacks allowed: probing sensitivities would only cost time.
+    if (
+        accuracy.map50_95_agreement >= search.budget
+        or not search.mixed_precision
+        or search.max_fallbacks < 1
+    ):
         return _made(draft, target, accuracy, kept)
     convs = compute_nodes(model)
     say(f"int8: below budget {search.budget}; probing {len(convs)} convolutions one at a time")

@@ -18,7 +18,6 @@ from service.api.kserve_codec import (
 )
 from service.errors import BadRequest, InferenceFailed
 
-
 X = {"name": "x", "datatype": "FP32", "shape": [1], "data": [0.0]}
 
 

@@ -60,8 +60,9 @@ class ServedVariant:
     record: VariantRecord
     engine: Engine
     scheduler: BatchScheduler
-    speed: LiveSpeed  # engine time per batch size on this host, kept current by every batch
     ready: bool = False
+    # Engine time per batch size on this host, kept current by every batch (what `auto` ranks).
+    speed: LiveSpeed = field(default_factory=LiveSpeed)
 
 
 @dataclass
@@ -210,7 +211,7 @@ class ModelRegistry:
             1
         )
         log.info("loaded %s/%s on %s (%s)", name, precision, engine.device, engine.backend)
-        return ServedVariant(record, engine, scheduler, live)
+        return ServedVariant(record, engine, scheduler, speed=live)
 
     def _on_fatal(self, model: str, precision: Precision, exc: BaseException) -> None:
         served = self.models.get(model)

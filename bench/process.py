@@ -47,6 +47,8 @@ class ServerProcess:
             **os.environ,
             "DETECT_HOST": "127.0.0.1",
             "DETECT_PORT": str(port),
+            # Servers run side by side (tests, benchmarks): never all on the default 8001.
+            "DETECT_GRPC_PORT": str(free_port()),
             **(env or {}),
         }
         workdir.mkdir(parents=True, exist_ok=True)

@@ -16,13 +16,15 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
-from service.api import detect, health, kserve, models
+from service.api import detect, health, kserve, kserve_image, kserve_stats, models
 from service.config import Settings
 from service.errors import install_error_handlers
 from service.limits import BodyLimitMiddleware
 from service.metrics import Metrics
 from service.registry import ModelRegistry
+from service.request_id import RequestIdMiddleware
 from service.schemas import COMMON_ERRORS
+from service.version import VERSION
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(registry.load)
         registry.start()
+        grpc_server = await _start_grpc(registry, settings, metrics)
         ok, reasons = registry.readiness()
         if ok:
             log.info("ready: %s", ", ".join(settings.models))
@@ -52,6 +55,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            if grpc_server is not None:
+                # Refuse new calls, let accepted ones finish within the grace period.
+                await grpc_server.stop(settings.shutdown_grace_s)
             await registry.close(settings.shutdown_grace_s)
             log.info("drained: every accepted request was answered")
 
@@ -59,14 +65,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="detect-serve",
         summary="Detection serving with proven FP32/FP16/INT8 engines",
         description=DESCRIPTION,
-        version="0.1.0",
+        version=VERSION,
         lifespan=lifespan,
     )
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.registry = registry
     install_error_handlers(app)
-    for module in (detect, models, health, kserve):
+    # The image model and statistics routes come before the generic /v2/models/{name} ones.
+    for module in (detect, models, health, kserve_image, kserve_stats, kserve):
         app.include_router(module.router, responses=COMMON_ERRORS)
     _use_error_shape_in_openapi(app)
     if settings.cors_origins:
@@ -74,10 +81,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Deadline-Ms"],
+            allow_headers=[
+                "Authorization",
+                "X-API-Key",
+                "Content-Type",
+                "X-Deadline-Ms",
+                "X-Request-ID",
+            ],
+            expose_headers=["X-Request-ID", "X-Precision", "X-Backend", "Deprecation"],
         )
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    # Outermost, so even a 413 from the body limit carries (and logs) the request ID.
+    app.add_middleware(RequestIdMiddleware, log_requests=settings.log_requests)
     return app
+
+
+async def _start_grpc(registry: ModelRegistry, settings: Settings, metrics: Metrics) -> Any:
+    """The KServe v2 gRPC endpoint on the same event loop (None when ``grpc_port`` is 0)."""
+    if settings.grpc_port == 0:
+        return None
+    from service.grpc_v2.server import start_grpc_server
+
+    return await start_grpc_server(registry, settings, metrics)
 
 
 def _use_error_shape_in_openapi(app: FastAPI) -> None:

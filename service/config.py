@@ -24,6 +24,8 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    # KServe v2 gRPC endpoint, served by the same process; 0 turns it off.
+    grpc_port: int = Field(8001, ge=0, le=65535)
 
     # Model repository: committed metadata + fetched sources, and built engines (+ manifests).
     models_dir: Path = Path("models")
@@ -65,6 +67,20 @@ class Settings(BaseSettings):
     protect_metrics: bool = False
     cors_origins: list[str] = Field(default_factory=list)
 
+    # Logs: "json" writes one JSON object per line; every line carries the request ID.
+    log_format: Literal["text", "json"] = "text"
+    # One access line per HTTP request (method, path, status, duration, request ID).
+    log_requests: bool = True
+
+    # /detect JSON bodies may name image URLs: off unless hosts are listed here (exact host
+    # names, or "*.example.com"). Fetches have their own size and time limits and never follow
+    # a redirect; a host that resolves to a private or loopback address is refused unless it
+    # is listed in url_allow_private_hosts.
+    url_fetch_hosts: list[str] = Field(default_factory=list)
+    url_allow_private_hosts: list[str] = Field(default_factory=list)
+    url_fetch_max_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    url_fetch_timeout_s: float = Field(5.0, gt=0.0, le=120.0)
+
     shutdown_grace_s: float = Field(25.0, ge=0.0)
 
     @model_validator(mode="after")
@@ -75,6 +91,8 @@ class Settings(BaseSettings):
             )
         if len(set(self.models)) != len(self.models):
             raise ValueError(f"models lists a name twice: {self.models}")
+        if self.grpc_port and self.grpc_port == self.port:
+            raise ValueError(f"grpc_port and port are both {self.port}")
         if self.max_queue < self.max_batch:
             raise ValueError(
                 f"max_queue ({self.max_queue}) must be >= max_batch ({self.max_batch})"

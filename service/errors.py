@@ -197,3 +197,23 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)
         return _json(request, to_service_error(exc))
+
+
+# gRPC status code names (``grpc.StatusCode`` members) for each HTTP status the service sends,
+# as Triton's gRPC endpoint reports the same conditions. Used by ``service.grpc_v2.server``.
+GRPC_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    404: "NOT_FOUND",
+    413: "RESOURCE_EXHAUSTED",
+    415: "INVALID_ARGUMENT",
+    422: "INVALID_ARGUMENT",
+    499: "CANCELLED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+def grpc_status_name(err: ServiceError) -> str:
+    """The gRPC status code name for ``err`` (``INTERNAL`` for anything unlisted)."""
+    return GRPC_STATUS.get(err.status, "INTERNAL")

@@ -127,7 +127,7 @@ class DetectRoute(Route[DetectResponse]):
 
     def __init__(
         self,
-        request: Request,
+        request: Request | None,
         model: ServedModel,
         options: DetectOptions,
         max_images: int,
@@ -144,6 +144,8 @@ class DetectRoute(Route[DetectResponse]):
         self._outcomes: dict[int, ImageOutcome] = {}
 
     async def read(self, variant: ServedVariant) -> int:
+        if self._request is None:  # subclasses that receive images another way override read
+            raise TypeError("DetectRoute without a request has nothing to read")
         self._blobs = await read_images(self._request, self._max_images)
         return len(self._blobs)
 

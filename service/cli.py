@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 from service import extras
 from service.config import Settings
+from service.logs import configure_logging
 
 log = logging.getLogger("detect-serve")
 Command = Callable[[argparse.Namespace], int]
@@ -40,6 +41,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from service.app import create_app
 
     settings = _settings(args)
+    configure_logging(args.log_level, settings.log_format)
     if args.prepare:
         extras.require("detect-serve serve --prepare", "build")
         prepare(settings)
@@ -52,6 +54,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server_header=False,  # no version banner
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
         access_log=args.access_log,
+        log_config=None,  # uvicorn's records go through configure_logging's handler
     )
     return 0
 
@@ -128,9 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     _add_optional_commands(sub)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.log_level)
     func: Command = args.func
     command = f"detect-serve {args.command}"
     try:

@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from engines.errors import ImageDecodeError, ImageTooLargeError, InferenceError
+from service.request_id import current as request_id
 from service.scheduler.errors import (
     DeadlineUnmeetable,
     QueueFull,
@@ -111,7 +112,8 @@ class InferenceFailed(ServiceError):
 
 
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
-    error: dict[str, Any] = {"code": code, "message": message}
+    # The request ID lets a client's bug report be matched to the server's log lines.
+    error: dict[str, Any] = {"code": code, "message": message, "request_id": request_id.get()}
     if details is not None:
         error["details"] = details
     return {"error": error}

@@ -15,6 +15,7 @@ from starlette.formparsers import MultiPartException
 
 from engines.model.pipeline import DetectOptions, PreparedImage
 from engines.model.postprocess import Detections
+from service.api import detect_json
 from service.deps import AuthDep, MetricsDep, ModelDep, SettingsDep
 from service.errors import BadRequest, UnsupportedMediaType
 from service.flow import Route, serve
@@ -30,8 +31,10 @@ _BINARY = {"schema": {"type": "string", "format": "binary"}}
 REQUEST_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "description": "One or more images as multipart field(s) `image`, or one image as the "
-        "raw body with an image content type.",
+        "description": "One or more images as multipart field(s) `image`, one image as the "
+        "raw body with an image content type, or JSON "
+        '`{"images": [{"base64": "..."}, {"url": "https://..."}]}` '
+        "(URLs only for hosts the server allowlists).",
         "content": {
             "multipart/form-data": {
                 "schema": {
@@ -46,6 +49,24 @@ REQUEST_BODY: dict[str, Any] = {
             "image/png": _BINARY,
             "image/webp": _BINARY,
             "application/octet-stream": _BINARY,
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["images"],
+                    "properties": {
+                        "images": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "base64": {"type": "string"},
+                                    "url": {"type": "string"},
+                                },
+                            },
+                        }
+                    },
+                }
+            },
         },
     }
 }
@@ -81,10 +102,14 @@ async def read_images(request: Request, max_images: int) -> list[bytes]:
         blobs = [await u.read() for u in uploads]
     elif content_type.startswith(IMAGE_TYPES):
         blobs = [await request.body()]
+    elif content_type.startswith("application/json"):
+        settings = request.app.state.settings
+        blobs = await detect_json.read_json_images(request, settings, max_images)
     else:
         raise UnsupportedMediaType(
             f"content type {content_type[:64]!r} is not supported: send multipart/form-data "
-            "with field 'image', or the image bytes with an image/* content type"
+            "with field 'image', the image bytes with an image/* content type, or JSON "
+            '{"images": [{"base64": ...} or {"url": ...}]}'
         )
     for i, blob in enumerate(blobs):
         if not blob:
@@ -173,6 +198,11 @@ class DetectRoute(Route[DetectResponse]):
         }
         self._outcomes[index] = ImageOutcome(image, detections, timing, result.batch_size)
 
+    @property
+    def blobs(self) -> list[bytes]:
+        """The encoded images, in request order (for the annotated reply)."""
+        return self._blobs
+
     def respond(self, variant: ServedVariant) -> DetectResponse:
         total_ms = round((time.perf_counter() - self._started) * 1000, 2)
         outcomes = [self._outcomes[i] for i in range(len(self._blobs))]
@@ -224,7 +254,17 @@ async def detect(
         Query(ge=1, le=600_000, allow_inf_nan=False, description="Time budget in ms"),
     ] = None,
     x_deadline_ms: Annotated[float | None, Header(gt=0, le=600_000, allow_inf_nan=False)] = None,
-) -> DetectResponse:
+    format: Annotated[
+        detect_json.ReplyFormat,
+        Query(description="json, or image (= jpeg) / png: the photo with the boxes drawn"),
+    ] = "json",
+    v: Annotated[
+        int | None,
+        Query(
+            ge=1, le=2, description="2: always a `results` list (v1, the default, is deprecated)"
+        ),
+    ] = None,
+) -> Response:
     """Run the model on the uploaded image(s); boxes are in original-image pixels."""
     budget_ms = deadline_ms or x_deadline_ms or settings.default_deadline_ms
     deadline = time.monotonic() + budget_ms / 1000
@@ -238,6 +278,7 @@ async def detect(
     route = DetectRoute(request, model, options, settings.max_images_per_request, metrics)
     requested = precision or settings.default_precision
     body = await serve(model, requested, route, deadline=deadline, metrics=metrics, request=request)
-    response.headers["X-Precision"] = body.precision
-    response.headers["X-Backend"] = body.backend
-    return body
+    headers = {"X-Precision": body.precision, "X-Backend": body.backend}
+    return await detect_json.reply(
+        request, body, route.blobs, fmt=format, version=v, settings=settings, headers=headers
+    )

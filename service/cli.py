@@ -162,8 +162,10 @@ def _add_optional_commands(sub: argparse._SubParsersAction[argparse.ArgumentPars
     run: every ``--help`` works on a plain install, and running says which extra is missing."""
     from bench.cli import add_bench_command
     from service.cli_build import add_build_command
+    from service.cli_predict import add_predict_command
 
     add_build_command(sub)
+    add_predict_command(sub)
     add_bench_command(sub)
 
 

@@ -229,7 +229,7 @@ class DetectRoute(Route[DetectResponse]):
     "/detect",
     response_model=DetectResponse,
     response_model_exclude_none=True,
-    responses=ERRORS,
+    responses={**ERRORS, 200: detect_json.OTHER_REPLIES},
     openapi_extra=REQUEST_BODY,
     summary="Detect objects in one or more images",
 )

@@ -31,6 +31,26 @@ from service.url_fetch import fetch_image
 
 V2_MEDIA_TYPE = "application/vnd.detect-serve.v2+json"
 ReplyFormat = Literal["json", "image", "jpeg", "png"]
+_PHOTO = {"schema": {"type": "string", "format": "binary"}}
+# The 200 replies besides the (deprecated) default JSON, for the OpenAPI document.
+OTHER_REPLIES: dict[str, Any] = {
+    "description": "Detections (JSON; `v=2`: always a `results` list), or with `format=image|png`"
+    " the photo with its boxes drawn",
+    "content": {
+        V2_MEDIA_TYPE: {
+            "schema": {
+                "type": "object",
+                "required": ["api_version", "results"],
+                "properties": {
+                    "api_version": {"type": "integer", "enum": [2]},
+                    "results": {"type": "array", "items": {"type": "object"}},
+                },
+            }
+        },
+        "image/jpeg": _PHOTO,
+        "image/png": _PHOTO,
+    },
+}
 
 
 class DetectResponseV2(DetectResponse):

@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api import detect, health, kserve, kserve_image, kserve_stats, models
 from service.config import Settings
+from service.docs_offline import install_offline_docs
 from service.errors import install_error_handlers
 from service.limits import BodyLimitMiddleware
 from service.metrics import Metrics
@@ -67,7 +68,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         version=VERSION,
         lifespan=lifespan,
+        docs_url=None,  # served from the package instead of a CDN (service.docs_offline)
+        redoc_url=None,
     )
+    install_offline_docs(app)
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.registry = registry

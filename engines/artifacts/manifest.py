@@ -1,85 +1,94 @@
 """The build manifest: what was built, from what, how accurate, how fast (one per model).
 
 Stored as ``{engines_dir}/{model}/manifest.json`` beside the artifacts it describes (a validated
-sidecar, never a header inside an engine file).
+sidecar, never a header inside an engine file). One ``VariantRecord`` per variant.
+
+Schema history: 1 kept ``status`` as ``"rejected: <why>"`` and timings as top-level
+``latency_ms``/``images_per_s``; 2 has ``status`` + ``reason`` and ``timings``. Version 1 files are
+read (upgraded in memory); a newer version than this code knows is refused with the reason.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
+from engines.artifacts.record import VariantRecord
+from engines.errors import ArtifactMismatchError
 from engines.precision import Precision
 
 MANIFEST = "manifest.json"
-SCHEMA_VERSION: Literal[1] = 1
+SCHEMA_VERSION: Literal[2] = 2
 
 
-class Calibration(BaseModel):
-    method: str
-    image_count: int
-    content_hash: str
-    source: str
+def manifest_path(engines_dir: Path, model: str) -> Path:
+    """Where the build of ``model`` records itself (its artifacts lie beside it)."""
+    return engines_dir / model / MANIFEST
 
 
-class KeptFloat(BaseModel):
-    node: str
-    reason: str
-
-
-class Accuracy(BaseModel):
-    map50_95_agreement: float = Field(description="mAP50-95 vs FP32 detections as ground truth")
-    map50_agreement: float
-    budget: float
-    reference_boxes: int
-    validation_images: int
-    validation_hash: str
-    labelled_map50_95: float | None = None
-
-
-class Variant(BaseModel):
-    precision: Precision
-    backend: str
-    device: str
-    artifact: str | None = Field(None, description="file name beside the manifest")
-    artifact_sha256: str | None = None
-    status: str = Field(description="'accepted' or 'rejected: <why>'")
-    accuracy: Accuracy | None = None
-    latency_ms: dict[int, float] = Field(default_factory=dict, description="batch -> median ms")
-    images_per_s: dict[int, float] = Field(default_factory=dict)
-    calibration: Calibration | None = None
-    kept_float: list[KeptFloat] = Field(default_factory=list)
-    tool_versions: dict[str, str] = Field(default_factory=dict)
-    cache_key: str = ""
-    build_seconds: float = 0.0
-
-    @property
-    def accepted(self) -> bool:
-        return self.status == "accepted"
+def _upgrade_v1_variant(old: dict[str, Any]) -> dict[str, Any]:
+    new = {k: v for k, v in old.items() if k not in ("latency_ms", "images_per_s")}
+    status = str(old.get("status", ""))
+    new["status"], _, reason = status.partition(": ")
+    if new["status"] != "accepted":
+        new["status"], new["reason"] = "rejected", reason or status
+    if old.get("latency_ms"):
+        new["timings"] = {"latency_ms": old["latency_ms"]}
+    return new
 
 
 class Manifest(BaseModel):
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[2] = SCHEMA_VERSION
     model: str
     source_path: str
     source_sha256: str
     layout: str
     input_size: tuple[int, int]
     class_names: list[str]
-    variants: list[Variant] = Field(default_factory=list)
+    variants: list[VariantRecord] = Field(default_factory=list)
 
-    def variant(self, precision: Precision) -> Variant | None:
+    @model_validator(mode="before")
+    @classmethod
+    def _read_older(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        version = data.get("schema_version", SCHEMA_VERSION)  # version 1 files name theirs
+        if version == 1:
+            variants = [_upgrade_v1_variant(v) for v in data.get("variants", [])]
+            return {**data, "schema_version": SCHEMA_VERSION, "variants": variants}
+        if isinstance(version, int) and version > SCHEMA_VERSION:
+            raise ArtifactMismatchError(
+                f"manifest schema {version} is newer than this detect-serve reads "
+                f"({SCHEMA_VERSION}); upgrade detect-serve or rebuild with `detect-serve build`"
+            )
+        return data
+
+    def variant(self, precision: Precision) -> VariantRecord | None:
         return next((v for v in self.variants if v.precision == precision), None)
+
+    def with_variant(self, record: VariantRecord) -> None:
+        """Record ``record``, replacing any earlier one of its precision, in precision order."""
+        kept = [v for v in self.variants if v.precision != record.precision]
+        self.variants = sorted([*kept, record], key=lambda v: list(Precision).index(v.precision))
 
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / MANIFEST
-        partial = path.with_suffix(".partial")
-        partial.write_text(json.dumps(self.model_dump(mode="json"), indent=2))
-        partial.replace(path)  # readers never see a half-written manifest
+        # A unique partial name (two builds must not write into one file), renamed over the old
+        # manifest: readers and an interrupted save never see a half-written one.
+        fd, name = tempfile.mkstemp(dir=folder, prefix=f".{MANIFEST}-")
+        partial = Path(name)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(self.model_dump(mode="json"), indent=2))
+            partial.replace(path)
+        finally:
+            partial.unlink(missing_ok=True)
         return path
 
     @classmethod

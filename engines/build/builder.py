@@ -10,35 +10,35 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from engines.artifacts.manifest import Calibration, Manifest, Variant
-from engines.build.accuracy import CANDIDATE_CONF, detect_all
+from engines.artifacts.manifest import Manifest
+from engines.artifacts.record import Calibration, Timings, VariantRecord
 from engines.build.cache import cache_key, cached_variant
 from engines.build.int8.calibration import CalibrationSet, ImageSet, image_sets
+from engines.build.int8.maker import Int8Search, make_int8
 from engines.build.int8.quantize import CalibrationName, Int8Options
-from engines.build.int8.search import Int8Search, make_int8
+from engines.build.makers import make_fp16, make_fp32
 from engines.build.report import Reporter
-from engines.build.steps import (
-    Candidate,
-    EngineLoader,
-    Reference,
-    compile_variant,
-    make_fp16,
-    make_fp32,
-    measure,
-    open_engine,
-)
+from engines.build.staging import staging, sweep
 from engines.build.timing import batch_sizes, time_engine
+from engines.build.validation import EngineLoader, Reference, make_reference, measure
 from engines.errors import EngineError, ModelFormatError
-from engines.model.info import ModelInfo, read_model_info
-from engines.model.layouts import detect_layout
+from engines.model.pipeline import ModelPipeline, load_model_pipeline
 from engines.precision import Precision
-from engines.runtime.base import Engine
-from engines.runtime.host import HostInfo, current_host
+from engines.runtime.backends import (
+    DEFAULT_BACKEND,
+    ONNX_BACKEND,
+    check_backend_name,
+    current_host,
+    get_backend,
+)
+from engines.runtime.base import Engine, EngineOptions
+from engines.runtime.host import HostInfo
 from engines.sources.registry import sha256_file
+from engines.sources.repository import SOURCE_ONNX
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class BuildConfig:
     calib_dir: Path | None = None
     val_dir: Path | None = None
     labels: Path | None = None  # COCO json with real boxes for the files in val_dir
-    backend: str = "onnxruntime"
+    backend: str = DEFAULT_BACKEND
     max_batch: int = 8
     calibration_method: CalibrationName = "minmax"
     calibration_images: int = 48  # demo set size (no calib_dir)
@@ -79,16 +79,17 @@ class BuildConfig:
             raise ValueError("no precision requested")
         if self.max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
-        if self.backend not in ("onnxruntime", "tensorrt"):
-            raise ValueError(f"unknown backend {self.backend!r}: onnxruntime or tensorrt")
+        check_backend_name(self.backend)
         if self.labels is not None and self.val_dir is None:
             raise ValueError("labels need val_dir: the labelled images themselves")
 
     def int8_options(self) -> Int8Options:
-        # TensorRT takes only symmetric activations; whole-graph mode quantizes every op.
+        """The backend's INT8 recipe with this build's method; whole-graph mode quantizes
+        every op."""
+        recipe = get_backend(self.backend).int8
         return Int8Options(
             self.calibration_method,
-            symmetric_activations=self.backend == "tensorrt",
+            symmetric_activations=recipe.symmetric_activations,
             op_types=("Conv",) if self.mixed_precision else None,
         )
 
@@ -116,7 +117,7 @@ class _Job:
     """Everything one build run shares across its variants."""
 
     source: Path
-    info: ModelInfo
+    pipeline: ModelPipeline
     out: Path
     val: ImageSet
     calib: ImageSet | None
@@ -125,13 +126,11 @@ class _Job:
     report: Reporter
 
 
-def _load_model(model_dir: Path) -> tuple[Path, ModelInfo, str]:
-    source = model_dir / "source" / "model.onnx"
+def _load_model(model_dir: Path) -> tuple[Path, ModelPipeline]:
+    source = model_dir / SOURCE_ONNX
     if not source.is_file():
         raise ModelFormatError(f"{source} does not exist; fetch or add the model first")
-    info = read_model_info(source, model_dir.name)
-    layout = detect_layout(info.outputs, info.num_classes, info.layout)
-    return source, info, layout.name
+    return source, load_model_pipeline(source, model_dir.name)
 
 
 def _keys(job: _Job, source_sha: str) -> dict[Precision, str]:
@@ -154,7 +153,8 @@ def build_model(
     ``ModelFormatError`` for a file that is not a detection ONNX and ``ImageSetError`` for an
     unusable image folder, before anything is recorded.
     """
-    source, info, layout_name = _load_model(model_dir)
+    source, pipeline = _load_model(model_dir)
+    info = pipeline.info
     val, calib = image_sets(
         config.val_dir or config.validation_images,
         (config.calib_dir or config.calibration_images)
@@ -163,58 +163,46 @@ def build_model(
     )
     out = engines_dir / info.name
     out.mkdir(parents=True, exist_ok=True)
+    sweep(out)
     host = current_host(config.backend, config.providers)
-    job = _Job(source, info, out, val, calib, config, host, Reporter(progress))
+    job = _Job(source, pipeline, out, val, calib, config, host, Reporter(progress))
     source_sha = sha256_file(source)
     previous = Manifest.load(out)
     manifest = Manifest(
         model=info.name,
         source_path=str(source),
         source_sha256=source_sha,
-        layout=layout_name,
+        layout=pipeline.layout.name,
         input_size=info.input_size,
         class_names=list(info.class_names),
     )
     keys = _keys(job, source_sha)
     todo = []
     for p in config.precisions:
-        reuse = None if config.force else cached_variant(previous, keys[p], out, p.value)
+        reuse = None if config.force else cached_variant(previous, keys[p], out, p)
         if reuse is None:
             todo.append(p)
         else:
             job.report.say(f"{p.value}: cached, nothing to do")
-            manifest.variants.append(reuse)
+            manifest.with_variant(reuse)
     if todo:
         _build_todo(job, todo, keys, manifest)
-    manifest.variants.sort(key=lambda v: list(Precision).index(v.precision))
     manifest.save(out)
     return manifest
 
 
 def _loader(config: BuildConfig) -> EngineLoader:
-    from engines.runtime.onnxruntime import OnnxRuntimeEngine
+    options = EngineOptions(max_batch=config.max_batch, providers=config.providers)
 
     def load(path: Path, precision: Precision) -> Engine:
-        return OnnxRuntimeEngine(
-            path, precision, providers=config.providers, max_batch=config.max_batch
-        )
+        return ONNX_BACKEND.open(path, precision, options)
 
     return load
 
 
 def _reference(job: _Job, load: EngineLoader) -> Reference:
-    layout = detect_layout(job.info.outputs, job.info.num_classes, job.info.layout)
-    pad = job.info.metadata.get("pad_value", "114")
-    pad_value = int(pad) if pad.isdigit() else 114
-    engine = load(job.source, Precision.FP32)
-    try:
-        with job.report.bar("reference fp32 on validation", len(job.val)) as tick:
-            detections = detect_all(
-                engine, job.val, layout, job.info.input_size, pad_value, CANDIDATE_CONF, tick
-            )
-    finally:
-        engine.close()
-    return Reference(job.val, detections, job.info, layout, pad_value, job.config.labels)
+    with job.report.bar("reference fp32 on validation", len(job.val)) as tick:
+        return make_reference(job.source, job.pipeline, job.val, load, job.config.labels, tick=tick)
 
 
 def _build_todo(
@@ -224,37 +212,44 @@ def _build_todo(
     ref = _reference(job, load)
     for precision in todo:
         started = time.perf_counter()
-        variant = Variant(
+        draft = VariantRecord(
             precision=precision,
             backend=job.config.backend,
             device=job.host.device,
-            status="building",
+            reason="build did not finish",
             tool_versions=job.host.tool_versions,
             cache_key=keys[precision],
         )
         try:
-            _build_one(job, precision, ref, load, variant)
+            # Built aside and moved in only when finished; anything else leaves no files.
+            with staging(job.out) as stage:
+                record = _build_one(replace(job, out=stage.dir), precision, ref, load, draft)
+                stage.commit()
         except (EngineError, OSError, ValueError, RuntimeError) as exc:
             # Recorded, never accepted: the next build retries only with --force or new inputs.
-            variant.status = f"rejected: build failed: {exc}"
-            variant.artifact = variant.artifact_sha256 = None
-        variant.build_seconds = round(time.perf_counter() - started, 1)
-        job.report.say(f"{precision.value}: {variant.status} ({variant.build_seconds}s)")
-        manifest.variants = [v for v in manifest.variants if v.precision != precision]
-        manifest.variants.append(variant)
+            record = draft.reject(f"build failed: {exc}")
+        record = record.model_copy(
+            update={"build_seconds": round(time.perf_counter() - started, 1)}
+        )
+        shown = record.status if record.accepted else f"rejected: {record.reason}"
+        job.report.say(f"{precision.value}: {shown} ({record.build_seconds}s)")
+        manifest.with_variant(record)
         manifest.save(job.out)  # progress survives an interrupted build; nothing unproven accepted
 
 
-def _make(job: _Job, precision: Precision, ref: Reference, load: EngineLoader) -> Candidate:
+def _make(
+    job: _Job, precision: Precision, ref: Reference, load: EngineLoader, draft: VariantRecord
+) -> VariantRecord:
     if precision is Precision.FP32:
-        return make_fp32(job.source, job.out)
+        return make_fp32(job.source, job.out, draft)
     if precision is Precision.FP16:
-        return make_fp16(job.source, job.out)
+        return make_fp16(job.source, job.out, draft)
     assert job.calib is not None  # image_sets loads it whenever INT8 is requested
     options = job.config.int8_options()
     ranges = job.out / f"calibration-{options.ranges_key}-{job.calib.content_hash[:12]}.json"
-    pad, size = ref.pad_value, job.info.input_size
-    calibration = CalibrationSet(job.calib, job.info.input_name, size, pad, ranges)
+    info = job.pipeline.info
+    size, pad = info.input_size, info.pad_value
+    calibration = CalibrationSet(job.calib, info.input_name, size, pad, ranges)
     budget = job.config.budgets.of(precision)
     search = Int8Search(
         calibration, options, budget, job.config.mixed_precision, job.config.max_fallbacks
@@ -264,43 +259,52 @@ def _make(job: _Job, precision: Precision, ref: Reference, load: EngineLoader) -
     )
     with job.report.bar("int8 calibration", len(calibration)) as tick:
         calibration.on_feed = tick
-        return make_int8(job.source, job.out, ref, search, load, job.report.say)
+        made = make_int8(job.source, job.out, ref, search, load, job.report.say, draft)
+    return made.model_copy(
+        update={
+            "calibration": Calibration(
+                method=job.config.calibration_method,
+                image_count=len(job.calib),
+                content_hash=job.calib.content_hash,
+                source=job.calib.description,
+            )
+        }
+    )
 
 
 def _build_one(
-    job: _Job, precision: Precision, ref: Reference, load: EngineLoader, variant: Variant
-) -> None:
-    budget = job.config.budgets.of(precision)
-    candidate = _make(job, precision, ref, load)
-    backend, max_batch = job.config.backend, job.config.max_batch
-    artifact = compile_variant(candidate.onnx_path, backend, max_batch, job.out)
-    engine = open_engine(artifact, precision, backend, max_batch, load)
+    job: _Job, precision: Precision, ref: Reference, load: EngineLoader, draft: VariantRecord
+) -> VariantRecord:
+    """make -> compile -> validate -> time -> judge; the record each step returns."""
+    config = job.config
+    budget = config.budgets.of(precision)
+    backend = get_backend(config.backend)
+    record = _make(job, precision, ref, load, draft)
+    assert record.artifact is not None  # every maker writes its graph
+    artifact = backend.compile(job.out / record.artifact, job.out, config.max_batch)
+    options = EngineOptions(max_batch=config.max_batch, providers=config.providers)
+    engine = backend.open(artifact, precision, options)
     try:
-        if candidate.accuracy is None or job.config.backend == "tensorrt":
+        accuracy = record.accuracy
+        if accuracy is None or backend.revalidate_compiled:
             with job.report.bar(f"{precision.value} validation", len(ref.images)) as tick:
-                candidate.accuracy = measure(engine, ref, budget, tick)
-        if job.config.timing:
-            sizes = batch_sizes(job.config.max_batch)
+                accuracy = measure(engine, ref, budget, tick)
+        timings = None
+        if config.timing:
+            sizes = batch_sizes(config.max_batch)
             with job.report.bar(f"{precision.value} timing", len(sizes)) as tick:
-                variant.latency_ms = time_engine(engine, sizes, on_size=tick)
-            variant.images_per_s = {
-                b: round(b * 1000 / ms, 2) for b, ms in variant.latency_ms.items()
-            }
+                timings = Timings(latency_ms=time_engine(engine, sizes, on_size=tick))
     finally:
         engine.close()
-    if precision is Precision.INT8 and job.calib is not None:
-        variant.calibration = Calibration(
-            method=job.config.calibration_method,
-            image_count=len(job.calib),
-            content_hash=job.calib.content_hash,
-            source=job.calib.description,
-        )
-    variant.accuracy = candidate.accuracy
-    variant.kept_float = candidate.kept_float or []
-    variant.artifact, variant.artifact_sha256 = artifact.name, sha256_file(artifact)
-    score = candidate.accuracy.map50_95_agreement
-    variant.status = (
-        "accepted"
-        if score >= budget
-        else f"rejected: mAP50-95 agreement {score:.4f} < budget {budget}"
+    record = record.model_copy(
+        update={
+            "artifact": artifact.name,
+            "artifact_sha256": sha256_file(artifact),
+            "accuracy": accuracy,
+            "timings": timings,
+        }
     )
+    score = accuracy.map50_95_agreement
+    if score >= budget:
+        return record.accept()
+    return record.reject(f"mAP50-95 agreement {score:.4f} < budget {budget}")

@@ -8,7 +8,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from engines.artifacts.manifest import Manifest, Variant
+from engines.artifacts.manifest import Manifest
+from engines.artifacts.record import VariantRecord
+from engines.precision import Precision
 from engines.runtime.host import HostInfo
 from engines.sources.registry import sha256_file
 
@@ -21,14 +23,10 @@ def cache_key(inputs: dict[str, Any], host: HostInfo) -> str:
 
 
 def cached_variant(
-    manifest: Manifest | None, variant_key: str, folder: Path, precision: str
-) -> Variant | None:
+    manifest: Manifest | None, variant_key: str, folder: Path, precision: Precision
+) -> VariantRecord | None:
     """The recorded variant if its key matches and its artifact still has the recorded sha256."""
-    old = (
-        next((v for v in manifest.variants if v.precision.value == precision), None)
-        if manifest
-        else None
-    )
+    old = manifest.variant(precision) if manifest else None
     if old is None or old.cache_key != variant_key:
         return None
     if old.artifact is None:

@@ -85,7 +85,7 @@ def summary_table(manifest: Manifest) -> str:
     ]
     for v in manifest.variants:
         acc = v.accuracy
-        latency = {int(b): ms for b, ms in v.latency_ms.items()}
+        latency = v.latency_ms
         top = max(latency) if latency else None
         lines.append(
             f"{v.precision.value:<9} {'accepted' if v.accepted else 'REJECTED':<10} "
@@ -96,5 +96,5 @@ def summary_table(manifest: Manifest) -> str:
             f"{_cell(top * 1000 / latency[top] if top else None, '>7.1f')}  {v.artifact or '-'}"
         )
         if not v.accepted:
-            lines.append(f"          why: {v.status}")
+            lines.append(f"          why: {v.reason}")
     return "\n".join(lines)

@@ -14,6 +14,7 @@ from typing import Any
 
 from engines.errors import EngineLoadError
 from engines.runtime.host import gpu_name
+from engines.runtime.tensorrt import import_tensorrt
 
 
 @dataclass(frozen=True)
@@ -22,16 +23,6 @@ class PlanInfo:
     device: str
     sha256: str
     path: Path
-
-
-def import_tensorrt() -> Any:
-    try:
-        import tensorrt
-    except ImportError as exc:
-        raise EngineLoadError(
-            "TensorRT is not installed (pip install 'detect-serve[gpu]' on a GPU host)"
-        ) from exc
-    return tensorrt
 
 
 def _network_flags(trt: Any) -> int:

@@ -12,7 +12,15 @@ import numpy as np
 
 from engines.errors import EngineLoadError, InferenceError
 from engines.precision import Precision
-from engines.runtime.base import TensorInfo, check_outputs
+from engines.runtime.base import (
+    Engine,
+    EngineOptions,
+    EngineTensors,
+    Int8Recipe,
+    TensorInfo,
+    check_outputs,
+)
+from engines.runtime.host import cpu_device, gpu_name, module_version
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +46,13 @@ def _infos(args: Sequence[Any]) -> list[TensorInfo]:
     return out
 
 
-class OnnxRuntimeEngine:
+NAME = "onnxruntime"
+
+
+class OnnxRuntimeEngine(EngineTensors):
     """One ``InferenceSession`` over one variant ONNX file."""
 
-    backend = "onnxruntime"
+    backend = NAME
 
     def __init__(
         self,
@@ -82,22 +93,6 @@ class OnnxRuntimeEngine:
         self._lock = threading.Lock()  # close() vs a concurrent infer()
 
     @property
-    def inputs(self) -> list[TensorInfo]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorInfo]:
-        return self._outputs
-
-    @property
-    def max_batch(self) -> int:
-        return self._max_batch
-
-    @property
-    def precision(self) -> Precision:
-        return self._precision
-
-    @property
     def device(self) -> str:
         first = self._providers[0]
         return "cpu" if first == "CPUExecutionProvider" else f"cuda:0 ({first})"
@@ -126,3 +121,33 @@ class OnnxRuntimeEngine:
             if not self._closed:
                 self._closed = True
                 del self._session
+
+
+class OnnxRuntimeBackend:
+    """Runs the variant ONNX itself (no compile step); CPU unless GPU providers are named."""
+
+    name = NAME
+    int8 = Int8Recipe(symmetric_activations=False)
+    revalidate_compiled = False
+
+    def open(self, artifact: Path, precision: Precision, options: EngineOptions) -> Engine:
+        return OnnxRuntimeEngine(
+            artifact,
+            precision,
+            providers=options.providers,
+            intra_op_threads=options.intra_op_threads,
+            max_batch=options.max_batch,
+        )
+
+    def compile(self, onnx_path: Path, out_dir: Path, max_batch: int) -> Path:
+        return onnx_path
+
+    def tool_versions(self) -> dict[str, str]:
+        return {"onnx": module_version("onnx"), "onnxruntime": module_version("onnxruntime")}
+
+    def device(self, providers: tuple[str, ...]) -> str:
+        on_gpu = bool(providers) and providers[0] != "CPUExecutionProvider"
+        return (gpu_name() or "no-gpu") if on_gpu else cpu_device()
+
+
+BACKEND = OnnxRuntimeBackend()

@@ -18,10 +18,20 @@ from typing import Any
 
 import numpy as np
 
-from engines.build.tensorrt_plan import import_tensorrt
 from engines.errors import EngineLoadError, InferenceError
 from engines.precision import Precision
-from engines.runtime.base import TensorInfo, check_outputs
+from engines.runtime import onnxruntime
+from engines.runtime.base import (
+    Engine,
+    EngineOptions,
+    EngineTensors,
+    Int8Recipe,
+    TensorInfo,
+    check_outputs,
+)
+from engines.runtime.host import gpu_name, module_version
+
+NAME = "tensorrt"
 
 _MAX_ULTRALYTICS_META = 1 << 20
 
@@ -41,6 +51,16 @@ def split_ultralytics_engine(data: bytes) -> tuple[dict[str, Any] | None, bytes]
     if not isinstance(meta, dict):
         return None, data
     return meta, data[4 + length :]
+
+
+def import_tensorrt() -> Any:
+    try:
+        import tensorrt
+    except ImportError as exc:
+        raise EngineLoadError(
+            "TensorRT is not installed (pip install 'detect-serve[gpu]' on a GPU host)"
+        ) from exc
+    return tensorrt
 
 
 def import_cudart() -> Any:
@@ -73,8 +93,8 @@ class _Slot:
     host_ptrs: list[int]
 
 
-class TensorRTEngine:
-    backend = "tensorrt"
+class TensorRTEngine(EngineTensors):
+    backend = NAME
 
     def __init__(
         self, plan_path: Path, precision: Precision, *, max_batch: int, concurrency: int = 2
@@ -130,22 +150,6 @@ class TensorRTEngine:
             context.set_tensor_address(info.name, device[info.name])
             ptrs.append(hptr)
         return _Slot(context, stream, host, device, ptrs)
-
-    @property
-    def inputs(self) -> list[TensorInfo]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorInfo]:
-        return self._outputs
-
-    @property
-    def max_batch(self) -> int:
-        return self._max_batch
-
-    @property
-    def precision(self) -> Precision:
-        return self._precision
 
     @property
     def device(self) -> str:
@@ -210,3 +214,41 @@ class TensorRTEngine:
             for ptr in slot.host_ptrs:
                 self._cudart.cudaFreeHost(ptr)
             self._cudart.cudaStreamDestroy(slot.stream)
+
+
+class TensorRTBackend:
+    """Compiles each variant ONNX into a plan for this GPU and runs the plan."""
+
+    name = NAME
+    # Symmetric activations: the only INT8 TensorRT takes. Its own recipe can replace this.
+    int8 = Int8Recipe(symmetric_activations=True)
+    revalidate_compiled = True  # TensorRT picks its own kernels and fusions: measure the plan
+
+    def open(self, artifact: Path, precision: Precision, options: EngineOptions) -> Engine:
+        engine: Engine = TensorRTEngine(artifact, precision, max_batch=options.max_batch)
+        return engine
+
+    def compile(self, onnx_path: Path, out_dir: Path, max_batch: int) -> Path:
+        # The plan compiler belongs to the offline build; the server never imports it.
+        from engines.build.tensorrt_plan import build_plan
+
+        plan = onnx_path.with_suffix(".plan")
+        build_plan(
+            onnx_path,
+            plan,
+            opt_batch=max(1, max_batch // 2),
+            max_batch=max_batch,
+            workspace_bytes=2 << 30,
+            timing_cache_path=out_dir / "timing.cache",  # kept beside the plans, reused
+        )
+        return plan
+
+    def tool_versions(self) -> dict[str, str]:
+        # The ONNX a plan is compiled from is made (quantized) with onnx + onnxruntime.
+        return {**onnxruntime.BACKEND.tool_versions(), "tensorrt": module_version("tensorrt")}
+
+    def device(self, providers: tuple[str, ...]) -> str:
+        return gpu_name() or "no-gpu"
+
+
+BACKEND = TensorRTBackend()

@@ -64,7 +64,7 @@ def resolve_v2(registry: ModelRegistry, name: str) -> V2Target:
     if base in registry.models and suffix in PRECISIONS:
         model = registry.models[base]
         if Precision(suffix) not in model.variants:
-            why = model.unavailable.get(suffix, "it was not built")
+            why = model.unavailable.get(Precision(suffix), "it was not built")
             raise ModelNotFound(f"v2 model {name[:80]!r} is not served: {why}")
         return V2Target(name, model, suffix, image=False)
     if name in registry.models:

@@ -17,6 +17,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
 from service.api import detect, health, kserve, kserve_image, kserve_stats, models
+from service.audit import PrecisionAudit
 from service.config import Settings
 from service.docs_offline import install_offline_docs
 from service.errors import install_error_handlers
@@ -42,11 +43,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = Metrics()
     _register_gpu_metrics(metrics)
     registry = ModelRegistry(settings, metrics)
+    audit = PrecisionAudit(settings, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(registry.load)
         registry.start()
+        audit.attach(registry)
         grpc_server = await _start_grpc(registry, settings, metrics)
         ok, reasons = registry.readiness()
         if ok:
@@ -59,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if grpc_server is not None:
                 # Refuse new calls, let accepted ones finish within the grace period.
                 await grpc_server.stop(settings.shutdown_grace_s)
+            await audit.close()  # shadow runs are optional: stop them before the engines go
             await registry.close(settings.shutdown_grace_s)
             log.info("drained: every accepted request was answered")
 
@@ -75,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.registry = registry
+    app.state.audit = audit
     install_error_handlers(app)
     # The image model and statistics routes come before the generic /v2/models/{name} ones.
     for module in (detect, models, health, kserve_image, kserve_stats, kserve):

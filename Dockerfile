@@ -49,7 +49,7 @@ RUN detect-serve models fetch yolov3-tiny-coco \
 WORKDIR /var/lib/detect
 USER 10001:10001
 VOLUME ["/var/lib/detect/engines"]
-EXPOSE 8000
+EXPOSE 8000 8001
 HEALTHCHECK --interval=15s --timeout=5s --start-period=600s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('DETECT_PORT', '8000') + '/health/ready', timeout=4)"]
 CMD ["detect-serve", "serve", "--prepare"]
@@ -87,7 +87,7 @@ RUN detect-serve models fetch yolov3-tiny-coco \
 WORKDIR /var/lib/detect
 USER 10001:10001
 VOLUME ["/var/lib/detect/engines"]
-EXPOSE 8000
+EXPOSE 8000 8001
 HEALTHCHECK --interval=15s --timeout=5s --start-period=900s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('DETECT_PORT', '8000') + '/health/ready', timeout=4)"]
 CMD ["detect-serve", "serve", "--prepare"]

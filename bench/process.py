@@ -70,6 +70,9 @@ class ServerProcess:
             **os.environ,
             "DETECT_HOST": "127.0.0.1",
             "DETECT_PORT": "0",
+            # Servers run side by side (tests, benchmarks): never all on the default 8001;
+            # a test that needs gRPC passes its own port in env.
+            "DETECT_GRPC_PORT": "0",
             **(env or {}),
         }
         workdir.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 from service import extras
 from service.config import Settings
+from service.logs import configure_logging
 
 log = logging.getLogger("detect-serve")
 Command = Callable[[argparse.Namespace], int]
@@ -42,6 +43,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from service.cli_build import require_backend
 
     settings = _settings(args)
+    configure_logging(args.log_level, settings.log_format)
     require_backend("detect-serve serve", settings.backend)
     if args.prepare:
         prepare(settings)
@@ -142,9 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     _add_optional_commands(sub)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.log_level)
     func: Command = args.func
     command = f"detect-serve {args.command}"
     try:
@@ -175,8 +175,10 @@ def _add_optional_commands(sub: argparse._SubParsersAction[argparse.ArgumentPars
     run: every ``--help`` works on a plain install, and running says which extra is missing."""
     from bench.cli import add_bench_command
     from service.cli_build import add_build_command
+    from service.cli_predict import add_predict_command
 
     add_build_command(sub)
+    add_predict_command(sub)
     add_bench_command(sub)
 
 

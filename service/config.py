@@ -8,6 +8,7 @@ and validated there: an impossible combination fails start-up with the reason.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -26,6 +27,10 @@ class Settings(HomeSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)  # 0: any free port (logged)
+    # KServe v2 gRPC endpoint, served by the same process; 0 turns it off.
+    grpc_port: int = Field(
+        8001, ge=0, le=65535, description="KServe v2 gRPC port; `0` turns it off"
+    )
 
     models: list[str] = Field(default_factory=lambda: [DEFAULT_MODEL])
     default_model: str = DEFAULT_MODEL
@@ -98,6 +103,35 @@ class Settings(HomeSettings):
     protect_docs: bool = True
     cors_origins: list[str] = Field(default_factory=list)
 
+    # Logs: "json" writes one JSON object per line; every line carries the request ID.
+    log_format: Literal["text", "json"] = Field(
+        "text", description="`json`: one JSON object per log line (with its request ID)"
+    )
+    # One access line per HTTP request (method, path, status, duration, request ID).
+    log_requests: bool = Field(
+        True, description="one access log line per HTTP request, with its request ID"
+    )
+
+    # /detect JSON bodies may name image URLs: off unless hosts are listed here (exact host
+    # names, or "*.example.com"). Fetches have their own size and time limits and never follow
+    # a redirect; a host that resolves to a private or loopback address is refused unless it
+    # is listed in url_allow_private_hosts.
+    url_fetch_hosts: list[str] = Field(
+        default_factory=list,
+        description="hosts `/detect` may fetch image URLs from (`*.example.com` allowed); "
+        "empty = URL input off",
+    )
+    url_allow_private_hosts: list[str] = Field(
+        default_factory=list,
+        description="of those, hosts allowed to resolve to private or loopback addresses",
+    )
+    url_fetch_max_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="largest image fetched from a URL (`413` above it)"
+    )
+    url_fetch_timeout_s: float = Field(
+        5.0, gt=0.0, le=120.0, description="time limit of one URL fetch"
+    )
+
     shutdown_grace_s: float = Field(25.0, ge=0.0)
 
     # Live precision audit (service/audit/): re-run a fraction of reduced-precision requests in
@@ -124,6 +158,8 @@ class Settings(HomeSettings):
             )
         if len(set(self.models)) != len(self.models):
             raise ValueError(f"models lists a name twice: {self.models}")
+        if self.grpc_port and self.grpc_port == self.port:
+            raise ValueError(f"grpc_port and port are both {self.port}")
         if self.audit_min_samples > self.audit_window:
             raise ValueError(
                 f"audit_min_samples ({self.audit_min_samples}) must be <= audit_window "

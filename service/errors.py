@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from engines.errors import ImageDecodeError, ImageTooLargeError, InferenceError
+from service.request_id import current as request_id
 from service.scheduler.errors import (
     DeadlineUnmeetable,
     DecodeBusy,
@@ -149,7 +150,8 @@ class InferenceFailed(ServiceError):
 
 
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
-    error: dict[str, Any] = {"code": code, "message": message}
+    # The request ID lets a client's bug report be matched to the server's log lines.
+    error: dict[str, Any] = {"code": code, "message": message, "request_id": request_id.get()}
     if details is not None:
         error["details"] = details
     return {"error": error}
@@ -247,3 +249,23 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)
         return _json(request, to_service_error(exc))
+
+
+# gRPC status code names (``grpc.StatusCode`` members) for each HTTP status the service sends,
+# as Triton's gRPC endpoint reports the same conditions. Used by ``service.grpc_v2.server``.
+GRPC_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    404: "NOT_FOUND",
+    413: "RESOURCE_EXHAUSTED",
+    415: "INVALID_ARGUMENT",
+    422: "INVALID_ARGUMENT",
+    499: "CANCELLED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+def grpc_status_name(err: ServiceError) -> str:
+    """The gRPC status code name for ``err`` (``INTERNAL`` for anything unlisted)."""
+    return GRPC_STATUS.get(err.status, "INTERNAL")

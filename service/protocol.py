@@ -228,5 +228,6 @@ def run(app: Any, settings: Any, *, log_level: str, access_log: bool) -> None:
         server_header=False,  # no version banner
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
         access_log=access_log,
+        log_config=None,  # uvicorn's records go through configure_logging's handler
     )
     Server(config, app.state.shutdown).run()

@@ -122,6 +122,7 @@ class ModelsResponse(BaseModel):
 class ErrorDetail(BaseModel):
     code: str
     message: str
+    request_id: str | None = Field(None, description="also in the X-Request-ID header")
 
 
 class ErrorResponse(BaseModel):

@@ -17,6 +17,7 @@ from engines.model.pipeline import DetectOptions, PreparedImage
 from engines.model.postprocess import Detections
 from engines.model.preprocess import DecodeCost, decode_cost
 from engines.precision import RequestedPrecision
+from service.api import detect_json
 from service.audit import PrecisionAudit
 from service.config import Settings
 from service.deps import AuditDep, AuthDep, MetricsDep, ModelDep, SettingsDep
@@ -35,8 +36,10 @@ _BINARY = {"schema": {"type": "string", "format": "binary"}}
 REQUEST_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "description": "One or more images as multipart field(s) `image`, or one image as the "
-        "raw body with an image content type.",
+        "description": "One or more images as multipart field(s) `image`, one image as the "
+        "raw body with an image content type, or JSON "
+        '`{"images": [{"base64": "..."}, {"url": "https://..."}]}` '
+        "(URLs only for hosts the server allowlists).",
         "content": {
             "multipart/form-data": {
                 "schema": {
@@ -51,6 +54,24 @@ REQUEST_BODY: dict[str, Any] = {
             "image/png": _BINARY,
             "image/webp": _BINARY,
             "application/octet-stream": _BINARY,
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["images"],
+                    "properties": {
+                        "images": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "base64": {"type": "string"},
+                                    "url": {"type": "string"},
+                                },
+                            },
+                        }
+                    },
+                }
+            },
         },
     }
 }
@@ -87,10 +108,14 @@ async def read_images(request: Request, max_images: int) -> list[bytes]:
         blobs = [await u.read() for u in uploads]
     elif content_type.startswith(IMAGE_TYPES):
         blobs = [await request.body()]
+    elif content_type.startswith("application/json"):
+        settings = request.app.state.settings
+        blobs = await detect_json.read_json_images(request, settings, max_images)
     else:
         raise UnsupportedMediaType(
             f"content type {content_type[:64]!r} is not supported: send multipart/form-data "
-            "with field 'image', or the image bytes with an image/* content type"
+            "with field 'image', the image bytes with an image/* content type, or JSON "
+            '{"images": [{"base64": ...} or {"url": ...}]}'
         )
     for i, blob in enumerate(blobs):
         if not blob:
@@ -134,7 +159,7 @@ class DetectRoute(Route[DetectResponse]):
 
     def __init__(
         self,
-        request: Request,
+        request: Request | None,
         model: ServedModel,
         options: DetectOptions,
         settings: Settings,
@@ -159,12 +184,18 @@ class DetectRoute(Route[DetectResponse]):
 
     async def read(self, variant: ServedVariant) -> int:
         self._decoding.check([], self._deadline)  # decoding already backed up: shed, unread
-        self._blobs = await read_images(self._request, self._settings.max_images_per_request)
+        self._blobs = await self._receive()
         # Price every image from its header before any is decoded: one the limits refuse, or
         # that could not be decoded in time, costs nothing but this.
         self._costs = await run_in_threadpool(self._price, self._blobs)
         self._decoding.check(self._costs, self._deadline)
         return len(self._blobs)
+
+    async def _receive(self) -> list[bytes]:
+        """The encoded images; subclasses that receive them another way override this."""
+        if self._request is None:
+            raise TypeError("DetectRoute without a request has nothing to read")
+        return await read_images(self._request, self._settings.max_images_per_request)
 
     def _price(self, blobs: list[bytes]) -> list[DecodeCost]:
         s = self._settings
@@ -210,6 +241,11 @@ class DetectRoute(Route[DetectResponse]):
         actual = last.timing_ms["queue"] + last.timing_ms["inference"]
         return f"estimate;dur={last.estimated_ms:.1f}, actual;dur={actual:.1f}"
 
+    @property
+    def blobs(self) -> list[bytes]:
+        """The encoded images, in request order (for the annotated reply)."""
+        return self._blobs
+
     async def respond(self, variant: ServedVariant) -> DetectResponse:
         total_ms = round((time.perf_counter() - self._started) * 1000, 2)
         outcomes = [self._outcomes[i] for i in range(len(self._blobs))]
@@ -236,7 +272,7 @@ class DetectRoute(Route[DetectResponse]):
     "/detect",
     response_model=DetectResponse,
     response_model_exclude_none=True,
-    responses=ERRORS,
+    responses={**ERRORS, 200: detect_json.OTHER_REPLIES},
     openapi_extra=REQUEST_BODY,
     summary="Detect objects in one or more images",
 )
@@ -267,6 +303,16 @@ async def detect(
         Query(ge=1, le=600_000, allow_inf_nan=False, description="Time budget in ms"),
     ] = None,
     x_deadline_ms: Annotated[float | None, Header(gt=0, le=600_000, allow_inf_nan=False)] = None,
+    format: Annotated[
+        detect_json.ReplyFormat,
+        Query(description="json, or image (= jpeg) / png: the photo with the boxes drawn"),
+    ] = "json",
+    v: Annotated[
+        int | None,
+        Query(
+            ge=1, le=2, description="2: always a `results` list (v1, the default, is deprecated)"
+        ),
+    ] = None,
 ) -> Response:
     """Run the model on the uploaded image(s); boxes are in original-image pixels."""
     client_budget_ms = deadline_ms or x_deadline_ms
@@ -296,14 +342,11 @@ async def detect(
         request=request,
         client_deadline=client_budget_ms is not None,
     )
-    # Serialised once, by pydantic's compiled serialiser: returning the model would have FastAPI
-    # validate it again against ``response_model`` (which stays for the OpenAPI schema).
-    return Response(
-        body.model_dump_json(exclude_none=True),
-        media_type="application/json",
-        headers={
-            "X-Precision": body.precision,
-            "X-Backend": body.backend,
-            "Server-Timing": route.server_timing(),
-        },
+    headers = {
+        "X-Precision": body.precision,
+        "X-Backend": body.backend,
+        "Server-Timing": route.server_timing(),
+    }
+    return await detect_json.reply(
+        request, body, route.blobs, fmt=format, version=v, settings=settings, headers=headers
     )

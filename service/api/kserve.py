@@ -25,11 +25,13 @@ from service.api.kserve_codec import (
     requested_precision,
 )
 from service.api.kserve_pool import CodecPool
+from service.api.v2_models import platform, resolve_v2
 from service.deps import AuthDep, MetricsDep, RegistryDep, SettingsDep, check_api_key_for_ops
 from service.errors import BadRequest, ModelNotFound
 from service.flow import Route, serve
 from service.registry import ModelRegistry, ServedModel, ServedVariant
 from service.scheduler import ItemResult
+from service.version import VERSION
 
 router = APIRouter(prefix="/v2", tags=["kserve-v2"])
 ops = [AuthDep]
@@ -37,13 +39,12 @@ PRECISIONS = {p.value for p in Precision}
 
 
 def resolve(registry: ModelRegistry, name: str) -> tuple[ServedModel, str | None]:
-    """``model`` or ``model.precision`` -> (served model, explicit precision or None)."""
-    base, _, suffix = name.rpartition(".")
-    if base and suffix in PRECISIONS and base in registry.models:
-        return registry.models[base], suffix
-    if name in registry.models:
-        return registry.models[name], None
-    raise ModelNotFound(f"unknown v2 model {name[:64]!r}; see GET /v2/models/... or /models")
+    """``model`` or ``model.precision`` -> (served model, explicit precision or None); 404 for
+    a precision never built (see ``service.api.v2_models``)."""
+    target = resolve_v2(registry, name)
+    if target.image:  # NAME.detect has its own routes (service.api.kserve_image)
+        raise ModelNotFound(f"{name[:64]!r} is served by its own v2 routes")
+    return target.model, target.precision
 
 
 def _shape(dims: tuple[int | None, ...]) -> list[int]:
@@ -66,7 +67,11 @@ async def v2_ready(request: Request, registry: RegistryDep, settings: SettingsDe
 
 @router.get("", dependencies=ops, summary="v2 server metadata")
 async def v2_server() -> dict[str, Any]:
-    return {"name": "detect-serve", "version": "2", "extensions": ["binary_tensor_data"]}
+    return {
+        "name": "detect-serve",
+        "version": VERSION,
+        "extensions": ["binary_tensor_data", "statistics"],
+    }
 
 
 @router.get("/models/{model_name}", dependencies=ops, summary="v2 model metadata")
@@ -77,7 +82,7 @@ async def v2_model(model_name: str, registry: RegistryDep) -> dict[str, Any]:
     return {
         "name": model_name,
         "versions": ["1"],
-        "platform": "onnxruntime_onnx",
+        "platform": platform(resolve_v2(registry, model_name).variant()),
         "parameters": {"precision": precision or "auto", "layout": model.pipeline.layout.name},
         "inputs": [
             {"name": t.name, "datatype": "FP32", "shape": _shape(t.shape)} for t in info.inputs
@@ -93,13 +98,14 @@ async def v2_config(
     model_name: str, registry: RegistryDep, settings: SettingsDep
 ) -> dict[str, Any]:
     model, _ = resolve(registry, model_name)
+    answering = resolve_v2(registry, model_name).variant()
 
     def dims(shape: tuple[int | None, ...]) -> list[int]:
         return _shape(shape[1:])
 
     return {
         "name": model_name,
-        "platform": "onnxruntime_onnx",
+        "platform": platform(answering),
         "max_batch_size": settings.max_batch,
         "input": [
             {"name": t.name, "data_type": "TYPE_FP32", "dims": dims(t.shape)}

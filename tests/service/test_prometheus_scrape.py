@@ -123,10 +123,18 @@ def prometheus(served: Server, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 @pytest.fixture(scope="module")
-def traffic(served: Server, prometheus: str, photo: Callable[[str], bytes]) -> None:
-    """Requests at two precisions, a few bad ones and a deadline rejection, then 2+ scrapes."""
+def traffic(served: Server, prometheus: str, photo: Callable[[str], bytes]) -> float:
+    """Requests at two precisions, a few bad ones and a deadline rejection, then 2+ scrapes.
+
+    Returns a Unix time from before any traffic, after a few scrapes: a healthy, idle moment.
+    """
     # Counters must be stored at zero before traffic, or rate() sees no increase.
     wait_until(lambda: stored_total(prometheus) == 0, 30, "Prometheus never scraped the service")
+    before = scrapes(prometheus)
+    wait_until(lambda: scrapes(prometheus) >= before + 2, 30, "Prometheus stopped scraping")
+    quiet = time.time()
+    before = scrapes(prometheus)
+    wait_until(lambda: scrapes(prometheus) >= before + 2, 30, "Prometheus stopped scraping")
     with served.client() as client:
         for _ in range(3):
             for precision in TRAFFIC:
@@ -150,6 +158,7 @@ def traffic(served: Server, prometheus: str, photo: Callable[[str], bytes]) -> N
     # A few scrapes after the traffic, so rate() and the alert windows have samples on both sides.
     after = scrapes(prometheus)
     wait_until(lambda: scrapes(prometheus) >= after + 5, 30, "Prometheus stopped scraping")
+    return quiet
 
 
 def dashboard_queries() -> list[tuple[str, str]]:
@@ -158,6 +167,8 @@ def dashboard_queries() -> list[tuple[str, str]]:
         (f"panel {p['title']!r}", t["expr"]) for p in board["panels"] for t in p.get("targets", [])
     ]
     for var in board["templating"]["list"]:
+        if var["type"] == "datasource":
+            continue
         inner = re.fullmatch(r"label_values\((.*), *(\w+)\)", var["definition"])
         assert inner, var["definition"]
         queries.append((f"variable {var['name']}", inner.group(1)))
@@ -188,9 +199,9 @@ def alert_queries() -> list[tuple[str, str]]:
 # What Grafana puts in for the variables: "All" is the variables' allValue (.*); a multi-value
 # selection is a regex alternation; $__rate_interval is at least four scrape intervals.
 SELECTIONS: dict[str, dict[str, str]] = {
-    "all": {"model": ".*", "precision": ".*"},
-    "both": {"model": MODEL, "precision": "(" + "|".join(TRAFFIC) + ")"},
-    **{p: {"model": MODEL, "precision": p} for p in TRAFFIC},
+    "all": {"model": ".*", "precision": ".*", "instance": ".*"},
+    "both": {"model": MODEL, "precision": "(" + "|".join(TRAFFIC) + ")", "instance": ".*"},
+    **{p: {"model": MODEL, "precision": p, "instance": ".*"} for p in TRAFFIC},
 }
 BUILTINS = {"__rate_interval": "30s", "__interval": "5s", "__range": "5m"}
 
@@ -211,8 +222,9 @@ def expected_precisions(selection: str, expr: str) -> set[str]:
     return wanted - {"fp32"} if AUDIT in expr else wanted
 
 
-def query(prometheus: str, expr: str) -> list[dict[str, Any]]:
-    r = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=10)
+def query(prometheus: str, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+    params: dict[str, Any] = {"query": expr} if at is None else {"query": expr, "time": at}
+    r = httpx.get(f"{prometheus}/api/v1/query", params=params, timeout=10)
     body = r.json()
     assert body["status"] == "success", (expr, body)
     result: list[dict[str, Any]] = body["data"]["result"]
@@ -234,7 +246,7 @@ def query_cases() -> list[tuple[str, str, str]]:
     ids=lambda v: v if isinstance(v, str) and len(v) < 60 else None,
 )
 def test_every_query_returns_finite_data(
-    traffic: None, prometheus: str, gpu_exported: bool, where: str, expr: str, selection: str
+    traffic: float, prometheus: str, gpu_exported: bool, where: str, expr: str, selection: str
 ) -> None:
     result = query(prometheus, substitute(expr, SELECTIONS[selection]))
     if GPU_ONLY in expr and not gpu_exported:
@@ -260,7 +272,46 @@ def test_every_query_returns_finite_data(
     assert all(math.isfinite(v) for v in values), f"{where}: {expr} -> {values}"
 
 
-def test_alert_rules_evaluate_cleanly(traffic: None, prometheus: str) -> None:
+def _panel(title: str) -> dict[str, Any]:
+    board = json.loads(DASHBOARD.read_text())
+    return next(p for p in board["panels"] if p["title"] == title)
+
+
+def test_error_ratios_read_zero_on_a_healthy_server(traffic: float, prometheus: str) -> None:
+    """Before any bad request the error ratios are 0 (not "No data"); after, 4xx is above 0.
+
+    (The traffic's 504s come one per precision: each is its series' first sample, which rate()
+    cannot see, so only the repeated 400s show as a non-zero ratio here.)"""
+    targets = _panel("Error ratios (5xx, 4xx / all)")["targets"]
+    assert [t["legendFormat"] for t in targets] == ["5xx ratio", "4xx ratio"]
+    for target in targets:
+        expr = substitute(target["expr"], SELECTIONS["all"])
+        healthy = query(prometheus, expr, at=traffic)
+        assert [float(s["value"][1]) for s in healthy] == [0.0], (expr, healthy)
+    after = query(prometheus, substitute(targets[1]["expr"], SELECTIONS["all"]))
+    assert float(after[0]["value"][1]) > 0, after
+
+
+def test_datasource_and_instance_variables(traffic: float, prometheus: str, served: Server) -> None:
+    """The board names no datasource uid of its own, and $instance picks one replica."""
+    board = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    uids = {p["datasource"]["uid"] for p in board["panels"] if "datasource" in p}
+    uids |= {t["datasource"]["uid"] for p in board["panels"] for t in p.get("targets", [])}
+    assert uids == {"${datasource}"}
+    instance = served.url.removeprefix("http://")
+    values = query(prometheus, "detect_engine_info")
+    assert instance in {s["metric"]["instance"] for s in values}
+    requests = _panel("Requests / s by precision")["targets"][0]["expr"]
+    assert "$instance" in requests
+    mine = query(prometheus, substitute(requests, {**SELECTIONS["all"], "instance": instance}))
+    other = query(prometheus, substitute(requests, {**SELECTIONS["all"], "instance": "elsewhere"}))
+    assert mine and not other
+
+
+def test_alert_rules_evaluate_cleanly(traffic: float, prometheus: str) -> None:
     """Prometheus itself loaded alerts.yml and evaluates every rule without error."""
     groups = httpx.get(f"{prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
     rules = {r["name"]: r for g in groups for r in g["rules"]}
@@ -275,7 +326,7 @@ def test_alert_rules_evaluate_cleanly(traffic: None, prometheus: str) -> None:
         assert all(math.isfinite(float(s["value"][1])) for s in data["result"]), (name, data)
 
 
-def test_every_metric_named_is_exported(traffic: None, served: Server) -> None:
+def test_every_metric_named_is_exported(traffic: float, served: Server) -> None:
     exported = httpx.get(f"{served.url}/metrics").text
     text = DASHBOARD.read_text() + ALERTS.read_text()
     named = set(re.findall(r"\b(detect_[a-z_]+?)(?:_bucket|_sum|_count)?\b", text))
@@ -289,7 +340,7 @@ def test_every_metric_named_is_exported(traffic: None, served: Server) -> None:
         )
 
 
-def test_promtool_check_metrics_is_clean(traffic: None, served: Server) -> None:
+def test_promtool_check_metrics_is_clean(traffic: float, served: Server) -> None:
     promtool = require_tool("promtool", PROMETHEUS_HINT)
     exported = httpx.get(f"{served.url}/metrics").text
     done = subprocess.run(

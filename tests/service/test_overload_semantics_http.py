@@ -146,8 +146,14 @@ def test_full_queue_is_503_with_retry_after_from_the_measured_cost(
         assert refused.status == 503, refused.reply.text
         assert refused.json()["error"]["code"] == "overloaded"
         # The wait for what is ahead (queued + the one running) and this request, in seconds.
-        wanted = expected_retry_after(per_image * (ahead + 1 + 1))
-        assert refused.reply.headers["Retry-After"] in wanted, (ahead, per_image, wanted)
+        # The server's own per-image figure also follows warm-up and live batch times, so the
+        # test's EWMA is a close, not exact, copy of it: within 10 %.
+        low = expected_retry_after(per_image * (ahead + 2) * 0.9)
+        high = expected_retry_after(per_image * (ahead + 2) * 1.1)
+        got = int(refused.reply.headers["Retry-After"])
+        assert min(map(int, low)) <= got <= max(map(int, high)), (ahead, per_image, got)
+    # A batch costs >= 1 s, so one more image ahead always means a later Retry-After.
+    assert int(single.reply.headers["Retry-After"]) > int(pair.reply.headers["Retry-After"])
     after = scrape(server)
     assert moved(before, after, key("detect_rejected_total", reason="queue_full")) == 2
     assert moved(before, after, key("detect_requests_total", status="503")) == 2

@@ -25,9 +25,9 @@ from service.api.kserve_codec import (
     requested_precision,
 )
 from service.api.kserve_pool import CodecPool
-from service.api.v2_models import platform, resolve_v2
+from service.api.v2_models import checked_batch, gather_rows, platform, resolve_v2
 from service.deps import AuthDep, MetricsDep, RegistryDep, SettingsDep, check_api_key_for_ops
-from service.errors import BadRequest, ModelNotFound
+from service.errors import ModelNotFound
 from service.flow import Route, serve
 from service.registry import ModelRegistry, ServedModel, ServedVariant
 from service.scheduler import ItemResult
@@ -157,17 +157,8 @@ class V2Route(Route[Response]):
 
     async def read(self, variant: ServedVariant) -> int:
         check_requested_outputs(self._header, [t.name for t in self._model.info.outputs])
-        expected = self._model.info.inputs[0]
-        batch = self._arrays.get(expected.name)
-        want = tuple(d for d in expected.shape[1:])
-        if batch is None or batch.ndim != 4 or tuple(batch.shape[1:]) != want:
-            raise BadRequest(
-                f"expected input {expected.name!r} of shape [-1, {', '.join(map(str, want))}]"
-            )
-        if not 1 <= batch.shape[0] <= self._max_images:
-            raise BadRequest(f"batch of {batch.shape[0]}; allowed 1..{self._max_images}")
-        self._batch = batch
-        return int(batch.shape[0])
+        self._batch = checked_batch(self._model, self._arrays, self._max_images)
+        return int(self._batch.shape[0])
 
     async def prepare(self, variant: ServedVariant, index: int) -> np.ndarray:
         row: np.ndarray = self._batch[index].astype(np.float32, copy=False)
@@ -177,8 +168,7 @@ class V2Route(Route[Response]):
         self._rows[index] = result.outputs
 
     async def respond(self, variant: ServedVariant) -> Response:
-        rows = [self._rows[i] for i in range(len(self._rows))]
-        outputs = {n: np.concatenate([r[n] for r in rows]) for n in rows[0]}
+        outputs = gather_rows(self._rows)
         check_output_types(outputs)
         chosen = {"precision": variant.record.precision.value, "backend": variant.engine.backend}
         extra = {"parameters": chosen}

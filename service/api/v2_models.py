@@ -166,6 +166,26 @@ def image_blobs(array: np.ndarray, max_images: int) -> list[bytes]:
     return blobs
 
 
+def checked_batch(model: ServedModel, arrays: dict[str, np.ndarray], max_images: int) -> np.ndarray:
+    """The request's NCHW batch for the model's one input; a 400 unless its shape fits."""
+    expected = model.info.inputs[0]
+    batch = arrays.get(expected.name)
+    want = tuple(expected.shape[1:])
+    if batch is None or batch.dtype == object or batch.ndim != 4 or batch.shape[1:] != want:
+        raise BadRequest(
+            f"expected input {expected.name!r} of shape [-1, {', '.join(map(str, want))}]"
+        )
+    if not 1 <= batch.shape[0] <= max_images:
+        raise BadRequest(f"batch of {batch.shape[0]}; allowed 1..{max_images}")
+    return batch
+
+
+def gather_rows(rows: dict[int, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per-row engine outputs (by row index) -> one array per output, rows in order."""
+    ordered = [rows[i] for i in range(len(rows))]
+    return {n: np.concatenate([r[n] for r in ordered]) for n in ordered[0]}
+
+
 class TensorRoute(Route[dict[str, np.ndarray]]):
     """Preprocessed NCHW tensors in (one batcher item per row), raw engine outputs out."""
 
@@ -179,17 +199,8 @@ class TensorRoute(Route[dict[str, np.ndarray]]):
 
     async def read(self, variant: ServedVariant) -> int:
         self.answered_by = variant
-        expected = self._model.info.inputs[0]
-        batch = self._arrays.get(expected.name)
-        want = tuple(expected.shape[1:])
-        if batch is None or batch.dtype == object or batch.ndim != 4 or batch.shape[1:] != want:
-            raise BadRequest(
-                f"expected input {expected.name!r} of shape [-1, {', '.join(map(str, want))}]"
-            )
-        if not 1 <= batch.shape[0] <= self._max_images:
-            raise BadRequest(f"batch of {batch.shape[0]}; allowed 1..{self._max_images}")
-        self._batch = batch
-        return int(batch.shape[0])
+        self._batch = checked_batch(self._model, self._arrays, self._max_images)
+        return int(self._batch.shape[0])
 
     async def prepare(self, variant: ServedVariant, index: int) -> np.ndarray:
         row: np.ndarray = self._batch[index].astype(np.float32, copy=False)
@@ -199,5 +210,4 @@ class TensorRoute(Route[dict[str, np.ndarray]]):
         self._rows[index] = result.outputs
 
     async def respond(self, variant: ServedVariant) -> dict[str, np.ndarray]:
-        rows = [self._rows[i] for i in range(len(self._rows))]
-        return {n: np.concatenate([r[n] for r in rows]) for n in rows[0]}
+        return gather_rows(self._rows)

@@ -74,6 +74,7 @@ def quiet_tool_warnings() -> Iterator[None]:
 def cmd_build(args: argparse.Namespace) -> int:
     from engines.build.builder import BuildConfig, build_model
     from engines.build.report import summary_table
+    from engines.build.tensorrt_step import tensorrt_available
     from engines.precision import Precision
     from engines.sources.repository import ensure_model_source
 
@@ -96,5 +97,17 @@ def cmd_build(args: argparse.Namespace) -> int:
         manifest = build_model(model_dir, settings.engines_dir, config, progress=True)
     print(summary_table(manifest))
     print(f"manifest: {settings.engines_dir / manifest.model / 'manifest.json'}")
-    accepted = [v for v in manifest.variants if v.status == "accepted"]
-    return 0 if accepted else 1
+    if config.backend == "tensorrt" and not tensorrt_available():
+        print(
+            "TensorRT is not installed here: the TensorRT-ready ONNX variants above were made "
+            "and checked on CPU (fake-quant INT8); their plans are compiled on the GPU host at "
+            "first start (detect-serve serve --prepare) and checked there against FP32."
+        )
+    # Success: some requested variant of this backend is usable (accepted, or pending its plan).
+    built = [
+        v
+        for v in manifest.variants
+        if v.backend == config.backend and v.precision in config.precisions
+    ]
+    usable = [v for v in built if v.accepted or v.status.startswith("pending")]
+    return 0 if usable else 1

@@ -89,7 +89,12 @@ def load_servable_variants(
     host = current_host(backend, providers)
     servable: list[ServableVariant] = []
     refused: dict[Precision, str] = {}
-    for variant in manifest.variants:
+    # One manifest holds every backend's builds: this host's backend first, so another
+    # backend's record of a precision never hides (or stands in for) this backend's own.
+    ordered = sorted(manifest.variants, key=lambda v: v.backend != backend)
+    for variant in ordered:
+        if variant.precision in refused or any(s.precision == variant.precision for s in servable):
+            continue
         if not variant.accepted:
             refused[variant.precision] = variant.status
             continue

@@ -18,19 +18,34 @@ from engines.artifacts.manifest import Calibration, Manifest, Variant
 from engines.build.accuracy import CANDIDATE_CONF, detect_all
 from engines.build.cache import cache_key, cached_variant
 from engines.build.int8.calibration import CalibrationSet, ImageSet, image_sets
-from engines.build.int8.quantize import CalibrationName, Int8Options
+from engines.build.int8.quantize import CalibrationName, Int8Options, Int8Recipe, quantize_int8
 from engines.build.int8.search import Int8Search, make_int8
+from engines.build.int8.tensorrt_recipe import (
+    FAKE_QUANT,
+    TENSORRT_RECIPE,
+    quantize_for_tensorrt,
+    tensorrt_int8_options,
+)
+from engines.build.merge import (
+    build_lock,
+    carried_over,
+    find,
+    keeps_earlier,
+    onnx_name,
+    publish,
+    put,
+    staging,
+)
 from engines.build.report import Reporter
 from engines.build.steps import (
     Candidate,
     EngineLoader,
     Reference,
-    compile_variant,
     make_fp16,
     make_fp32,
     measure,
-    open_engine,
 )
+from engines.build.tensorrt_step import TensorRTStep, finish_tensorrt
 from engines.build.timing import batch_sizes, time_engine
 from engines.errors import EngineError, ModelFormatError
 from engines.model.info import ModelInfo, read_model_info
@@ -86,11 +101,14 @@ class BuildConfig:
 
     def int8_options(self) -> Int8Options:
         # TensorRT takes only symmetric activations; whole-graph mode quantizes every op.
-        return Int8Options(
-            self.calibration_method,
-            symmetric_activations=self.backend == "tensorrt",
-            op_types=("Conv",) if self.mixed_precision else None,
+        options = Int8Options(
+            self.calibration_method, op_types=("Conv",) if self.mixed_precision else None
         )
+        return tensorrt_int8_options(options) if self.backend == "tensorrt" else options
+
+    def int8_recipe(self) -> Int8Recipe:
+        """Each backend gets the INT8 graph its kernels want."""
+        return quantize_for_tensorrt if self.backend == "tensorrt" else quantize_int8
 
     def variant_inputs(self, precision: Precision) -> dict[str, Any]:
         """The options a variant of ``precision`` depends on (part of its cache key)."""
@@ -105,6 +123,7 @@ class BuildConfig:
         if precision is Precision.INT8:
             inputs |= {
                 "int8": self.int8_options().describe(),
+                "recipe": TENSORRT_RECIPE if self.backend == "tensorrt" else "onnxruntime-cpu",
                 "mixed": self.mixed_precision,
                 "fallbacks": self.max_fallbacks,
             }
@@ -162,41 +181,60 @@ def build_model(
         else None,
     )
     out = engines_dir / info.name
-    out.mkdir(parents=True, exist_ok=True)
     host = current_host(config.backend, config.providers)
     job = _Job(source, info, out, val, calib, config, host, Reporter(progress))
-    source_sha = sha256_file(source)
-    previous = Manifest.load(out)
+    with build_lock(out):
+        return _build_locked(job, layout_name)
+
+
+def _build_locked(job: _Job, layout_name: str) -> Manifest:
+    config, out, info = job.config, job.out, job.info
+    source_sha = sha256_file(job.source)
+    # Variants of other backends and precisions (same source) stay as they are.
     manifest = Manifest(
         model=info.name,
-        source_path=str(source),
+        source_path=str(job.source),
         source_sha256=source_sha,
         layout=layout_name,
         input_size=info.input_size,
         class_names=list(info.class_names),
+        variants=carried_over(Manifest.load(out), source_sha),
     )
     keys = _keys(job, source_sha)
     todo = []
     for p in config.precisions:
-        reuse = None if config.force else cached_variant(previous, keys[p], out, p.value)
+        reuse = (
+            None
+            if config.force
+            else cached_variant(manifest, keys[p], out, p.value, config.backend)
+        )
         if reuse is None:
             todo.append(p)
         else:
             job.report.say(f"{p.value}: cached, nothing to do")
-            manifest.variants.append(reuse)
     if todo:
         _build_todo(job, todo, keys, manifest)
-    manifest.variants.sort(key=lambda v: list(Precision).index(v.precision))
     manifest.save(out)
     return manifest
 
 
 def _loader(config: BuildConfig) -> EngineLoader:
+    """How the build runs a variant ONNX. TensorRT-bound graphs are judged on CPU with
+    fake-quant numerics (Q/DQ computed as written, as TensorRT does), never with ORT's CPU
+    integer kernels, whose saturation would steer the INT8 search wrongly."""
     from engines.runtime.onnxruntime import OnnxRuntimeEngine
+
+    tensorrt = config.backend == "tensorrt"
+    providers = ("CPUExecutionProvider",) if tensorrt else config.providers
+    session_config = FAKE_QUANT if tensorrt else None
 
     def load(path: Path, precision: Precision) -> Engine:
         return OnnxRuntimeEngine(
-            path, precision, providers=config.providers, max_batch=config.max_batch
+            path,
+            precision,
+            providers=providers,
+            max_batch=config.max_batch,
+            session_config=session_config,
         )
 
     return load
@@ -222,34 +260,43 @@ def _build_todo(
 ) -> None:
     load = _loader(job.config)
     ref = _reference(job, load)
-    for precision in todo:
-        started = time.perf_counter()
-        variant = Variant(
-            precision=precision,
-            backend=job.config.backend,
-            device=job.host.device,
-            status="building",
-            tool_versions=job.host.tool_versions,
-            cache_key=keys[precision],
-        )
-        try:
-            _build_one(job, precision, ref, load, variant)
-        except (EngineError, OSError, ValueError, RuntimeError) as exc:
-            # Recorded, never accepted: the next build retries only with --force or new inputs.
-            variant.status = f"rejected: build failed: {exc}"
-            variant.artifact = variant.artifact_sha256 = None
-        variant.build_seconds = round(time.perf_counter() - started, 1)
-        job.report.say(f"{precision.value}: {variant.status} ({variant.build_seconds}s)")
-        manifest.variants = [v for v in manifest.variants if v.precision != precision]
-        manifest.variants.append(variant)
-        manifest.save(job.out)  # progress survives an interrupted build; nothing unproven accepted
+    backend = job.config.backend
+    with staging(job.out, backend) as stage:
+        for precision in todo:
+            started = time.perf_counter()
+            variant = Variant(
+                precision=precision,
+                backend=backend,
+                device=job.host.device,
+                status="building",
+                tool_versions=job.host.tool_versions,
+                cache_key=keys[precision],
+            )
+            files: list[tuple[Path, str]] = []
+            try:
+                files = _build_one(job, precision, ref, load, variant, stage)
+            except (EngineError, OSError, ValueError, RuntimeError) as exc:
+                # Recorded, never accepted: the next build retries only with --force or new inputs.
+                variant.status = f"rejected: build failed: {exc}"
+                variant.artifact = variant.artifact_sha256 = None
+            variant.build_seconds = round(time.perf_counter() - started, 1)
+            job.report.say(f"{precision.value}: {variant.status} ({variant.build_seconds}s)")
+            if keeps_earlier(variant, find(manifest.variants, backend, precision), job.out):
+                job.report.say(f"{precision.value}: the variant accepted earlier stays in use")
+                continue
+            for staged, name in files:
+                publish(staged, job.out, name)
+            put(manifest, variant)
+            manifest.save(job.out)  # progress survives an interrupted build
 
 
-def _make(job: _Job, precision: Precision, ref: Reference, load: EngineLoader) -> Candidate:
+def _make(
+    job: _Job, precision: Precision, ref: Reference, load: EngineLoader, stage: Path
+) -> Candidate:
     if precision is Precision.FP32:
-        return make_fp32(job.source, job.out)
+        return make_fp32(job.source, stage)
     if precision is Precision.FP16:
-        return make_fp16(job.source, job.out)
+        return make_fp16(job.source, stage)
     assert job.calib is not None  # image_sets loads it whenever INT8 is requested
     options = job.config.int8_options()
     ranges = job.out / f"calibration-{options.ranges_key}-{job.calib.content_hash[:12]}.json"
@@ -257,30 +304,41 @@ def _make(job: _Job, precision: Precision, ref: Reference, load: EngineLoader) -
     calibration = CalibrationSet(job.calib, job.info.input_name, size, pad, ranges)
     budget = job.config.budgets.of(precision)
     search = Int8Search(
-        calibration, options, budget, job.config.mixed_precision, job.config.max_fallbacks
+        calibration,
+        options,
+        budget,
+        job.config.mixed_precision,
+        job.config.max_fallbacks,
+        quantize=job.config.int8_recipe(),
     )
     job.report.say(
         f"int8: {options.describe()}; {len(calibration)} images ({job.calib.description})"
     )
     with job.report.bar("int8 calibration", len(calibration)) as tick:
         calibration.on_feed = tick
-        return make_int8(job.source, job.out, ref, search, load, job.report.say)
+        return make_int8(job.source, stage, ref, search, load, job.report.say)
 
 
 def _build_one(
-    job: _Job, precision: Precision, ref: Reference, load: EngineLoader, variant: Variant
-) -> None:
-    budget = job.config.budgets.of(precision)
-    candidate = _make(job, precision, ref, load)
-    backend, max_batch = job.config.backend, job.config.max_batch
-    artifact = compile_variant(candidate.onnx_path, backend, max_batch, job.out)
-    engine = open_engine(artifact, precision, backend, max_batch, load)
+    job: _Job,
+    precision: Precision,
+    ref: Reference,
+    load: EngineLoader,
+    variant: Variant,
+    stage: Path,
+) -> list[tuple[Path, str]]:
+    """Make, check and time one variant in ``stage``; fill ``variant`` (artifact, accuracy,
+    status). Returns the staged files to publish as (path, final name), artifact first."""
+    config = job.config
+    budget = config.budgets.of(precision)
+    candidate = _make(job, precision, ref, load, stage)
+    engine = load(candidate.onnx_path, precision)
     try:
-        if candidate.accuracy is None or job.config.backend == "tensorrt":
+        if candidate.accuracy is None:
             with job.report.bar(f"{precision.value} validation", len(ref.images)) as tick:
                 candidate.accuracy = measure(engine, ref, budget, tick)
-        if job.config.timing:
-            sizes = batch_sizes(job.config.max_batch)
+        if config.timing and config.backend != "tensorrt":  # TensorRT times the plan
+            sizes = batch_sizes(config.max_batch)
             with job.report.bar(f"{precision.value} timing", len(sizes)) as tick:
                 variant.latency_ms = time_engine(engine, sizes, on_size=tick)
             variant.images_per_s = {
@@ -290,17 +348,32 @@ def _build_one(
         engine.close()
     if precision is Precision.INT8 and job.calib is not None:
         variant.calibration = Calibration(
-            method=job.config.calibration_method,
+            method=config.calibration_method,
             image_count=len(job.calib),
             content_hash=job.calib.content_hash,
             source=job.calib.description,
         )
-    variant.accuracy = candidate.accuracy
     variant.kept_float = candidate.kept_float or []
-    variant.artifact, variant.artifact_sha256 = artifact.name, sha256_file(artifact)
-    score = candidate.accuracy.map50_95_agreement
-    variant.status = (
-        "accepted"
-        if score >= budget
-        else f"rejected: mAP50-95 agreement {score:.4f} < budget {budget}"
-    )
+    if config.backend == "tensorrt":
+        step = TensorRTStep(
+            job.out,
+            stage,
+            config.max_batch,
+            job.info.input_size,
+            budget,
+            config.timing,
+            job.report,
+        )
+        files = finish_tensorrt(step, precision, candidate, ref, variant)
+    else:
+        variant.accuracy = candidate.accuracy
+        score = candidate.accuracy.map50_95_agreement
+        variant.status = (
+            "accepted"
+            if score >= budget
+            else f"rejected: mAP50-95 agreement {score:.4f} < budget {budget}"
+        )
+        files = [(candidate.onnx_path, onnx_name(config.backend, precision))]
+    staged, name = files[0]
+    variant.artifact, variant.artifact_sha256 = name, sha256_file(staged)
+    return files

@@ -21,11 +21,23 @@ def cache_key(inputs: dict[str, Any], host: HostInfo) -> str:
 
 
 def cached_variant(
-    manifest: Manifest | None, variant_key: str, folder: Path, precision: str
+    manifest: Manifest | None,
+    variant_key: str,
+    folder: Path,
+    precision: str,
+    backend: str = "onnxruntime",
 ) -> Variant | None:
-    """The recorded variant if its key matches and its artifact still has the recorded sha256."""
+    """The recorded variant of ``backend`` if its key matches and its artifact still has the
+    recorded sha256."""
     old = (
-        next((v for v in manifest.variants if v.precision.value == precision), None)
+        next(
+            (
+                v
+                for v in manifest.variants
+                if v.precision.value == precision and v.backend == backend
+            ),
+            None,
+        )
         if manifest
         else None
     )

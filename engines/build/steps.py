@@ -82,32 +82,3 @@ def make_fp16(source: Path, out_dir: Path) -> Candidate:
     target = out_dir / "fp16.onnx"
     onnx.save(to_fp16(model, keep_float=head), str(target))
     return Candidate(target, kept_float=[KeptFloat(node=n, reason=HEAD_REASON) for n in head])
-
-
-def compile_variant(artifact: Path, backend: str, max_batch: int, out_dir: Path) -> Path:
-    """The TensorRT plan of a variant ONNX (GPU hosts); other backends run the ONNX itself."""
-    if backend != "tensorrt":
-        return artifact
-    from engines.build.tensorrt_plan import build_plan
-
-    plan = artifact.with_suffix(".plan")
-    build_plan(
-        artifact,
-        plan,
-        opt_batch=max(1, max_batch // 2),
-        max_batch=max_batch,
-        workspace_bytes=2 << 30,
-        timing_cache_path=out_dir / "timing.cache",  # kept beside the plans, reused by rebuilds
-    )
-    return plan
-
-
-def open_engine(
-    artifact: Path, precision: Precision, backend: str, max_batch: int, load: EngineLoader
-) -> Engine:
-    if backend == "tensorrt":
-        from engines.runtime.tensorrt import TensorRTEngine
-
-        trt: Engine = TensorRTEngine(artifact, precision, max_batch=max_batch)
-        return trt
-    return load(artifact, precision)

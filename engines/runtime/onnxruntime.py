@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,10 @@ class OnnxRuntimeEngine:
         providers: Sequence[str] = ("CPUExecutionProvider",),
         intra_op_threads: int = 0,
         max_batch: int = 8,
+        session_config: Mapping[str, str] | None = None,
     ) -> None:
+        """``session_config``: ONNX Runtime session config entries, e.g. the fake-quant
+        ``session.disable_quant_qdq`` under which TensorRT-bound INT8 graphs are judged."""
         import onnxruntime as ort
 
         available = set(ort.get_available_providers())
@@ -66,6 +69,8 @@ class OnnxRuntimeEngine:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if intra_op_threads:
             options.intra_op_num_threads = intra_op_threads
+        for key, value in (session_config or {}).items():
+            options.add_session_config_entry(key, value)
         try:
             self._session = ort.InferenceSession(str(path), options, providers=list(providers))
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types

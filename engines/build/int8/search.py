@@ -22,7 +22,7 @@ from engines.artifacts.manifest import Accuracy, KeptFloat
 from engines.build.accuracy import CANDIDATE_CONF, detect_all, detection_error
 from engines.build.int8.calibration import CalibrationSet
 from engines.build.int8.graph import HEAD_REASON, compute_nodes, decode_head
-from engines.build.int8.quantize import Int8Options, quantize_int8
+from engines.build.int8.quantize import Int8Options, Int8Recipe, quantize_int8
 from engines.build.steps import Candidate, EngineLoader, Reference, measure
 from engines.model.postprocess import Detections
 from engines.precision import Precision
@@ -38,6 +38,7 @@ class Int8Search:
     mixed_precision: bool  # False: whole-graph INT8, no float-kept nodes (to show why not)
     max_fallbacks: int
     probe_images: int = 8
+    quantize: Int8Recipe = quantize_int8  # the target backend's INT8 recipe
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class _Quantizer:
 
     def write(self, target: Path, kept: Sequence[str], only: Sequence[str] | None = None) -> None:
         calibration, options = self.search.calibration, self.search.options
-        quantize_int8(self.source, target, calibration, options, keep_float=kept, only=only)
+        self.search.quantize(self.source, target, calibration, options, keep_float=kept, only=only)
 
     def accuracy(self, target: Path, kept: Sequence[str], ref: Reference) -> Accuracy:
         self.write(target, kept)

@@ -5,11 +5,14 @@
 # Both fetch the default model's source at build time (no model download at start-up) and build
 # precision engines at start-up into /var/lib/detect/engines (a volume): engines are tied to the
 # device and tool versions, so they are built where they run and reused while the manifest matches.
+# Replicas may share that volume: one builds (under a lock), the others find the plans cached.
 
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
-# CUDA 12.6 + cuDNN 9 runtime: what the onnxruntime-gpu 1.2x CUDA 12 wheels and the tensorrt 10.x
-# cu12 wheels are built against. TensorRT itself comes from pip (tensorrt-cu12 bundles its libs).
-ARG CUDA_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
+# One CUDA major for the whole GPU stack: 13. onnxruntime-gpu >= 1.27 (the first with what the
+# build uses) is a CUDA 13 build on PyPI, tensorrt-cu13 and cuda-bindings 13.x match it, and
+# cuDNN 9 is for ONNX Runtime's CUDA provider. Hosts need an R580+ driver and a GPU of compute
+# capability >= 7.5 (CUDA 13 dropped Maxwell, Pascal and Volta).
+ARG CUDA_IMAGE=nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04
 
 # ---- wheel of the project (no build tools in the runtime images) -------------------------------
 FROM ${PYTHON_IMAGE} AS wheel
@@ -35,7 +38,7 @@ COPY --from=wheel /wheels /wheels
 # version bounds of pyproject.toml.
 # hadolint ignore=DL3013
 RUN WHEEL="$(ls /wheels/*.whl)" \
-    && pip install --no-cache-dir "${WHEEL}[build]" \
+    && pip install --no-cache-dir "${WHEEL}[build,cpu]" \
     && rm -rf /wheels \
     && useradd --system --uid 10001 --create-home detect \
     && mkdir -p /var/lib/detect/engines /var/lib/detect/cache
@@ -71,9 +74,21 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv /opt/venv
 COPY --from=wheel /wheels /wheels
+# The GPU stack, pinned exactly (pyproject's `gpu` extra gives the ranges). TensorRT's libraries
+# are not on PyPI (its tensorrt-cu13-libs there is a stub that fetches from NVIDIA's index), so
+# pip reads NVIDIA's index too. The project has no `onnxruntime` dependency of its own (only the
+# `cpu` extra has it): the check below fails the build if anything brought it in beside
+# onnxruntime-gpu (they install the same module; the CUDA provider would vanish).
 # hadolint ignore=DL3013
 RUN WHEEL="$(ls /wheels/*.whl)" \
-    && pip install --no-cache-dir "${WHEEL}[build,gpu]" \
+    && pip install --no-cache-dir --extra-index-url https://pypi.nvidia.com \
+        "${WHEEL}[build,gpu]" \
+        "onnxruntime-gpu==1.31.1" \
+        "tensorrt-cu13==11.4.0.106" \
+        "cuda-bindings==13.5.0" \
+        "nvidia-ml-py==13.615.71" \
+    && if pip show onnxruntime >/dev/null 2>&1; then echo "onnxruntime beside onnxruntime-gpu" >&2; exit 1; fi \
+    && python -c "import onnxruntime as o; assert 'CUDAExecutionProvider' in o.get_available_providers()" \
     && rm -rf /wheels \
     && useradd --system --uid 10001 --create-home detect \
     && mkdir -p /var/lib/detect/engines /var/lib/detect/cache

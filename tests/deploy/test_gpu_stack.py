@@ -10,9 +10,9 @@ release, so it is refused); cuda-bindings/cuda-python follow CUDA's own major.
 from __future__ import annotations
 
 import re
-import tomllib
 
 import pytest
+import tomllib
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version

@@ -99,9 +99,7 @@ def test_cpu_onnxruntime_never_rides_along_with_onnxruntime_gpu() -> None:
 def test_onnxruntime_lower_bound_is_what_the_code_uses() -> None:
     """calibration_cache_path (engines/build/int8/*) appeared in onnxruntime 1.27."""
     uses = [
-        p
-        for p in (REPO / "engines").rglob("*.py")
-        if "calibration_cache_path=" in p.read_text()
+        p for p in (REPO / "engines").rglob("*.py") if "calibration_cache_path=" in p.read_text()
     ]
     assert uses, "the code no longer needs onnxruntime 1.27; lower the bounds"
     for name, package in (("cpu", "onnxruntime"), ("gpu", "onnxruntime-gpu")):

@@ -36,8 +36,12 @@ class ServerProcess:
         ready_timeout_s: float = 180.0,
         wait_ready: bool = True,
         args: list[str] | None = None,
+        module: str = "service.cli",
     ) -> ServerProcess:
-        """Start a server whose settings come from ``env`` (DETECT_*); wait for readiness."""
+        """Start a server whose settings come from ``env`` (DETECT_*); wait for readiness.
+
+        ``module`` is the entry point run with ``python -m`` (tests name one that wraps the CLI).
+        """
         port = int((env or {}).get("DETECT_PORT") or free_port())
         full_env = {
             **os.environ,
@@ -49,7 +53,7 @@ class ServerProcess:
         log_path = workdir / f"server-{port}.log"
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "service.cli", "serve", *(args or [])],
+                [sys.executable, "-m", module, "serve", *(args or [])],
                 cwd=cwd,
                 env=full_env,
                 stdout=log,

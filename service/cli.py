@@ -13,10 +13,13 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from service import extras
 from service.config import Settings
 
 log = logging.getLogger("detect-serve")
 Command = Callable[[argparse.Namespace], int]
+# Extras a subcommand needs whatever its arguments (checked before it does any work).
+COMMAND_EXTRAS: dict[str, tuple[str, ...]] = {"build": ("build",), "bench": ("bench",)}
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -38,6 +41,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     if args.prepare:
+        extras.require("detect-serve serve --prepare", "build")
         prepare(settings)
     app = create_app(settings)
     uvicorn.run(
@@ -128,10 +132,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     func: Command = args.func
+    command = f"detect-serve {args.command}"
     try:
+        extras.require(command, *COMMAND_EXTRAS.get(args.command, ()))
         return func(args)
     except KeyboardInterrupt:
         return 130
+    except extras.MissingExtra as exc:
+        print(f"detect-serve: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        missing = extras.hint(command, exc)
+        if missing is None:
+            raise
+        print(f"detect-serve: error: {missing}", file=sys.stderr)
+        return 2
     except Exception as exc:  # a CLI prints the reason, not a traceback
         from engines.errors import EngineError
 
@@ -142,14 +157,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _add_optional_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """``build`` and ``bench`` live in their own modules (they pull in heavier dependencies)."""
+    """``build`` and ``bench`` live in their own modules, which import their extras only when
+    run: every ``--help`` works on a plain install, and running says which extra is missing."""
+    from bench.cli import add_bench_command
     from service.cli_build import add_build_command
 
     add_build_command(sub)
-    try:
-        from bench.cli import add_bench_command
-    except ImportError:
-        return
     add_bench_command(sub)
 
 

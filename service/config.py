@@ -41,8 +41,6 @@ class Settings(BaseSettings):
     backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
     ort_providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
     intra_op_threads: int = Field(0, ge=0, description="0 = ONNX Runtime's default")
-    # Test hook: "module:factory" returning an Engine, used instead of the real backend.
-    engine_factory: str | None = None
 
     # Batching.
     max_batch: int = Field(8, ge=1, le=256)

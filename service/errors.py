@@ -1,8 +1,10 @@
 """The service's error taxonomy and the one place that maps errors to HTTP.
 
-Every error leaves the service as ``{"error": {"code": ..., "message": ...}}`` with the right
-status. Bad input is 4xx, overload is 503 with ``Retry-After``, a missed deadline is 504, a dead
-engine is 503 (and readiness goes false). Nothing internal leaks into a message.
+Every error leaves the service as ``{"error": {"code": ..., "message": ...}}`` (KServe v2 routes:
+``{"error": "<message>"}``) with the right status. Bad input is 4xx, overload is 503 with
+``Retry-After``, a missed deadline is 504, a dead engine is 503 (and readiness goes false). The
+engines and the scheduler raise errors in their own terms; ``to_service_error`` maps them here.
+Nothing internal leaks into a message.
 """
 
 from __future__ import annotations
@@ -18,6 +20,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from engines.errors import ImageDecodeError, ImageTooLargeError, InferenceError
+from service.scheduler.errors import (
+    DeadlineUnmeetable,
+    QueueFull,
+    SchedulerError,
+    ShuttingDown,
+    TooManyImages,
+    VariantOutOfService,
+)
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +117,28 @@ def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     return {"error": error}
 
 
+def _from_scheduler(exc: SchedulerError) -> ServiceError:
+    message = str(exc)
+    if isinstance(exc, QueueFull):
+        return Overloaded(message, retry_after_s=exc.retry_after_s)
+    if isinstance(exc, ShuttingDown):
+        return Overloaded(message, retry_after_s=5)
+    if isinstance(exc, TooManyImages):  # could never be queued: retrying will not help
+        return PayloadTooLarge(message)
+    if isinstance(exc, DeadlineUnmeetable):
+        return DeadlineExceeded(message)
+    if isinstance(exc, VariantOutOfService):
+        return EngineUnavailable(message)
+    log.error("unmapped scheduler error: %r", exc)
+    return ServiceError("internal error")
+
+
 def to_service_error(exc: BaseException) -> ServiceError:
-    """Translate engine-level errors into the service taxonomy."""
+    """Translate engine- and scheduler-level errors into the service taxonomy."""
     if isinstance(exc, ServiceError):
         return exc
+    if isinstance(exc, SchedulerError):
+        return _from_scheduler(exc)
     if isinstance(exc, ImageTooLargeError):
         return ImageTooLarge(str(exc))
     if isinstance(exc, ImageDecodeError):

@@ -8,7 +8,6 @@ readiness, instead of taking the whole process down.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -57,11 +56,7 @@ ENGINE_FACTORIES: dict[str, EngineFactory] = {
 
 
 def engine_factory(settings: Settings, backend: str) -> EngineFactory:
-    """The configured test hook (``module:function``) or the backend's own factory."""
-    if settings.engine_factory:
-        module, _, attr = settings.engine_factory.partition(":")
-        factory: EngineFactory = getattr(importlib.import_module(module), attr)
-        return factory
+    """The backend's own factory."""
     try:
         return ENGINE_FACTORIES[backend]
     except KeyError:

@@ -2,30 +2,28 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, Literal, TypeVar
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
+import numpy as np
 from fastapi import APIRouter, Header, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
-from engines.model.pipeline import DetectOptions
+from engines.model.pipeline import DetectOptions, PreparedImage
+from engines.model.postprocess import Detections
 from service.deps import AuthDep, MetricsDep, ModelDep, SettingsDep
-from service.errors import (
-    BadRequest,
-    ClientClosedRequest,
-    UnsupportedMediaType,
-    to_service_error,
-)
-from service.inference import ImageOutcome, pick_variant, prepare_images, run_images
+from service.errors import BadRequest, UnsupportedMediaType
+from service.flow import Route, serve
+from service.metrics import Metrics
 from service.registry import ServedModel, ServedVariant
+from service.scheduler import ItemResult
 from service.schemas import Detection, DetectResponse, ImageResult, Timing, error_responses
 
 router = APIRouter(tags=["detection"], dependencies=[AuthDep])
-T = TypeVar("T")
 
 IMAGE_TYPES = ("image/", "application/octet-stream")
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
@@ -94,33 +92,12 @@ async def read_images(request: Request, max_images: int) -> list[bytes]:
     return blobs
 
 
-async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Run ``work``; if the client goes away first, cancel it so queued images are dropped."""
-    task = asyncio.ensure_future(work)
-    gone = False
-
-    async def watch() -> None:
-        nonlocal gone
-        while not task.done():
-            message = await request.receive()
-            if message["type"] == "http.disconnect":
-                gone = True
-                task.cancel()
-                return
-
-    watcher = asyncio.create_task(watch())
-    try:
-        return await task
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        # Ours (the client left), not the server's (shutdown): an ordinary outcome, not a crash.
-        # Task.cancelling() exists from Python 3.11; before that, trust ``gone``.
-        cancelling = getattr(current, "cancelling", lambda: 0)()
-        if gone and not cancelling:
-            raise ClientClosedRequest("the client disconnected") from None
-        raise
-    finally:
-        watcher.cancel()
+@dataclass(frozen=True)
+class ImageOutcome:
+    image: PreparedImage
+    detections: Detections
+    timing_ms: dict[str, float]
+    batch_size: int
 
 
 def _result(model: ServedModel, outcome: ImageOutcome, total_ms: float) -> ImageResult:
@@ -145,24 +122,75 @@ def _result(model: ServedModel, outcome: ImageOutcome, total_ms: float) -> Image
     )
 
 
-async def _detect(
-    model: ServedModel,
-    variant: ServedVariant,
-    blobs: list[bytes],
-    options: DetectOptions,
-    deadline: float,
-    metrics: MetricsDep,
-) -> list[ImageOutcome]:
-    prepared = await prepare_images(model, variant, blobs, deadline, metrics)
-    return await run_images(model, variant, prepared, options, deadline, metrics)
+class DetectRoute(Route[DetectResponse]):
+    """Images in (decoded in worker threads), boxes out (decoded and NMS'd in worker threads)."""
 
+    def __init__(
+        self,
+        request: Request,
+        model: ServedModel,
+        options: DetectOptions,
+        max_images: int,
+        metrics: Metrics,
+    ) -> None:
+        self._request = request
+        self._model = model
+        self._options = options
+        self._max_images = max_images
+        self._metrics = metrics
+        self._started = time.perf_counter()
+        self._blobs: list[bytes] = []
+        self._images: dict[int, tuple[PreparedImage, float]] = {}
+        self._outcomes: dict[int, ImageOutcome] = {}
 
-def _track(metrics: MetricsDep, model: str, precision: str) -> Callable[[int, float], None]:
-    def record(status: int, seconds: float) -> None:
-        metrics.requests.labels(model, precision, str(status)).inc()
-        metrics.request_duration.labels(model, precision).observe(seconds)
+    async def read(self, variant: ServedVariant) -> int:
+        self._blobs = await read_images(self._request, self._max_images)
+        return len(self._blobs)
 
-    return record
+    async def prepare(self, variant: ServedVariant, index: int) -> np.ndarray:
+        started = time.perf_counter()
+        image = await run_in_threadpool(self._model.pipeline.prepare, self._blobs[index])
+        elapsed = time.perf_counter() - started
+        self._metrics.preprocess_duration.labels(*self._labels(variant)).observe(elapsed)
+        self._images[index] = (image, elapsed)
+        return image.tensor
+
+    async def finish(self, variant: ServedVariant, index: int, result: ItemResult) -> None:
+        image, decode_s = self._images[index]
+        started = time.perf_counter()
+        pipeline = self._model.pipeline
+        detections = await run_in_threadpool(pipeline.finish, result.outputs, image, self._options)
+        post_s = time.perf_counter() - started
+        variant.scheduler.observe_finish(post_s)
+        self._metrics.postprocess_duration.labels(*self._labels(variant)).observe(post_s)
+        timing = {
+            "decode": decode_s * 1000,
+            "queue": result.queue_wait_s * 1000,
+            "inference": result.inference_s * 1000,
+            "postprocess": post_s * 1000,
+        }
+        self._outcomes[index] = ImageOutcome(image, detections, timing, result.batch_size)
+
+    def respond(self, variant: ServedVariant) -> DetectResponse:
+        total_ms = round((time.perf_counter() - self._started) * 1000, 2)
+        outcomes = [self._outcomes[i] for i in range(len(self._blobs))]
+        results = [_result(self._model, o, total_ms) for o in outcomes]
+        body = DetectResponse(
+            model=self._model.name,
+            precision=variant.spec.precision.value,
+            backend=variant.engine.backend,
+            device=variant.engine.device,
+        )
+        if len(results) == 1:
+            only = results[0]
+            body.width, body.height, body.detections = only.width, only.height, only.detections
+            body.timing_ms, body.batch_size = only.timing_ms, only.batch_size
+        else:
+            body.results = results
+        return body
+
+    def _labels(self, variant: ServedVariant) -> tuple[str, str]:
+        return self._model.name, variant.spec.precision.value
 
 
 @router.post(
@@ -196,7 +224,6 @@ async def detect(
     x_deadline_ms: Annotated[float | None, Header(gt=0, le=600_000, allow_inf_nan=False)] = None,
 ) -> DetectResponse:
     """Run the model on the uploaded image(s); boxes are in original-image pixels."""
-    started = time.perf_counter()
     budget_ms = deadline_ms or x_deadline_ms or settings.default_deadline_ms
     deadline = time.monotonic() + budget_ms / 1000
     if max_det > settings.max_detections:
@@ -205,46 +232,10 @@ async def detect(
         class_ids = model.pipeline.parse_classes(classes)
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
+    options = DetectOptions(conf, iou, max_det, class_ids)
+    route = DetectRoute(request, model, options, settings.max_images_per_request, metrics)
     requested = precision or settings.default_precision
-    variant = pick_variant(model, requested)
-    chosen = variant.spec.precision.value
-    metrics.precision_selected.labels(model.name, requested, chosen).inc()
-    record = _track(metrics, model.name, chosen)
-    metrics.inflight.labels(model.name).inc()
-    status = 500
-    try:
-        options = DetectOptions(conf, iou, max_det, class_ids)
-        # The whole body is read before anything watches for a disconnect: both would take
-        # messages from the same receive channel, and a body chunk taken by the watcher is lost.
-        blobs = await read_images(request, settings.max_images_per_request)
-        outcomes = await cancel_on_disconnect(
-            request, _detect(model, variant, blobs, options, deadline, metrics)
-        )
-        status = 200
-    except asyncio.CancelledError:
-        status = 499  # client closed the request (nginx's convention)
-        raise
-    except Exception as exc:
-        err = to_service_error(exc)
-        status = err.status
-        raise err from exc
-    finally:
-        metrics.inflight.labels(model.name).dec()
-        record(status, time.perf_counter() - started)
-    total_ms = round((time.perf_counter() - started) * 1000, 2)
-    results = [_result(model, o, total_ms) for o in outcomes]
-    response.headers["X-Precision"] = chosen
-    response.headers["X-Backend"] = variant.engine.backend
-    body = DetectResponse(
-        model=model.name,
-        precision=chosen,
-        backend=variant.engine.backend,
-        device=variant.engine.device,
-    )
-    if len(results) == 1:
-        only = results[0]
-        body.width, body.height, body.detections = only.width, only.height, only.detections
-        body.timing_ms, body.batch_size = only.timing_ms, only.batch_size
-    else:
-        body.results = results
+    body = await serve(model, requested, route, deadline=deadline, metrics=metrics, request=request)
+    response.headers["X-Precision"] = body.precision
+    response.headers["X-Backend"] = body.backend
     return body

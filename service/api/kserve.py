@@ -9,7 +9,6 @@ it); outputs are the raw engine outputs. Each image row goes through the same ba
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -18,11 +17,19 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from engines.precision import Precision
-from service.api.kserve_codec import HEADER_LENGTH, decode_inputs, encode_outputs, split_body
+from service.api.kserve_codec import (
+    HEADER_LENGTH,
+    check_requested_outputs,
+    decode_inputs,
+    encode_outputs,
+    requested_precision,
+    split_body,
+)
 from service.deps import AuthDep, MetricsDep, RegistryDep, SettingsDep, check_api_key_for_ops
-from service.errors import BadRequest, ModelNotFound, to_service_error
-from service.inference import pick_variant
+from service.errors import BadRequest, ModelNotFound
+from service.flow import Route, serve
 from service.registry import ModelRegistry, ServedModel, ServedVariant
+from service.scheduler import ItemResult
 
 router = APIRouter(prefix="/v2", tags=["kserve-v2"])
 ops = [AuthDep]
@@ -121,14 +128,49 @@ async def v2_model_ready(model_name: str, registry: RegistryDep) -> JSONResponse
     return JSONResponse({"name": model_name, "ready": ready}, status_code=200 if ready else 400)
 
 
-async def _run_rows(
-    variant: ServedVariant, batch: np.ndarray, deadline: float
-) -> dict[str, np.ndarray]:
-    results = await asyncio.gather(
-        *(variant.scheduler.submit(row.astype(np.float32, copy=False), deadline) for row in batch)
-    )
-    names = results[0].outputs.keys()
-    return {n: np.concatenate([r.outputs[n] for r in results]) for n in names}
+class V2Route(Route[Response]):
+    """Preprocessed NCHW tensors in, one per batcher item; raw engine outputs out."""
+
+    def __init__(
+        self, model: ServedModel, name: str, header: dict[str, Any], binary: bytes, max_images: int
+    ) -> None:
+        self._model = model
+        self._name = name
+        self._header = header
+        self._binary = binary
+        self._max_images = max_images
+        self._batch = np.empty((0,), np.float32)
+        self._rows: dict[int, dict[str, np.ndarray]] = {}
+
+    async def read(self, variant: ServedVariant) -> int:
+        arrays = decode_inputs(self._header, self._binary)
+        expected = self._model.info.inputs[0]
+        batch = arrays.get(expected.name)
+        want = tuple(d for d in expected.shape[1:])
+        if batch is None or batch.ndim != 4 or tuple(batch.shape[1:]) != want:
+            raise BadRequest(
+                f"expected input {expected.name!r} of shape [-1, {', '.join(map(str, want))}]"
+            )
+        if not 1 <= batch.shape[0] <= self._max_images:
+            raise BadRequest(f"batch of {batch.shape[0]}; allowed 1..{self._max_images}")
+        check_requested_outputs(self._header, [t.name for t in self._model.info.outputs])
+        self._batch = batch
+        return int(batch.shape[0])
+
+    async def prepare(self, variant: ServedVariant, index: int) -> np.ndarray:
+        row: np.ndarray = self._batch[index].astype(np.float32, copy=False)
+        return row
+
+    async def finish(self, variant: ServedVariant, index: int, result: ItemResult) -> None:
+        self._rows[index] = result.outputs
+
+    def respond(self, variant: ServedVariant) -> Response:
+        rows = [self._rows[i] for i in range(len(self._rows))]
+        outputs = {n: np.concatenate([r[n] for r in rows]) for n in rows[0]}
+        chosen = {"precision": variant.spec.precision.value, "backend": variant.engine.backend}
+        extra = {"parameters": chosen}
+        body, headers = encode_outputs(self._header, outputs, self._name, extra)
+        return Response(body, headers=headers, media_type=headers["content-type"])
 
 
 @router.post("/models/{model_name}/infer", dependencies=ops, summary="v2 inference")
@@ -142,35 +184,9 @@ async def v2_infer(
     settings: SettingsDep,
     metrics: MetricsDep,
 ) -> Response:
-    started = time.perf_counter()
     model, precision = resolve(registry, model_name)
-    header, binary = split_body(await request.body(), request.headers.get(HEADER_LENGTH))
-    requested = precision or str((header.get("parameters") or {}).get("precision", "auto"))
-    variant = pick_variant(model, requested)
-    arrays = decode_inputs(header, binary)
-    expected = model.info.inputs[0]
-    batch = arrays.get(expected.name)
-    want = tuple(d for d in expected.shape[1:])
-    if batch is None or batch.ndim != 4 or tuple(batch.shape[1:]) != want:
-        raise BadRequest(
-            f"expected input {expected.name!r} of shape [-1, {', '.join(map(str, want))}]"
-        )
-    if not 1 <= batch.shape[0] <= settings.max_images_per_request:
-        raise BadRequest(f"batch of {batch.shape[0]}; allowed 1..{settings.max_images_per_request}")
-    chosen = variant.spec.precision.value
     deadline = time.monotonic() + settings.default_deadline_ms / 1000
-    status = 500
-    try:
-        variant.scheduler.admit(batch.shape[0], deadline)  # all rows or none
-        outputs = await _run_rows(variant, batch, deadline)
-        status = 200
-    except Exception as exc:
-        err = to_service_error(exc)
-        status = err.status
-        raise err from exc
-    finally:
-        metrics.requests.labels(model.name, chosen, str(status)).inc()
-        metrics.request_duration.labels(model.name, chosen).observe(time.perf_counter() - started)
-    extra = {"parameters": {"precision": chosen, "backend": variant.engine.backend}}
-    body, headers = encode_outputs(header, outputs, model_name, extra)
-    return Response(body, headers=headers, media_type=headers["content-type"])
+    header, binary = split_body(await request.body(), request.headers.get(HEADER_LENGTH))
+    requested = precision or requested_precision(header)
+    route = V2Route(model, model_name, header, binary, settings.max_images_per_request)
+    return await serve(model, requested, route, deadline=deadline, metrics=metrics, request=request)

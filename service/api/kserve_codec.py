@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import BadRequest
+from service.errors import BadRequest, InferenceFailed
 
 V2_DTYPES: dict[str, np.dtype[Any]] = {
     "FP32": np.dtype("<f4"),
@@ -65,6 +65,32 @@ def decode_inputs(request: dict[str, Any], binary: bytes) -> dict[str, np.ndarra
     return arrays
 
 
+def _parameters(entry: dict[str, Any], where: str) -> dict[str, Any]:
+    parameters = entry.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise BadRequest(f"v2 {where} 'parameters' must be an object")
+    return parameters
+
+
+def requested_precision(request: dict[str, Any]) -> str:
+    """The request parameter ``precision`` (default ``auto``)."""
+    return str(_parameters(request, "request").get("precision", "auto"))
+
+
+def check_requested_outputs(request: dict[str, Any], available: list[str]) -> None:
+    """Refuse, before any inference, an ``outputs`` list the reply could not honour."""
+    _parameters(request, "request")
+    outputs = request.get("outputs") or []
+    if not isinstance(outputs, list):
+        raise BadRequest("v2 'outputs' must be a list")
+    for out in outputs:
+        if not isinstance(out, dict) or not isinstance(out.get("name"), str):
+            raise BadRequest("every v2 requested output must be an object with a 'name'")
+        if out["name"] not in available:
+            raise BadRequest(f"unknown output {out['name'][:64]!r}; the model has {available}")
+        _parameters(out, f"output {out['name']!r}")
+
+
 def wants_binary(request: dict[str, Any], name: str) -> bool:
     if (request.get("parameters") or {}).get("binary_data_output"):
         return True
@@ -83,11 +109,10 @@ def encode_outputs(
     tensors, blobs = [], []
     for name in names:
         array = np.ascontiguousarray(outputs[name])
-        entry: dict[str, Any] = {
-            "name": name,
-            "datatype": NUMPY_TO_V2.get(array.dtype.newbyteorder("<"), "FP32"),
-            "shape": list(array.shape),
-        }
+        datatype = NUMPY_TO_V2.get(array.dtype.newbyteorder("<"))
+        if datatype is None:  # mislabelled bytes would be read as garbage by the client
+            raise InferenceFailed(f"engine output {name!r} has dtype {array.dtype}, not a v2 type")
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
         if wants_binary(request, name):
             raw = array.astype(array.dtype.newbyteorder("<")).tobytes()
             entry["parameters"] = {"binary_data_size": len(raw)}

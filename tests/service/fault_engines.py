@@ -1,8 +1,17 @@
-"""Engines with injected faults, loaded by a real server through ``DETECT_ENGINE_FACTORY``.
+"""The real server with fault-injecting engines, for tests.
+
+``python -m tests.service.fault_engines serve`` (``module=FAULT_SERVER`` with ``server_factory``)
+runs ``detect-serve`` after wrapping every engine the registry opens in ``FaultyEngine``.
+Production code has no hook for this: the wrapping happens here, in the server's own process,
+before the app is built.
 
 ``FAULT_FAIL_BATCHES``: comma-separated batch numbers (1-based) that raise a recoverable error.
 ``FAULT_FATAL_AFTER``: after this many good batches, every batch raises a fatal error.
 ``FAULT_DELAY_S``: extra seconds per batch (makes overload and drain tests deterministic).
+``FAULT_GATE_FILE``: every batch waits until this file exists (a test holds requests in flight
+for as long as it needs, then releases them by creating the file).
+``FAULT_GARBLE_BATCHES``: batch numbers whose outputs come back as complex numbers, a dtype no
+protocol carries (a failure that only shows after inference).
 """
 
 from __future__ import annotations
@@ -10,14 +19,22 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from engines.errors import InferenceError
 from engines.runtime.base import Engine
-from service.config import Settings
-from service.registry import ENGINE_FACTORIES
-from service.variant_specs import VariantSpec
+from service import registry
+
+FAULT_SERVER = "tests.service.fault_engines"
+GATE_TIMEOUT_S = 120.0
+
+
+def _batches(variable: str) -> set[int]:
+    return {int(b) for b in os.environ.get(variable, "").split(",") if b}
 
 
 class FaultyEngine:
@@ -25,10 +42,13 @@ class FaultyEngine:
         self._inner = inner
         self._batches = 0
         self._lock = threading.Lock()
-        self._fail = {int(b) for b in os.environ.get("FAULT_FAIL_BATCHES", "").split(",") if b}
+        self._fail = _batches("FAULT_FAIL_BATCHES")
+        self._garble = _batches("FAULT_GARBLE_BATCHES")
         fatal = os.environ.get("FAULT_FATAL_AFTER")
         self._fatal_after = int(fatal) if fatal else None
         self._delay = float(os.environ.get("FAULT_DELAY_S", "0"))
+        gate = os.environ.get("FAULT_GATE_FILE")
+        self._gate = Path(gate) if gate else None
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._inner, name)
@@ -40,14 +60,42 @@ class FaultyEngine:
         with self._lock:
             self._batches += 1
             n = self._batches
+        self._wait_for_gate()
         if n in self._fail:
             raise InferenceError(f"injected failure in batch {n}")
         if self._fatal_after is not None and n > self._fatal_after:
             raise InferenceError("injected fatal error: device lost", fatal=True)
         time.sleep(self._delay)
-        return self._inner.infer(batch)
+        outputs = self._inner.infer(batch)
+        if n in self._garble:
+            return {k: v.astype(np.complex64) for k, v in outputs.items()}
+        return outputs
+
+    def _wait_for_gate(self) -> None:
+        if self._gate is None:
+            return
+        give_up = time.monotonic() + GATE_TIMEOUT_S  # a test that died must not hang the server
+        while not self._gate.exists() and time.monotonic() < give_up:
+            time.sleep(0.01)
 
 
-def faulty(spec: VariantSpec, settings: Settings) -> Engine:
-    inner = ENGINE_FACTORIES[spec.backend](spec, settings)
-    return FaultyEngine(inner)  # type: ignore[return-value]
+def install() -> None:
+    """Wrap every engine the registry of this process opens (whatever the backend)."""
+    choose = registry.engine_factory
+
+    def with_faults(*args: Any, **kwargs: Any) -> Callable[..., Engine]:
+        opens = choose(*args, **kwargs)
+
+        def open_faulty(*args: Any, **kwargs: Any) -> Engine:
+            return FaultyEngine(opens(*args, **kwargs))  # type: ignore[return-value]
+
+        return open_faulty
+
+    registry.engine_factory = with_faults  # type: ignore[assignment]
+
+
+if __name__ == "__main__":
+    from service.cli import main
+
+    install()
+    raise SystemExit(main())

@@ -12,9 +12,10 @@ import httpx
 import pytest
 
 from tests.conftest import Server
+from tests.service.fault_engines import FAULT_SERVER
 
 pytestmark = pytest.mark.slow
-FAULTY = {"DETECT_ENGINE_FACTORY": "tests.service.fault_engines:faulty", "DETECT_MAX_BATCH": "1"}
+FAULTY = {"DETECT_MAX_BATCH": "1"}
 
 
 def post(server: Server, data: bytes, **kwargs: object) -> httpx.Response:
@@ -24,7 +25,7 @@ def post(server: Server, data: bytes, **kwargs: object) -> httpx.Response:
 def test_a_failing_batch_fails_only_its_own_requests(
     server_factory: Callable[..., Server], photo: Callable[[str], bytes]
 ) -> None:
-    server = server_factory({**FAULTY, "FAULT_FAIL_BATCHES": "2"})
+    server = server_factory({**FAULTY, "FAULT_FAIL_BATCHES": "2"}, module=FAULT_SERVER)
     data = photo("bus")
     statuses = [post(server, data).status_code for _ in range(3)]
     assert statuses == [200, 500, 200]
@@ -34,7 +35,7 @@ def test_a_failing_batch_fails_only_its_own_requests(
 def test_fatal_engine_error_flips_readiness_with_reason(
     server_factory: Callable[..., Server], photo: Callable[[str], bytes]
 ) -> None:
-    server = server_factory({**FAULTY, "FAULT_FATAL_AFTER": "1"})
+    server = server_factory({**FAULTY, "FAULT_FATAL_AFTER": "1"}, module=FAULT_SERVER)
     data = photo("bus")
     assert post(server, data).status_code == 200
     dying = post(server, data)
@@ -56,7 +57,8 @@ def test_sigterm_under_load_finishes_accepted_requests_and_exits(
             "FAULT_DELAY_S": "0.05",
             "DETECT_MAX_BATCH": "4",
             "DETECT_SHUTDOWN_GRACE_S": "20",
-        }
+        },
+        module=FAULT_SERVER,
     )
     data = photo("bus")
     with concurrent.futures.ThreadPoolExecutor(12) as pool:

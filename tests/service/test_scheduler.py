@@ -11,8 +11,18 @@ import numpy as np
 import pytest
 
 from engines.errors import InferenceError
-from service.errors import DeadlineExceeded, EngineUnavailable, Overloaded, PayloadTooLarge
-from service.scheduler import BatchingConfig, BatchScheduler, DeviceLoad, Outputs
+from service.errors import to_service_error
+from service.scheduler import (
+    BatchingConfig,
+    BatchScheduler,
+    DeadlineUnmeetable,
+    DeviceLoad,
+    Outputs,
+    QueueFull,
+    ShuttingDown,
+    TooManyImages,
+    VariantOutOfService,
+)
 
 
 class StandInEngine:
@@ -126,7 +136,7 @@ def test_unmeetable_deadline_is_refused_before_running() -> None:
     async def main() -> None:
         # teaches the scheduler ~200 ms per image
         engine, sched = await taught(0.2, max_batch=1, max_wait_s=0.0, max_queue=16)
-        with pytest.raises(DeadlineExceeded):
+        with pytest.raises(DeadlineUnmeetable):
             await sched.submit(item(1), time.monotonic() + 0.02)
         assert engine.batches == [[0]]  # the refused request never reached the engine
         await sched.close()
@@ -140,7 +150,7 @@ def test_deadline_covers_the_time_after_the_batch() -> None:
         engine, sched = await taught(0.02, max_batch=1, max_wait_s=0.0, max_queue=16)
         await sched.submit(item(1), time.monotonic() + 0.2)  # easily met
         sched.observe_finish(0.5)  # but answering takes 500 ms after the engine
-        with pytest.raises(DeadlineExceeded):
+        with pytest.raises(DeadlineUnmeetable):
             await sched.submit(item(2), time.monotonic() + 0.2)
         assert [2] not in engine.batches
         await sched.close()
@@ -164,7 +174,7 @@ def test_late_request_in_the_middle_of_a_batch_is_dropped_and_the_rest_run() -> 
         engine.gate.set()
         assert int((await first).outputs["ids"][0]) == 2
         assert int((await last).outputs["ids"][0]) == 4
-        with pytest.raises(DeadlineExceeded):
+        with pytest.raises(DeadlineUnmeetable):
             await late
         await blocker
         assert engine.batches[-1] == [2, 4]
@@ -178,13 +188,13 @@ def test_admission_counts_images_still_being_decoded() -> None:
         _, sched = await taught(0.05, max_batch=4, max_wait_s=0.0, max_queue=4)
         sched.admit(1, far())  # an empty queue admits
         with sched.incoming(3):  # three images of other requests are decoding
-            with pytest.raises(Overloaded):
+            with pytest.raises(QueueFull):
                 sched.admit(2, far())  # 3 + 2 > the queue's 4 places
             sched.admit(1, far())
-            with pytest.raises(DeadlineExceeded):
+            with pytest.raises(DeadlineUnmeetable):
                 sched.admit(1, time.monotonic() + 0.1)  # 4 images of 50 ms ahead
         sched.admit(1, time.monotonic() + 0.1)  # once they are gone, it fits
-        with pytest.raises(PayloadTooLarge):
+        with pytest.raises(TooManyImages):
             sched.admit(5, far())  # more than the queue could ever hold: 413, not 503
         await sched.close()
 
@@ -208,7 +218,7 @@ def test_a_crashing_worker_answers_its_batch_and_takes_the_variant_out() -> None
             await asyncio.wait_for(sched.submit(item(0), far()), 5)
         await asyncio.sleep(0)
         assert sched.dead_reason is not None and "crashed" in sched.dead_reason
-        with pytest.raises(EngineUnavailable):  # later requests are refused at once
+        with pytest.raises(VariantOutOfService):  # later requests are refused at once
             await asyncio.wait_for(sched.submit(item(1), far()), 5)
         await sched.close()
 
@@ -238,7 +248,7 @@ def test_builder_timing_decides_deadlines_before_the_first_batch() -> None:
         engine = StandInEngine()
         sched = BatchScheduler(engine, BatchingConfig(max_batch=1, expected_per_image_s=0.5))
         sched.start()
-        with pytest.raises(DeadlineExceeded):  # the manifest says 500 ms per image
+        with pytest.raises(DeadlineUnmeetable):  # the manifest says 500 ms per image
             await sched.submit(item(0), time.monotonic() + 0.1)
         assert engine.batches == []
         await sched.submit(item(1), far())
@@ -263,7 +273,7 @@ def test_deadline_counts_work_of_other_variants_on_the_same_device() -> None:
         alone = BatchScheduler(StandInEngine(), config, name="elsewhere")
         alone.start()
         await alone.submit(item(9), time.monotonic() + 0.3)  # 100 ms of its own: fits
-        with pytest.raises(DeadlineExceeded):
+        with pytest.raises(DeadlineUnmeetable):
             await idle.submit(item(9), time.monotonic() + 0.3)  # shares the busy device
         busy_engine.gate.set()
         await asyncio.gather(*queued)
@@ -316,7 +326,7 @@ def test_deadline_passing_while_queued_is_refused_before_running() -> None:
         await asyncio.sleep(0.3)
         engine.gate.set()
         await blocker
-        with pytest.raises(DeadlineExceeded):
+        with pytest.raises(DeadlineUnmeetable):
             await late
         assert [2] not in engine.batches
         await sched.close()
@@ -333,9 +343,9 @@ def test_full_queue_is_refused_with_retry_after() -> None:
         await asyncio.sleep(0.05)  # item 0 is inside the engine, queue empty
         queued = [asyncio.create_task(sched.submit(item(i), far())) for i in (1, 2)]
         await asyncio.sleep(0.01)
-        with pytest.raises(Overloaded) as refused:
+        with pytest.raises(QueueFull) as refused:
             await sched.submit(item(3), far())
-        assert int(refused.value.headers["Retry-After"]) >= 1
+        assert int(to_service_error(refused.value).headers["Retry-After"]) >= 1
         engine.gate.set()
         await asyncio.gather(running, *queued)  # accepted work still completes
         await sched.close()
@@ -372,7 +382,7 @@ def test_fatal_engine_error_takes_variant_out_of_service() -> None:
             await sched.submit(item(0), far())
         assert sched.dead_reason and "device lost" in sched.dead_reason
         assert len(seen) == 1
-        with pytest.raises(EngineUnavailable):
+        with pytest.raises(VariantOutOfService):
             await sched.submit(item(1), far())
         await sched.close()
 
@@ -426,7 +436,22 @@ def test_shutdown_drains_every_accepted_request() -> None:
         await sched.close(timeout_s=30)
         results = await asyncio.gather(*tasks)
         assert [int(r.outputs["ids"][0]) for r in results] == list(range(30))
-        with pytest.raises(Overloaded):
+        with pytest.raises(ShuttingDown):
             await sched.submit(item(99), far())
 
     run(main)
+
+
+def test_scheduler_refusals_map_to_http_in_one_place() -> None:
+    """The scheduler speaks in its own terms; service/errors.py picks the status and headers."""
+    cases = [
+        (QueueFull("full", retry_after_s=2.5), 503, "3"),
+        (ShuttingDown("closing"), 503, "5"),
+        (TooManyImages("too many"), 413, None),
+        (DeadlineUnmeetable("late"), 504, None),
+        (VariantOutOfService("dead"), 503, "5"),
+    ]
+    for error, status, retry_after in cases:
+        mapped = to_service_error(error)
+        assert (mapped.status, mapped.headers.get("Retry-After")) == (status, retry_after)
+        assert mapped.message == str(error)

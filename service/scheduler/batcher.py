@@ -17,42 +17,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
 
 import numpy as np
 
 from engines.errors import InferenceError
-from service.errors import DeadlineExceeded, EngineUnavailable, Overloaded, PayloadTooLarge
+from service.scheduler.admission import (
+    Admission,
+    BatchObserver,
+    DeviceLoad,
+    NullObserver,
+    QueueState,
+)
+from service.scheduler.errors import DeadlineUnmeetable, ShuttingDown, VariantOutOfService
 
 log = logging.getLogger(__name__)
 
 Outputs = dict[str, np.ndarray]
-# Batch times are an average of noisy measurements; refuse work that would need them all to be
-# at least this much better than average to meet its deadline.
-DEADLINE_SAFETY = 1.25
 RunBatch = Callable[[np.ndarray], Outputs]
-
-
-class BatchObserver(Protocol):
-    """Receives what only the scheduler knows (queue wait, batch size, engine time)."""
-
-    def queued(self, depth: int) -> None: ...
-    def batch_started(self, size: int, queue_waits_s: list[float]) -> None: ...
-    def batch_finished(self, size: int, duration_s: float, ok: bool) -> None: ...
-    def rejected(self, reason: str) -> None: ...
-
-
-class _NullObserver:
-    def queued(self, depth: int) -> None: ...
-    def batch_started(self, size: int, queue_waits_s: list[float]) -> None: ...
-    def batch_finished(self, size: int, duration_s: float, ok: bool) -> None: ...
-    def rejected(self, reason: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -84,69 +70,6 @@ class _Request:
     deadline: float
 
 
-@dataclass
-class _BatchTimes:
-    """Running per-image cost (EWMA and its variance), to refuse requests that cannot meet their
-    deadline.
-
-    Per-image cost underestimates small batches (fixed overhead is spread thin), which errs on
-    the side of running a request rather than refusing it.
-    """
-
-    per_image_s: float = 0.0
-    samples: int = 0
-    variance: float = 0.0
-    _alpha: float = field(default=0.2, repr=False)
-
-    @property
-    def known(self) -> bool:
-        return self.samples > 0 or self.per_image_s > 0
-
-    def observe(self, size: int, duration_s: float) -> None:
-        per_image = duration_s / size
-        if self.samples == 0:
-            self.per_image_s = per_image
-        else:
-            diff = per_image - self.per_image_s
-            self.per_image_s += self._alpha * diff
-            self.variance = (1 - self._alpha) * (self.variance + self._alpha * diff * diff)
-        self.samples += 1
-
-    def estimate(self, size: int) -> float:
-        return self.per_image_s * size
-
-    def pessimistic(self, size: int, tail: bool = True) -> float:
-        """For deadlines, which are about the tail: at least DEADLINE_SAFETY over the mean, or
-        (``tail``) two standard deviations over it when batch times vary more (a device shared
-        with decoding, other processes, thermal limits)."""
-        spread = self.per_image_s + 2 * math.sqrt(self.variance) if tail else 0.0
-        return max(self.per_image_s * DEADLINE_SAFETY, spread) * size
-
-
-class DeviceLoad:
-    """Every scheduler whose engine shares one device (a GPU, or the CPU).
-
-    Variants of one model (FP32 and INT8 under ``auto``) or several models run their batches on
-    the same device at the same time, so a deadline estimate that counted only its own queue
-    would be optimistic exactly when the server is busiest.
-    """
-
-    def __init__(self, concurrency: int = 1) -> None:
-        self._members: list[BatchScheduler] = []
-        # On a CPU, two sessions running at once just split the cores (and each batch then takes
-        # twice as long as any estimate says); on a GPU, a bounded number of streams overlap.
-        self._slots = asyncio.Semaphore(concurrency)
-
-    def slot(self) -> asyncio.Semaphore:
-        return self._slots
-
-    def join(self, scheduler: BatchScheduler) -> None:
-        self._members.append(scheduler)
-
-    def others_work_s(self, me: BatchScheduler) -> float:
-        return sum(m.pending_work_s() for m in self._members if m is not me)
-
-
 class BatchScheduler:
     """Batches single-image requests for one engine variant."""
 
@@ -163,7 +86,7 @@ class BatchScheduler:
     ) -> None:
         self._run_batch = run_batch
         self._config = config
-        self._observer: BatchObserver = observer or _NullObserver()
+        self._observer: BatchObserver = observer or NullObserver()
         self._own_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(
             max_workers=config.concurrency, thread_name_prefix=name
@@ -175,10 +98,12 @@ class BatchScheduler:
         self._incoming = 0
         self._closing = False
         self._dead: str | None = None
-        self._times = _BatchTimes(per_image_s=config.expected_per_image_s or 0.0)
-        # What follows the engine for each request (post-processing, waiting for a thread); the
-        # deadline covers the whole answer, not just the batch.
-        self._finish = _BatchTimes()
+        self._admission = Admission(
+            max_queue=config.max_queue,
+            workers=config.concurrency,
+            expected_per_image_s=config.expected_per_image_s,
+            observer=self._observer,
+        )
         self._workers: list[asyncio.Task[None]] = []
         self._running_images = 0
         self._device = device
@@ -205,7 +130,7 @@ class BatchScheduler:
         self._dead = f"batch worker {task.get_name()} crashed: {exc!r}"
         log.error("%s", self._dead, exc_info=exc)
         while self._queue:
-            self._fail(self._queue.popleft(), EngineUnavailable(self._dead))
+            self._fail(self._queue.popleft(), VariantOutOfService(self._dead))
         if self._on_fatal is not None and isinstance(exc, Exception):
             self._on_fatal(exc)
 
@@ -222,7 +147,7 @@ class BatchScheduler:
             await asyncio.gather(*pending, return_exceptions=True)
         # Anything still queued (only after a timeout) gets an answer rather than hanging.
         while self._queue:
-            self._fail(self._queue.popleft(), Overloaded("server shutting down"))
+            self._fail(self._queue.popleft(), ShuttingDown("server shutting down"))
         if self._own_executor:
             self._executor.shutdown(wait=False)
 
@@ -238,27 +163,17 @@ class BatchScheduler:
     def dead_reason(self) -> str | None:
         return self._dead
 
-    def _safe(self, images: int, tail: bool = True) -> float:
-        """Time to answer a batch of ``images``, with the safety margin, finishing included."""
-        return self._times.pessimistic(images, tail) + self._finish.estimate(1)
-
     def observe_finish(self, seconds: float) -> None:
         """Record how long one request took from its batch's outputs to its answer."""
-        self._finish.observe(1, seconds)
+        self._admission.finish.observe(1, seconds)
 
     def pending_work_s(self) -> float:
         """Engine time still owed to what is running or queued here."""
         images = self._running_images + len(self._queue)
-        return self._times.estimate(images) / self._config.concurrency
+        return self._admission.wait_s(images)
 
     def _others_s(self) -> float:
         return self._device.others_work_s(self) if self._device else 0.0
-
-    def estimated_wait_s(self, queued: int | None = None) -> float:
-        """Time until a new request is answered: ``queued`` images (default: the queue) ahead
-        of it, everything running, and itself."""
-        ahead = (len(self._queue) if queued is None else queued) + self._running_images + 1
-        return self._times.estimate(ahead) / self._config.concurrency
 
     # -- submission ----------------------------------------------------------------------------
 
@@ -282,43 +197,14 @@ class BatchScheduler:
         self._check(images, deadline, ahead=len(self._queue) + self._incoming)
 
     def _check(self, images: int, deadline: float, ahead: int) -> None:
-        if self._dead is not None:
-            raise EngineUnavailable(self._dead)
-        if self._closing:
-            self._observer.rejected("shutting_down")
-            raise Overloaded("server is shutting down", retry_after_s=5)
-        if images > self._config.max_queue:  # could never be queued, however long it waited
-            raise PayloadTooLarge(
-                f"{images} images in one request; this server queues at most "
-                f"{self._config.max_queue} per variant"
-            )
-        if ahead + images > self._config.max_queue:
-            self._observer.rejected("queue_full")
-            raise Overloaded(
-                f"queue full ({self._config.max_queue} waiting)",
-                retry_after_s=self.estimated_wait_s(ahead),
-            )
-        now = time.monotonic()
-        # The variance term is for queueing under load. On an idle device it is left out: the
-        # estimate only changes when batches run, and one slow batch's variance must not refuse
-        # every tight deadline for good.
-        others_s = self._others_s()
-        idle = ahead == 0 and not self._running_images and others_s == 0
-        own_s = self._times.pessimistic(ahead + images + self._running_images, tail=not idle)
-        needed_s = own_s / self._config.concurrency + others_s * DEADLINE_SAFETY
-        needed_s += self._finish.estimate(1)
-        if self._times.known and now + needed_s > deadline:
-            self._observer.rejected("deadline")
-            raise DeadlineExceeded(
-                f"deadline cannot be met: about {needed_s * 1000:.0f} ms needed, "
-                f"{max(0.0, deadline - now) * 1000:.0f} ms left"
-            )
+        state = QueueState(ahead, self._running_images, self._others_s(), self._dead, self._closing)
+        self._admission.check(images, deadline, state)
 
     async def submit(self, tensor: np.ndarray, deadline: float) -> ItemResult:
         """Queue one CHW tensor; return the engine outputs for it (leading dim 1).
 
-        ``deadline`` is a ``time.monotonic()`` instant. Raises ``Overloaded`` (queue full or
-        shutting down), ``DeadlineExceeded`` (cannot finish in time), ``EngineUnavailable``.
+        ``deadline`` is a ``time.monotonic()`` instant. Raises the refusals of
+        ``Admission.check`` (``service.scheduler.errors``), or the engine's error.
         """
         self._check(1, deadline, ahead=len(self._queue))
         now = time.monotonic()
@@ -342,7 +228,7 @@ class BatchScheduler:
                 except BaseException as exc:
                     # _run answers its own batch; this covers anything failing around it, so
                     # requests already taken off the queue never wait forever.
-                    error = exc if isinstance(exc, Exception) else Overloaded("shutting down")
+                    error = exc if isinstance(exc, Exception) else ShuttingDown("shutting down")
                     for req in batch:
                         self._fail(req, error)
                     raise
@@ -380,11 +266,13 @@ class BatchScheduler:
         # tightest deadlines first), which also shortens the batch for the others.
         now = time.monotonic()
         tail = bool(len(batch) > 1 or self._queue or self._running_images)  # as at admission
-        while batch and now + self._safe(len(batch), tail) > min(r.deadline for r in batch):
+        while batch and self._admission.misses(
+            min(r.deadline for r in batch), self._admission.needed_s(len(batch), tail=tail), now
+        ):
             late = min(batch, key=lambda r: r.deadline)
             batch.remove(late)
             self._observer.rejected("deadline")
-            self._fail(late, DeadlineExceeded("deadline cannot be met by the next batch"))
+            self._fail(late, DeadlineUnmeetable("deadline cannot be met by the next batch"))
         self._observer.queued(len(self._queue))
         return batch
 
@@ -409,7 +297,7 @@ class BatchScheduler:
         finally:
             self._running_images -= len(batch)
         duration = time.monotonic() - started
-        self._times.observe(len(batch), duration)
+        self._admission.batches.observe(len(batch), duration)
         self._observer.batch_finished(len(batch), duration, ok=True)
         for i, req in enumerate(batch):
             if not req.future.done():

@@ -20,7 +20,10 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY engines/ engines/
 COPY service/ service/
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+COPY scripts/gpu_requirements.py scripts/
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
+    && mkdir /requirements \
+    && python scripts/gpu_requirements.py pyproject.toml build > /requirements/gpu.txt
 
 # ---- CPU image -----------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS cpu
@@ -38,7 +41,7 @@ COPY --from=wheel /wheels /wheels
 # version bounds of pyproject.toml.
 # hadolint ignore=DL3013
 RUN WHEEL="$(ls /wheels/*.whl)" \
-    && pip install --no-cache-dir "${WHEEL}[build,cpu]" \
+    && pip install --no-cache-dir "${WHEEL}[build]" \
     && rm -rf /wheels \
     && useradd --system --uid 10001 --create-home detect \
     && mkdir -p /var/lib/detect/engines /var/lib/detect/cache
@@ -74,22 +77,26 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv /opt/venv
 COPY --from=wheel /wheels /wheels
-# The GPU stack, pinned exactly (pyproject's `gpu` extra gives the ranges). TensorRT's libraries
-# are not on PyPI (its tensorrt-cu13-libs there is a stub that fetches from NVIDIA's index), so
-# pip reads NVIDIA's index too. The project has no `onnxruntime` dependency of its own (only the
-# `cpu` extra has it): the check below fails the build if anything brought it in beside
-# onnxruntime-gpu (they install the same module; the CUDA provider would vanish).
+COPY --from=wheel /requirements/gpu.txt /tmp/gpu-requirements.txt
+# The project's core dependencies include the CPU `onnxruntime`, which installs the same module as
+# onnxruntime-gpu (with both, the CUDA provider may vanish). So the wheel goes in with --no-deps,
+# its other dependencies from the list the wheel stage wrote (pyproject's core + build, without
+# onnxruntime), and the GPU stack pinned exactly (pyproject's `gpu` extra gives the ranges).
+# TensorRT's libraries are not on PyPI (its tensorrt-cu13-libs there is a stub that fetches from
+# NVIDIA's index), so pip reads NVIDIA's index too. The check below fails the build if anything
+# brought `onnxruntime` in anyway.
 # hadolint ignore=DL3013
 RUN WHEEL="$(ls /wheels/*.whl)" \
+    && pip install --no-cache-dir --no-deps "${WHEEL}" \
     && pip install --no-cache-dir --extra-index-url https://pypi.nvidia.com \
-        "${WHEEL}[build,gpu]" \
+        -r /tmp/gpu-requirements.txt \
         "onnxruntime-gpu==1.31.1" \
         "tensorrt-cu13==11.4.0.106" \
         "cuda-bindings==13.5.0" \
         "nvidia-ml-py==13.615.71" \
     && if pip show onnxruntime >/dev/null 2>&1; then echo "onnxruntime beside onnxruntime-gpu" >&2; exit 1; fi \
     && python -c "import onnxruntime as o; assert 'CUDAExecutionProvider' in o.get_available_providers()" \
-    && rm -rf /wheels \
+    && rm -rf /wheels /tmp/gpu-requirements.txt \
     && useradd --system --uid 10001 --create-home detect \
     && mkdir -p /var/lib/detect/engines /var/lib/detect/cache
 COPY models/ /var/lib/detect/models/

@@ -44,12 +44,13 @@ def _images() -> list[bytes]:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from bench.http import as_json, bench_http, bench_pipeline, load_engine, plot
+    from engines.precision import Precision
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the report
     settings = Settings()
     model = args.model or settings.default_model
     images = _images()
-    engine, pipeline = load_engine(settings, model, args.precision)
+    engine, pipeline = load_engine(settings, model, Precision(args.precision))
     raw = bench_pipeline(engine, pipeline, images, [int(b) for b in args.batches.split(",")])
     engine.close()
     for p in raw:

@@ -17,13 +17,12 @@ from typing import Any
 import httpx
 import numpy as np
 
-from engines.model.info import read_model_info
-from engines.model.layouts import detect_layout
-from engines.model.pipeline import DetectOptions, ImagePipeline, PreparedImage
+from engines.artifacts.variants import discover_variants
+from engines.model.pipeline import DetectOptions, ModelPipeline, load_model_pipeline
+from engines.precision import Precision
 from engines.runtime.base import Engine
 from service.config import Settings
-from service.registry import engine_factory
-from service.variant_specs import discover_variants
+from service.registry import engine_options, open_variant
 
 OPTIONS = DetectOptions(conf=0.25, iou=0.45, max_det=300, classes=None)
 
@@ -52,20 +51,28 @@ def _percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
-def load_engine(settings: Settings, model: str, precision: str) -> tuple[Engine, ImagePipeline]:
-    source, specs, _ = discover_variants(
-        settings.models_dir, settings.engines_dir, model, settings.backend
+def load_engine(
+    settings: Settings, model: str, precision: Precision
+) -> tuple[Engine, ModelPipeline]:
+    """The model's pipeline and an engine for one of its variants, opened as the server does."""
+    found = discover_variants(
+        settings.models_dir,
+        settings.engines_dir,
+        model,
+        settings.backend,
+        tuple(settings.ort_providers),
     )
-    spec = next(s for s in specs if s.precision.value == precision)
-    engine = engine_factory(settings, spec.backend)(spec, settings)
-    info = read_model_info(source, model)
-    layout = detect_layout(info.outputs, info.num_classes, info.layout)
-    return engine, ImagePipeline(info, layout, max_pixels=settings.max_pixels)
+    servable = {v.record.precision: v for v in found.servable}
+    if precision not in servable:
+        why = found.refused.get(precision, "it was not built")
+        raise ValueError(f"{model} has no servable {precision.value} variant: {why}")
+    engine = open_variant(servable[precision], engine_options(settings))
+    return engine, load_model_pipeline(found.source, model, max_pixels=settings.max_pixels)
 
 
 def bench_pipeline(
     engine: Engine,
-    pipeline: ImagePipeline,
+    pipeline: ModelPipeline,
     images: list[bytes],
     batches: Sequence[int],
     seconds: float = 5.0,
@@ -79,12 +86,8 @@ def bench_pipeline(
         i = 0
         while time.perf_counter() < stop_at or len(durations) < 3:
             started = time.perf_counter()
-            prepared: list[PreparedImage] = [
-                pipeline.prepare(images[(i + k) % len(images)]) for k in range(batch)
-            ]
-            outputs = engine.infer(np.stack([p.tensor for p in prepared]))
-            for k, p in enumerate(prepared):
-                pipeline.finish({n: v[k : k + 1] for n, v in outputs.items()}, p, OPTIONS)
+            prepared = [pipeline.prepare(images[(i + k) % len(images)]) for k in range(batch)]
+            pipeline.detect_batch(engine, prepared, OPTIONS)
             durations.append(time.perf_counter() - started)
             i += batch
         median = statistics.median(durations)

@@ -30,7 +30,7 @@ def measure(folder: Path, manifest: Manifest, max_batch: int, remeasure: bool) -
             series[v.precision.value] = time_engine(engine, batch_sizes(max_batch))
             engine.close()
         else:
-            series[v.precision.value] = {int(b): ms for b, ms in v.latency_ms.items()}
+            series[v.precision.value] = v.latency_ms
     return series
 
 
@@ -55,7 +55,7 @@ def agreement_lines(manifest: Manifest) -> list[str]:
                 f"{v.precision.value}: mAP50-95 agreement {acc.map50_95_agreement:.4f}, "
                 f"mAP50 {acc.map50_agreement:.4f} on {acc.validation_images} images, "
                 f"{acc.reference_boxes} reference boxes; {len(v.kept_float)} nodes kept float; "
-                f"{v.status}"
+                f"{v.status}{': ' + v.reason if v.reason else ''}"
             )
     return lines
 

@@ -18,7 +18,11 @@ python3 -m venv "$out/venv"
 # shellcheck disable=SC1091
 source "$out/venv/bin/activate"
 pip install --quiet --upgrade pip
-pip install --quiet --extra-index-url https://pypi.nvidia.com '.[build,gpu]'
+# The core dependencies include the CPU onnxruntime, the same module as onnxruntime-gpu: install
+# the project without its dependencies, then them (and the gpu extra) without onnxruntime.
+pip install --quiet --no-deps .
+python3 scripts/gpu_requirements.py pyproject.toml build gpu > "$out/requirements.txt"
+pip install --quiet --extra-index-url https://pypi.nvidia.com -r "$out/requirements.txt"
 if pip show onnxruntime >/dev/null 2>&1; then
     echo "onnxruntime (CPU) is installed beside onnxruntime-gpu; remove it" >&2
     exit 1

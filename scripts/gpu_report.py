@@ -39,6 +39,7 @@ def report(folder: Path, batches: list[int]) -> dict[str, Any]:
             {
                 "precision": v.precision.value,
                 "status": v.status,
+                "reason": v.reason,
                 "artifact": v.artifact,
                 "agreement_map50_95_vs_ort_cpu_fp32": (
                     v.accuracy.map50_95_agreement if v.accuracy else None

@@ -64,10 +64,9 @@ def prepare(settings: Settings) -> None:
         ensure_model_source(settings.models_dir / name)
         if settings.prepare_precisions:
             from engines.build.builder import BuildConfig, build_model
-            from engines.precision import Precision
 
             config = BuildConfig(
-                precisions=tuple(Precision(p) for p in settings.prepare_precisions),
+                precisions=tuple(settings.prepare_precisions),
                 backend=settings.backend,
                 max_batch=settings.max_batch,
                 providers=tuple(settings.ort_providers),
@@ -87,10 +86,13 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
 def cmd_models_list(args: argparse.Namespace) -> int:
     settings = Settings()
     rows = []
-    for meta in sorted(settings.models_dir.glob("*/model.yaml")):
+    from engines.artifacts.manifest import manifest_path
+    from engines.sources.repository import MODEL_YAML, source_onnx
+
+    for meta in sorted(settings.models_dir.glob(f"*/{MODEL_YAML}")):
         name = meta.parent.name
-        source = meta.parent / "source" / "model.onnx"
-        manifest = settings.engines_dir / name / "manifest.json"
+        source = source_onnx(settings.models_dir, name)
+        manifest = manifest_path(settings.engines_dir, name)
         rows.append({"name": name, "fetched": source.is_file(), "built": manifest.is_file()})
     print(json.dumps(rows, indent=2))
     return 0

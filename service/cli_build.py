@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+from engines.runtime.backends import backend_names
 from service.config import Settings
 
 
@@ -30,7 +31,7 @@ def add_build_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     build.add_argument("--calib", type=Path, help="folder of calibration images (INT8)")
     build.add_argument("--val", type=Path, help="folder of validation images")
     build.add_argument("--labels", type=Path, help="COCO json with real labels for --val")
-    build.add_argument("--backend", choices=["onnxruntime", "tensorrt"], default=None)
+    build.add_argument("--backend", choices=backend_names(), default=None)
     build.add_argument("--max-batch", type=int, default=None)
     build.add_argument(
         "--calib-method", choices=["minmax", "entropy", "percentile"], default="minmax"
@@ -40,6 +41,8 @@ def add_build_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def _model_dir(args: argparse.Namespace, settings: Settings) -> Path:
+    from engines.sources.repository import source_onnx
+
     model: str = args.model
     name: str | None = args.name
     given = Path(model)
@@ -48,7 +51,7 @@ def _model_dir(args: argparse.Namespace, settings: Settings) -> Path:
             raise ValueError("a model given as a file needs --name NAME")
         if not given.is_file():
             raise ValueError(f"{given} does not exist")
-        target = settings.models_dir / name / "source" / "model.onnx"
+        target = source_onnx(settings.models_dir, name)
         target.parent.mkdir(parents=True, exist_ok=True)
         if not target.exists() or target.read_bytes() != given.read_bytes():
             shutil.copyfile(given, target)
@@ -72,15 +75,15 @@ def quiet_tool_warnings() -> Iterator[None]:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    from engines.artifacts.manifest import manifest_path
     from engines.build.builder import BuildConfig, build_model
     from engines.build.report import summary_table
-    from engines.build.tensorrt_step import tensorrt_available
     from engines.precision import Precision
-    from engines.sources.repository import ensure_model_source
+    from engines.sources.repository import MODEL_YAML, ensure_model_source
 
     settings = Settings()
     model_dir = _model_dir(args, settings)
-    if (model_dir / "model.yaml").is_file():
+    if (model_dir / MODEL_YAML).is_file():
         ensure_model_source(model_dir)
     config = BuildConfig(
         precisions=tuple(Precision(p.strip()) for p in args.precision.split(",") if p.strip()),
@@ -96,18 +99,17 @@ def cmd_build(args: argparse.Namespace) -> int:
     with quiet_tool_warnings():
         manifest = build_model(model_dir, settings.engines_dir, config, progress=True)
     print(summary_table(manifest))
-    print(f"manifest: {settings.engines_dir / manifest.model / 'manifest.json'}")
-    if config.backend == "tensorrt" and not tensorrt_available():
-        print(
-            "TensorRT is not installed here: the TensorRT-ready ONNX variants above were made "
-            "and checked on CPU (fake-quant INT8); their plans are compiled on the GPU host at "
-            "first start (detect-serve serve --prepare) and checked there against FP32."
-        )
-    # Success: some requested variant of this backend is usable (accepted, or pending its plan).
+    print(f"manifest: {manifest_path(settings.engines_dir, manifest.model)}")
     built = [
         v
         for v in manifest.variants
         if v.backend == config.backend and v.precision in config.precisions
     ]
-    usable = [v for v in built if v.accepted or v.status.startswith("pending")]
-    return 0 if usable else 1
+    if any(v.status == "pending" for v in built):
+        print(
+            f"pending: {config.backend} cannot compile on this host; the pending variants' ONNX "
+            "passed its check here, and their artifacts are compiled and checked against FP32 "
+            "where it can (see why: above)."
+        )
+    # Success: some requested variant of this backend is usable (accepted, or pending its plan).
+    return 0 if any(v.accepted or v.status == "pending" for v in built) else 1

@@ -8,13 +8,14 @@ and validated there: an impossible combination fails start-up with the reason.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from engines.precision import Precision, RequestedPrecision
+from engines.runtime.backends import DEFAULT_BACKEND, BackendName
+
 DEFAULT_MODEL = "yolov3-tiny-coco"
-PrecisionName = Literal["fp32", "fp16", "int8"]
 
 
 class Settings(BaseSettings):
@@ -30,15 +31,15 @@ class Settings(BaseSettings):
     engines_dir: Path = Path("engines_cache")
     models: list[str] = Field(default_factory=lambda: [DEFAULT_MODEL])
     default_model: str = DEFAULT_MODEL
-    default_precision: Literal["fp32", "fp16", "int8", "auto"] = "auto"
+    default_precision: RequestedPrecision = "auto"
 
     # What `detect-serve serve --prepare` builds when a model has no build yet.
-    prepare_precisions: list[PrecisionName] = Field(
-        default_factory=lambda: list[PrecisionName](["fp32", "int8"])
+    prepare_precisions: list[Precision] = Field(
+        default_factory=lambda: [Precision.FP32, Precision.INT8]
     )
 
-    # Execution backend for variants served from ONNX.
-    backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
+    # Execution backend for built variants: a name in engines/runtime/backends.py's table.
+    backend: BackendName = DEFAULT_BACKEND
     ort_providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
     intra_op_threads: int = Field(0, ge=0, description="0 = ONNX Runtime's default")
 

@@ -15,8 +15,6 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "build": ("onnxconverter_common", "faster_coco_eval"),
     "bench": ("httpx", "matplotlib"),
     "gpu": ("tensorrt", "cuda", "pynvml"),
-    # onnxruntime-gpu (the gpu extra) provides the same module; the two never go together.
-    "cpu": ("onnxruntime",),
 }
 
 

@@ -56,7 +56,7 @@ def pick_variant(model: ServedModel, requested: str) -> ServedVariant:
     if not variant.ready:
         raise EngineUnavailable(
             f"{model.name}/{precision.value} is out of service: "
-            f"{model.unavailable.get(precision.value, 'not ready')}"
+            f"{model.unavailable.get(precision, 'not ready')}"
         )
     return variant
 
@@ -77,7 +77,7 @@ async def serve(
     """
     started = time.perf_counter()
     variant = pick_variant(model, requested)
-    chosen = variant.spec.precision.value
+    chosen = variant.record.precision.value
     metrics.precision_selected.labels(model.name, requested, chosen).inc()
     metrics.inflight.labels(model.name).inc()
     status = 500

@@ -9,63 +9,51 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
+from engines.artifacts.record import VariantRecord
+from engines.artifacts.variants import ServableVariant, discover_variants
 from engines.errors import EngineError
-from engines.model.info import ModelInfo, read_model_info
-from engines.model.layouts import detect_layout
-from engines.model.pipeline import ImagePipeline
+from engines.model.info import ModelInfo
+from engines.model.pipeline import ModelPipeline, load_model_pipeline
 from engines.precision import Precision
-from engines.runtime.base import Engine
+from engines.runtime.backends import open_engine
+from engines.runtime.base import Engine, EngineOptions
 from service.config import Settings
 from service.metrics import Metrics
 from service.scheduler import BatchingConfig, BatchScheduler, DeviceLoad
-from service.selection import PrecisionSelector, VariantStats
-from service.variant_specs import VariantSpec, discover_variants
+from service.selection import PrecisionSelector
 
 log = logging.getLogger(__name__)
 
+# Opens a servable variant as an engine: by default through the backend table.
+EngineFactory = Callable[[ServableVariant, EngineOptions], Engine]
 
-class EngineFactory(Protocol):
-    def __call__(self, spec: VariantSpec, settings: Settings) -> Engine: ...
+
+def open_variant(variant: ServableVariant, options: EngineOptions) -> Engine:
+    return open_engine(variant.path, variant.record.precision, variant.record.backend, options)
 
 
-def _onnxruntime_engine(spec: VariantSpec, settings: Settings) -> Engine:
-    from engines.runtime.onnxruntime import OnnxRuntimeEngine
+def engine_factory() -> EngineFactory:
+    """How this process opens engines: through the backend table. (The fault-injecting test
+    server wraps this function; production code has no hook.)"""
+    return open_variant
 
-    return OnnxRuntimeEngine(
-        spec.artifact,
-        spec.precision,
-        providers=settings.ort_providers,
-        intra_op_threads=settings.intra_op_threads,
+
+def engine_options(settings: Settings) -> EngineOptions:
+    return EngineOptions(
         max_batch=settings.max_batch,
+        providers=tuple(settings.ort_providers),
+        intra_op_threads=settings.intra_op_threads,
     )
-
-
-def _tensorrt_engine(spec: VariantSpec, settings: Settings) -> Engine:
-    from engines.runtime.tensorrt import TensorRTEngine  # lazy: needs CUDA + TensorRT
-
-    return TensorRTEngine(spec.artifact, spec.precision, max_batch=settings.max_batch)
-
-
-ENGINE_FACTORIES: dict[str, EngineFactory] = {
-    "onnxruntime": _onnxruntime_engine,
-    "tensorrt": _tensorrt_engine,
-}
-
-
-def engine_factory(settings: Settings, backend: str) -> EngineFactory:
-    """The backend's own factory."""
-    try:
-        return ENGINE_FACTORIES[backend]
-    except KeyError:
-        raise EngineError(f"no engine backend named {backend!r}") from None
 
 
 @dataclass
 class ServedVariant:
-    spec: VariantSpec
+    """A loaded variant: its record (what the build proved), its engine and its batcher."""
+
+    record: VariantRecord
     engine: Engine
     scheduler: BatchScheduler
     ready: bool = False
@@ -74,11 +62,14 @@ class ServedVariant:
 @dataclass
 class ServedModel:
     name: str
-    info: ModelInfo
-    pipeline: ImagePipeline
+    pipeline: ModelPipeline
     selector: PrecisionSelector
     variants: dict[Precision, ServedVariant]
-    unavailable: dict[str, str] = field(default_factory=dict)  # precision -> why not served
+    unavailable: dict[Precision, str] = field(default_factory=dict)  # why a precision is not served
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.pipeline.info
 
 
 class _VariantObserver:
@@ -137,26 +128,24 @@ class ModelRegistry:
 
     def _load_model(self, name: str) -> ServedModel:
         s = self._settings
-        source, specs, unavailable = discover_variants(
+        found = discover_variants(
             s.models_dir, s.engines_dir, name, s.backend, tuple(s.ort_providers)
         )
-        info = read_model_info(source, name)
-        layout = detect_layout(info.outputs, info.num_classes, info.layout)
-        pipeline = ImagePipeline(info, layout, max_pixels=s.max_pixels)
+        pipeline = load_model_pipeline(found.source, name, max_pixels=s.max_pixels)
+        unavailable = dict(found.refused)
         variants: dict[Precision, ServedVariant] = {}
-        for spec in specs:
+        for servable in found.servable:
+            precision = servable.record.precision
             try:
-                variants[spec.precision] = self._load_variant(name, spec)
+                variants[precision] = self._load_variant(name, servable)
             except EngineError as exc:
-                unavailable[spec.precision.value] = f"failed to load: {exc}"
-                log.error("%s/%s not served: %s", name, spec.precision, exc)
+                unavailable[precision] = f"failed to load: {exc}"
+                log.error("%s/%s not served: %s", name, precision, exc)
         if not variants:
-            raise EngineError(f"no variant of {name} could be loaded: {unavailable}")
+            reasons = {p.value: why for p, why in unavailable.items()}
+            raise EngineError(f"no variant of {name} could be loaded: {reasons}")
         selector = PrecisionSelector(
-            [
-                VariantStats(p, v.spec.per_image_latency_s, v.spec.agreement)
-                for p, v in variants.items()
-            ],
+            [v.record for v in variants.values()],
             auto_min_agreement=s.auto_min_agreement,
             queue_wait_slo_s=s.queue_wait_slo_ms / 1000,
         )
@@ -164,13 +153,15 @@ class ModelRegistry:
             observer = variant.scheduler.observer
             if isinstance(observer, _VariantObserver):
                 observer.selector = selector
-        return ServedModel(name, info, pipeline, selector, variants, unavailable)
+        return ServedModel(name, pipeline, selector, variants, unavailable)
 
-    def _load_variant(self, name: str, spec: VariantSpec) -> ServedVariant:
+    def _load_variant(self, name: str, servable: ServableVariant) -> ServedVariant:
         s = self._settings
-        engine = engine_factory(s, spec.backend)(spec, s)
+        record = servable.record
+        precision = record.precision
+        engine = engine_factory()(servable, engine_options(s))
         engine.warmup()
-        observer = _VariantObserver(self._metrics, name, spec.precision)
+        observer = _VariantObserver(self._metrics, name, precision)
         scheduler = BatchScheduler(
             engine.infer,
             BatchingConfig(
@@ -178,27 +169,27 @@ class ModelRegistry:
                 max_wait_s=s.max_wait_ms / 1000,
                 max_queue=s.max_queue,
                 concurrency=s.concurrent_batches,
-                expected_per_image_s=spec.per_image_latency_s,
+                expected_per_image_s=record.per_image_latency_s,
             ),
             observer=observer,
-            on_fatal=lambda exc: self._on_fatal(name, spec.precision, exc),
-            name=f"{name}-{spec.precision.value}",
+            on_fatal=lambda exc: self._on_fatal(name, precision, exc),
+            name=f"{name}-{precision.value}",
             device=self._device,
         )
-        self._metrics.initialise_variant(name, spec.precision.value)
-        self._metrics.queue_capacity.labels(name, spec.precision.value).set(s.max_queue)
-        self._metrics.queue_depth.labels(name, spec.precision.value).set(0)
-        self._metrics.engine_info.labels(
-            name, spec.precision.value, engine.backend, engine.device
-        ).set(1)
-        log.info("loaded %s/%s on %s (%s)", name, spec.precision, engine.device, engine.backend)
-        return ServedVariant(spec, engine, scheduler)
+        self._metrics.initialise_variant(name, precision.value)
+        self._metrics.queue_capacity.labels(name, precision.value).set(s.max_queue)
+        self._metrics.queue_depth.labels(name, precision.value).set(0)
+        self._metrics.engine_info.labels(name, precision.value, engine.backend, engine.device).set(
+            1
+        )
+        log.info("loaded %s/%s on %s (%s)", name, precision, engine.device, engine.backend)
+        return ServedVariant(record, engine, scheduler)
 
     def _on_fatal(self, model: str, precision: Precision, exc: BaseException) -> None:
         served = self.models.get(model)
         if served and precision in served.variants:
             served.variants[precision].ready = False
-            served.unavailable[precision.value] = f"engine failed: {exc}"
+            served.unavailable[precision] = f"engine failed: {exc}"
         self._metrics.engine_ready.labels(model, precision.value).set(0)
 
     # -- serving (event loop) ------------------------------------------------------------------
@@ -217,7 +208,8 @@ class ModelRegistry:
         reasons = [f"{name}: {why}" for name, why in self.failed.items()]
         for model in self.models.values():
             if not any(v.ready for v in model.variants.values()):
-                reasons.append(f"{model.name}: no healthy variant ({model.unavailable})")
+                why = {p.value: reason for p, reason in model.unavailable.items()}
+                reasons.append(f"{model.name}: no healthy variant ({why})")
             reasons.extend(
                 f"{model.name}/{p.value}: {v.scheduler.dead_reason}"
                 for p, v in model.variants.items()

@@ -55,6 +55,7 @@ class VariantInfo(BaseModel):
     ready: bool
     agreement: float | None = Field(None, description="mAP50-95 agreement with FP32")
     latency_ms: dict[int, float] = Field(default_factory=dict, description="batch size -> ms")
+    latency_measured_under: str | None = Field(None, description="the load behind latency_ms")
     note: str = ""
 
 

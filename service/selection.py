@@ -11,19 +11,11 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 
-from engines.precision import Precision
+from engines.artifacts.record import VariantRecord
+from engines.precision import AUTO, Precision
 from service.errors import PrecisionUnavailable
-
-AUTO = "auto"
-
-
-@dataclass(frozen=True)
-class VariantStats:
-    precision: Precision
-    per_image_latency_s: float | None  # from the manifest's timings; None = never measured
-    agreement: float | None  # mAP50-95 agreement with FP32; FP32 itself is 1.0
 
 
 class PrecisionSelector:
@@ -31,7 +23,7 @@ class PrecisionSelector:
 
     def __init__(
         self,
-        variants: list[VariantStats],
+        variants: Sequence[VariantRecord],
         *,
         auto_min_agreement: float,
         queue_wait_slo_s: float,
@@ -71,7 +63,7 @@ class PrecisionSelector:
     def auto_choice(self) -> Precision:
         return self._ladder[self._level]
 
-    def select(self, requested: str, reasons: dict[str, str] | None = None) -> Precision:
+    def select(self, requested: str, reasons: Mapping[Precision, str] | None = None) -> Precision:
         """Resolve a requested precision; ``reasons`` explains unavailable ones (from the build)."""
         if requested == AUTO:
             return self.auto_choice
@@ -82,7 +74,7 @@ class PrecisionSelector:
                 f"unknown precision {requested[:32]!r}; use fp32, fp16, int8 or auto"
             ) from None
         if precision not in self._by_precision:
-            why = (reasons or {}).get(precision.value, "it was not built")
+            why = (reasons or {}).get(precision, "it was not built")
             served = ", ".join(p.value for p in self._by_precision)
             raise PrecisionUnavailable(
                 f"precision {precision.value} is not served for this model ({why}); "

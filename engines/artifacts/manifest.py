@@ -1,78 +1,91 @@
 """The build manifest: what was built, from what, how accurate, how fast (one per model).
 
 Stored as ``{engines_dir}/{model}/manifest.json`` beside the artifacts it describes (a validated
-sidecar, never a header inside an engine file).
+sidecar, never a header inside an engine file). One ``VariantRecord`` per variant.
+
+Schema history: 1 kept ``status`` as ``"rejected: <why>"`` and timings as top-level
+``latency_ms``/``images_per_s``; 2 has ``status`` + ``reason`` and ``timings``; 3 holds one record
+per (backend, precision), the builds of several backends side by side, and adds the ``pending``
+status. Versions 1 and 2 are read (upgraded in memory); a newer version than this code knows is
+refused with the reason (an older reader would take another backend's record for its own).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
+from engines.artifacts.record import VariantRecord
+from engines.errors import ArtifactMismatchError
 from engines.precision import Precision
+from engines.runtime.backends import DEFAULT_BACKEND
 
 MANIFEST = "manifest.json"
-SCHEMA_VERSION: Literal[1] = 1
+SCHEMA_VERSION: Literal[3] = 3
 
 
-class Calibration(BaseModel):
-    method: str
-    image_count: int
-    content_hash: str
-    source: str
+def manifest_path(engines_dir: Path, model: str) -> Path:
+    """Where the build of ``model`` records itself (its artifacts lie beside it)."""
+    return engines_dir / model / MANIFEST
 
 
-class KeptFloat(BaseModel):
-    node: str
-    reason: str
+def _slot(record: VariantRecord) -> tuple[str, Precision]:
+    return record.backend, record.precision
 
 
-class Accuracy(BaseModel):
-    map50_95_agreement: float = Field(description="mAP50-95 vs FP32 detections as ground truth")
-    map50_agreement: float
-    budget: float
-    reference_boxes: int
-    validation_images: int
-    validation_hash: str
-    labelled_map50_95: float | None = None
-
-
-class Variant(BaseModel):
-    precision: Precision
-    backend: str
-    device: str
-    artifact: str | None = Field(None, description="file name beside the manifest")
-    artifact_sha256: str | None = None
-    status: str = Field(description="'accepted' or 'rejected: <why>'")
-    accuracy: Accuracy | None = None
-    latency_ms: dict[int, float] = Field(default_factory=dict, description="batch -> median ms")
-    images_per_s: dict[int, float] = Field(default_factory=dict)
-    calibration: Calibration | None = None
-    kept_float: list[KeptFloat] = Field(default_factory=list)
-    tool_versions: dict[str, str] = Field(default_factory=dict)
-    cache_key: str = ""
-    build_seconds: float = 0.0
-
-    @property
-    def accepted(self) -> bool:
-        return self.status == "accepted"
+def _upgrade_v1_variant(old: dict[str, Any]) -> dict[str, Any]:
+    new = {k: v for k, v in old.items() if k not in ("latency_ms", "images_per_s")}
+    status = str(old.get("status", ""))
+    new["status"], _, reason = status.partition(": ")
+    if new["status"] != "accepted":
+        new["status"], new["reason"] = "rejected", reason or status
+    if old.get("latency_ms"):
+        new["timings"] = {"latency_ms": old["latency_ms"]}
+    return new
 
 
 class Manifest(BaseModel):
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[3] = SCHEMA_VERSION
     model: str
     source_path: str
     source_sha256: str
     layout: str
     input_size: tuple[int, int]
     class_names: list[str]
-    variants: list[Variant] = Field(default_factory=list)
+    variants: list[VariantRecord] = Field(default_factory=list)
 
-    def variant(self, precision: Precision) -> Variant | None:
-        return next((v for v in self.variants if v.precision == precision), None)
+    @model_validator(mode="before")
+    @classmethod
+    def _read_older(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        version = data.get("schema_version", SCHEMA_VERSION)  # version 1 files name theirs
+        if version == 1:
+            variants = [_upgrade_v1_variant(v) for v in data.get("variants", [])]
+            return {**data, "schema_version": SCHEMA_VERSION, "variants": variants}
+        if version == 2:  # a subset of 3: one backend's records, none pending
+            return {**data, "schema_version": SCHEMA_VERSION}
+        if isinstance(version, int) and version > SCHEMA_VERSION:
+            raise ArtifactMismatchError(
+                f"manifest schema {version} is newer than this detect-serve reads "
+                f"({SCHEMA_VERSION}); upgrade detect-serve or rebuild with `detect-serve build`"
+            )
+        return data
+
+    def variant(self, precision: Precision, backend: str = DEFAULT_BACKEND) -> VariantRecord | None:
+        """``backend``'s record of ``precision``, if any."""
+        found = (v for v in self.variants if (v.backend, v.precision) == (backend, precision))
+        return next(found, None)
+
+    def with_variant(self, record: VariantRecord) -> None:
+        """Record ``record``, replacing only the earlier one of its backend and precision; by
+        backend, then in precision order."""
+        kept = [v for v in self.variants if (v.backend, v.precision) != _slot(record)]
+        order = list(Precision)
+        self.variants = sorted([*kept, record], key=lambda v: (v.backend, order.index(v.precision)))
 
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)

@@ -9,23 +9,22 @@ ranking. With real labels (a COCO json), the same evaluator gives mAP against th
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from engines.build.int8.calibration import ImageSet
-from engines.model.layouts import OutputLayout
-from engines.model.postprocess import Detections, pairwise_iou, postprocess
-from engines.model.preprocess import letterbox
-from engines.runtime.base import Engine
+from engines.model.pipeline import DetectOptions
+from engines.model.postprocess import Detections, pairwise_iou
 
 REFERENCE_CONF = 0.25
 CANDIDATE_CONF = 0.001
 IOU = 0.45
 MAX_DET = 300
+# How every variant (FP32 included) is run for scoring: down to CANDIDATE_CONF, as COCO does.
+CANDIDATE_OPTIONS = DetectOptions(conf=CANDIDATE_CONF, iou=IOU, max_det=MAX_DET)
 
 
 @dataclass(frozen=True)
@@ -33,31 +32,6 @@ class Agreement:
     map50_95: float
     map50: float
     reference_boxes: int
-
-
-def detect_all(
-    engine: Engine,
-    images: ImageSet,
-    layout: OutputLayout,
-    size: tuple[int, int],
-    pad_value: int,
-    conf: float,
-    tick: Callable[[int], None] | None = None,
-) -> list[Detections]:
-    """Run every image through letterbox -> engine -> decode -> NMS, in batches; ``tick(n)``
-    after each batch of n images (progress bars)."""
-    results: list[Detections] = []
-    step = max(1, engine.max_batch)
-    for start in range(0, len(images), step):
-        chunk = images.images[start : start + step]
-        prepared = [letterbox(image, size, pad_value=pad_value) for image in chunk]
-        outputs = engine.infer(np.stack([t for t, _ in prepared]))
-        for k, (_, transform) in enumerate(prepared):
-            candidates = layout.decode(outputs, k, conf)
-            results.append(postprocess(candidates, transform, iou=IOU, max_det=MAX_DET))
-        if tick is not None:
-            tick(len(chunk))
-    return results
 
 
 def _xywh(box: np.ndarray) -> list[float]:

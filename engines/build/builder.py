@@ -1,9 +1,15 @@
 """``detect-serve build``: ONNX model -> FP32 / FP16 / INT8 variants, checked, timed, recorded.
 
-A chain of small steps: load the model -> make each variant -> (compile, TensorRT) -> validate
-against FP32 on real images -> time -> record in the manifest. Builds are cached per variant by a
-key over everything that changes the result (source, calibration and validation data, options,
-tool versions, device): same key and intact artifact -> no work.
+A chain of small steps: load the model -> make each variant -> validate against FP32 on real
+images -> compile (the backend's artifact) -> validate again if compiling changes the numerics ->
+time -> record in the manifest. Builds are cached per variant by a key over everything that
+changes the result (source, calibration and validation data, options, tool versions, device):
+same key and intact artifact -> no work.
+
+Each backend's builds live side by side in the model folder (``engines.build.merge``): a build
+works in a staging folder, publishes an artifact only once it is judged, and replaces only the
+record of its own (backend, precision); a rejected rebuild never displaces an accepted variant.
+Where the backend cannot compile (TensorRT without a GPU), the proven ONNX is recorded pending.
 """
 
 from __future__ import annotations
@@ -14,46 +20,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engines.artifacts.manifest import Calibration, Manifest, Variant
-from engines.build.accuracy import CANDIDATE_CONF, detect_all
+from engines.artifacts.manifest import Manifest
+from engines.artifacts.record import Accuracy, Calibration, Timings, VariantRecord
 from engines.build.cache import cache_key, cached_variant
 from engines.build.int8.calibration import CalibrationSet, ImageSet, image_sets
-from engines.build.int8.quantize import CalibrationName, Int8Options, Int8Recipe, quantize_int8
-from engines.build.int8.search import Int8Search, make_int8
-from engines.build.int8.tensorrt_recipe import (
-    FAKE_QUANT,
-    TENSORRT_RECIPE,
-    quantize_for_tensorrt,
-    tensorrt_int8_options,
-)
-from engines.build.merge import (
-    build_lock,
-    carried_over,
-    find,
-    keeps_earlier,
-    onnx_name,
-    publish,
-    put,
-    staging,
-)
+from engines.build.int8.maker import Int8Search, make_int8
+from engines.build.int8.quantize import CalibrationName, Int8Options
+from engines.build.makers import make_fp16, make_fp32
+from engines.build.merge import Staged, build_lock, carried_over, keeps_earlier, publish, staging
 from engines.build.report import Reporter
-from engines.build.steps import (
-    Candidate,
-    EngineLoader,
-    Reference,
-    make_fp16,
-    make_fp32,
-    measure,
-)
-from engines.build.tensorrt_step import TensorRTStep, finish_tensorrt
 from engines.build.timing import batch_sizes, time_engine
-from engines.errors import EngineError, ModelFormatError
-from engines.model.info import ModelInfo, read_model_info
-from engines.model.layouts import detect_layout
+from engines.build.validation import EngineLoader, Reference, judge, make_reference, measure
+from engines.errors import CompilerUnavailableError, EngineError, ModelFormatError
+from engines.model.pipeline import ModelPipeline, load_model_pipeline
 from engines.precision import Precision
-from engines.runtime.base import Engine
-from engines.runtime.host import HostInfo, current_host
+from engines.runtime.backends import (
+    DEFAULT_BACKEND,
+    ONNX_BACKEND,
+    check_backend_name,
+    current_host,
+    get_backend,
+)
+from engines.runtime.base import Engine, EngineOptions, Int8Recipe
+from engines.runtime.host import HostInfo
 from engines.sources.registry import sha256_file
+from engines.sources.repository import SOURCE_ONNX
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +68,7 @@ class BuildConfig:
     calib_dir: Path | None = None
     val_dir: Path | None = None
     labels: Path | None = None  # COCO json with real boxes for the files in val_dir
-    backend: str = "onnxruntime"
+    backend: str = DEFAULT_BACKEND
     max_batch: int = 8
     calibration_method: CalibrationName = "minmax"
     calibration_images: int = 48  # demo set size (no calib_dir)
@@ -94,21 +85,22 @@ class BuildConfig:
             raise ValueError("no precision requested")
         if self.max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
-        if self.backend not in ("onnxruntime", "tensorrt"):
-            raise ValueError(f"unknown backend {self.backend!r}: onnxruntime or tensorrt")
+        check_backend_name(self.backend)
         if self.labels is not None and self.val_dir is None:
             raise ValueError("labels need val_dir: the labelled images themselves")
 
-    def int8_options(self) -> Int8Options:
-        # TensorRT takes only symmetric activations; whole-graph mode quantizes every op.
-        options = Int8Options(
-            self.calibration_method, op_types=("Conv",) if self.mixed_precision else None
-        )
-        return tensorrt_int8_options(options) if self.backend == "tensorrt" else options
-
     def int8_recipe(self) -> Int8Recipe:
-        """Each backend gets the INT8 graph its kernels want."""
-        return quantize_for_tensorrt if self.backend == "tensorrt" else quantize_int8
+        """The backend row's INT8 recipe: each backend gets the INT8 graph its kernels want."""
+        return get_backend(self.backend).int8
+
+    def int8_options(self) -> Int8Options:
+        """The backend's INT8 recipe with this build's method; whole-graph mode quantizes
+        every op."""
+        return Int8Options(
+            self.calibration_method,
+            symmetric_activations=self.int8_recipe().symmetric_activations,
+            op_types=("Conv",) if self.mixed_precision else None,
+        )
 
     def variant_inputs(self, precision: Precision) -> dict[str, Any]:
         """The options a variant of ``precision`` depends on (part of its cache key)."""
@@ -123,7 +115,7 @@ class BuildConfig:
         if precision is Precision.INT8:
             inputs |= {
                 "int8": self.int8_options().describe(),
-                "recipe": TENSORRT_RECIPE if self.backend == "tensorrt" else "onnxruntime-cpu",
+                "recipe": self.int8_recipe().name,
                 "mixed": self.mixed_precision,
                 "fallbacks": self.max_fallbacks,
             }
@@ -135,7 +127,7 @@ class _Job:
     """Everything one build run shares across its variants."""
 
     source: Path
-    info: ModelInfo
+    pipeline: ModelPipeline
     out: Path
     val: ImageSet
     calib: ImageSet | None
@@ -144,13 +136,11 @@ class _Job:
     report: Reporter
 
 
-def _load_model(model_dir: Path) -> tuple[Path, ModelInfo, str]:
-    source = model_dir / "source" / "model.onnx"
+def _load_model(model_dir: Path) -> tuple[Path, ModelPipeline]:
+    source = model_dir / SOURCE_ONNX
     if not source.is_file():
         raise ModelFormatError(f"{source} does not exist; fetch or add the model first")
-    info = read_model_info(source, model_dir.name)
-    layout = detect_layout(info.outputs, info.num_classes, info.layout)
-    return source, info, layout.name
+    return source, load_model_pipeline(source, model_dir.name)
 
 
 def _keys(job: _Job, source_sha: str) -> dict[Precision, str]:
@@ -173,7 +163,8 @@ def build_model(
     ``ModelFormatError`` for a file that is not a detection ONNX and ``ImageSetError`` for an
     unusable image folder, before anything is recorded.
     """
-    source, info, layout_name = _load_model(model_dir)
+    source, pipeline = _load_model(model_dir)
+    info = pipeline.info
     val, calib = image_sets(
         config.val_dir or config.validation_images,
         (config.calib_dir or config.calibration_images)
@@ -182,33 +173,28 @@ def build_model(
     )
     out = engines_dir / info.name
     host = current_host(config.backend, config.providers)
-    job = _Job(source, info, out, val, calib, config, host, Reporter(progress))
+    job = _Job(source, pipeline, out, val, calib, config, host, Reporter(progress))
     with build_lock(out):
-        return _build_locked(job, layout_name)
+        return _build_locked(job)
 
 
-def _build_locked(job: _Job, layout_name: str) -> Manifest:
-    config, out, info = job.config, job.out, job.info
+def _build_locked(job: _Job) -> Manifest:
+    config, out, info = job.config, job.out, job.pipeline.info
     source_sha = sha256_file(job.source)
-    # Variants of other backends and precisions (same source) stay as they are.
     manifest = Manifest(
         model=info.name,
         source_path=str(job.source),
         source_sha256=source_sha,
-        layout=layout_name,
+        layout=job.pipeline.layout.name,
         input_size=info.input_size,
         class_names=list(info.class_names),
+        # Variants of other backends and precisions (same source) stay as they are.
         variants=carried_over(Manifest.load(out), source_sha),
     )
     keys = _keys(job, source_sha)
     todo = []
     for p in config.precisions:
-        reuse = (
-            None
-            if config.force
-            else cached_variant(manifest, keys[p], out, p.value, config.backend)
-        )
-        if reuse is None:
+        if config.force or cached_variant(manifest, keys[p], out, p, config.backend) is None:
             todo.append(p)
         else:
             job.report.say(f"{p.value}: cached, nothing to do")
@@ -219,40 +205,26 @@ def _build_locked(job: _Job, layout_name: str) -> Manifest:
 
 
 def _loader(config: BuildConfig) -> EngineLoader:
-    """How the build runs a variant ONNX. TensorRT-bound graphs are judged on CPU with
-    fake-quant numerics (Q/DQ computed as written, as TensorRT does), never with ORT's CPU
-    integer kernels, whose saturation would steer the INT8 search wrongly."""
-    from engines.runtime.onnxruntime import OnnxRuntimeEngine
-
-    tensorrt = config.backend == "tensorrt"
-    providers = ("CPUExecutionProvider",) if tensorrt else config.providers
-    session_config = FAKE_QUANT if tensorrt else None
+    """How the build runs a variant ONNX: on the ONNX backend, under the target backend's
+    accuracy config. TensorRT-bound graphs are judged on CPU with fake-quant numerics (Q/DQ
+    computed as written, as TensorRT does), never with ORT's CPU integer kernels, whose
+    saturation would steer the INT8 search wrongly."""
+    session_config = get_backend(config.backend).accuracy_session_config
+    options = EngineOptions(
+        max_batch=config.max_batch,
+        providers=("CPUExecutionProvider",) if session_config else config.providers,
+        session_config=session_config,
+    )
 
     def load(path: Path, precision: Precision) -> Engine:
-        return OnnxRuntimeEngine(
-            path,
-            precision,
-            providers=providers,
-            max_batch=config.max_batch,
-            session_config=session_config,
-        )
+        return ONNX_BACKEND.open(path, precision, options)
 
     return load
 
 
 def _reference(job: _Job, load: EngineLoader) -> Reference:
-    layout = detect_layout(job.info.outputs, job.info.num_classes, job.info.layout)
-    pad = job.info.metadata.get("pad_value", "114")
-    pad_value = int(pad) if pad.isdigit() else 114
-    engine = load(job.source, Precision.FP32)
-    try:
-        with job.report.bar("reference fp32 on validation", len(job.val)) as tick:
-            detections = detect_all(
-                engine, job.val, layout, job.info.input_size, pad_value, CANDIDATE_CONF, tick
-            )
-    finally:
-        engine.close()
-    return Reference(job.val, detections, job.info, layout, pad_value, job.config.labels)
+    with job.report.bar("reference fp32 on validation", len(job.val)) as tick:
+        return make_reference(job.source, job.pipeline, job.val, load, job.config.labels, tick=tick)
 
 
 def _build_todo(
@@ -264,44 +236,54 @@ def _build_todo(
     with staging(job.out, backend) as stage:
         for precision in todo:
             started = time.perf_counter()
-            variant = Variant(
+            draft = VariantRecord(
                 precision=precision,
                 backend=backend,
                 device=job.host.device,
-                status="building",
+                reason="build did not finish",
                 tool_versions=job.host.tool_versions,
                 cache_key=keys[precision],
             )
-            files: list[tuple[Path, str]] = []
+            files: list[Staged] = []
             try:
-                files = _build_one(job, precision, ref, load, variant, stage)
+                record, files = _build_one(job, precision, ref, load, draft, stage)
             except (EngineError, OSError, ValueError, RuntimeError) as exc:
-                # Recorded, never accepted: the next build retries only with --force or new inputs.
-                variant.status = f"rejected: build failed: {exc}"
-                variant.artifact = variant.artifact_sha256 = None
-            variant.build_seconds = round(time.perf_counter() - started, 1)
-            job.report.say(f"{precision.value}: {variant.status} ({variant.build_seconds}s)")
-            if keeps_earlier(variant, find(manifest.variants, backend, precision), job.out):
+                # Recorded, never accepted: the next build retries only with --force or new
+                # inputs.
+                record = draft.reject(f"build failed: {exc}")
+                files = []
+            record = record.model_copy(
+                update={"build_seconds": round(time.perf_counter() - started, 1)}
+            )
+            shown = record.status if record.accepted else f"{record.status}: {record.reason}"
+            job.report.say(f"{precision.value}: {shown} ({record.build_seconds}s)")
+            if keeps_earlier(record, manifest.variant(precision, backend), job.out):
                 job.report.say(f"{precision.value}: the variant accepted earlier stays in use")
                 continue
             for staged, name in files:
                 publish(staged, job.out, name)
-            put(manifest, variant)
+            manifest.with_variant(record)
             manifest.save(job.out)  # progress survives an interrupted build
 
 
 def _make(
-    job: _Job, precision: Precision, ref: Reference, load: EngineLoader, stage: Path
-) -> Candidate:
+    job: _Job,
+    precision: Precision,
+    ref: Reference,
+    load: EngineLoader,
+    draft: VariantRecord,
+    stage: Path,
+) -> VariantRecord:
     if precision is Precision.FP32:
-        return make_fp32(job.source, stage)
+        return make_fp32(job.source, stage, draft)
     if precision is Precision.FP16:
-        return make_fp16(job.source, stage)
+        return make_fp16(job.source, stage, draft)
     assert job.calib is not None  # image_sets loads it whenever INT8 is requested
     options = job.config.int8_options()
     ranges = job.out / f"calibration-{options.ranges_key}-{job.calib.content_hash[:12]}.json"
-    pad, size = ref.pad_value, job.info.input_size
-    calibration = CalibrationSet(job.calib, job.info.input_name, size, pad, ranges)
+    info = job.pipeline.info
+    size, pad = info.input_size, info.pad_value
+    calibration = CalibrationSet(job.calib, info.input_name, size, pad, ranges)
     budget = job.config.budgets.of(precision)
     search = Int8Search(
         calibration,
@@ -309,14 +291,24 @@ def _make(
         budget,
         job.config.mixed_precision,
         job.config.max_fallbacks,
-        quantize=job.config.int8_recipe(),
+        quantize=job.config.int8_recipe().quantize,
     )
     job.report.say(
         f"int8: {options.describe()}; {len(calibration)} images ({job.calib.description})"
     )
     with job.report.bar("int8 calibration", len(calibration)) as tick:
         calibration.on_feed = tick
-        return make_int8(job.source, stage, ref, search, load, job.report.say)
+        made = make_int8(job.source, stage, ref, search, load, job.report.say, draft)
+    return made.model_copy(
+        update={
+            "calibration": Calibration(
+                method=job.config.calibration_method,
+                image_count=len(job.calib),
+                content_hash=job.calib.content_hash,
+                source=job.calib.description,
+            )
+        }
+    )
 
 
 def _build_one(
@@ -324,56 +316,65 @@ def _build_one(
     precision: Precision,
     ref: Reference,
     load: EngineLoader,
-    variant: Variant,
+    draft: VariantRecord,
     stage: Path,
-) -> list[tuple[Path, str]]:
-    """Make, check and time one variant in ``stage``; fill ``variant`` (artifact, accuracy,
-    status). Returns the staged files to publish as (path, final name), artifact first."""
+) -> tuple[VariantRecord, list[Staged]]:
+    """make -> validate the graph -> compile -> (validate the artifact) -> time -> judge, in
+    ``stage``. Returns the record and the staged files to publish, artifact first."""
     config = job.config
     budget = config.budgets.of(precision)
-    candidate = _make(job, precision, ref, load, stage)
-    engine = load(candidate.onnx_path, precision)
+    backend = get_backend(config.backend)
+    made = _make(job, precision, ref, load, draft, stage)
+    assert made.artifact is not None  # every maker writes its graph
+    graph = stage / made.artifact
+    files = [(graph, f"{precision.value}{backend.graph_suffix}")]
+    # The graph is judged first, as the backend computes it (``load``): nothing that misses its
+    # budget is compiled, and a graph that cannot be compiled here is known to be good.
+    record = judge(
+        made.model_copy(update={"artifact": files[0][1], "artifact_sha256": sha256_file(graph)}),
+        made.accuracy or _validate(job, graph, precision, load, ref, budget),
+    )
+    if not record.accepted:
+        return record, files
     try:
-        if candidate.accuracy is None:
-            with job.report.bar(f"{precision.value} validation", len(ref.images)) as tick:
-                candidate.accuracy = measure(engine, ref, budget, tick)
-        if config.timing and config.backend != "tensorrt":  # TensorRT times the plan
-            sizes = batch_sizes(config.max_batch)
+        artifact = backend.compile(graph, job.out, config.max_batch, job.pipeline.info.input_size)
+    except CompilerUnavailableError as exc:
+        score = record.agreement
+        return record.defer(f"{record.artifact} passed here (agreement {score:.4f}); {exc}"), files
+    if artifact != graph:
+        files.insert(0, (artifact, artifact.name))
+    options = EngineOptions(max_batch=config.max_batch, providers=config.providers)
+    engine = backend.open(artifact, precision, options)
+    try:
+        accuracy = record.accuracy
+        if backend.revalidate_compiled:  # its own kernels: the artifact is judged again
+            accuracy = _measure(job, engine, f"{precision.value} {artifact.name}", ref, budget)
+            job.report.say(
+                f"{precision.value}: {artifact.name} agreement {accuracy.map50_95_agreement:.4f} "
+                f"(its ONNX: {record.agreement:.4f})"
+            )
+        timings = None
+        if config.timing:
+            sizes = batch_sizes(engine.max_batch)
             with job.report.bar(f"{precision.value} timing", len(sizes)) as tick:
-                variant.latency_ms = time_engine(engine, sizes, on_size=tick)
-            variant.images_per_s = {
-                b: round(b * 1000 / ms, 2) for b, ms in variant.latency_ms.items()
-            }
+                timings = Timings(latency_ms=time_engine(engine, sizes, on_size=tick))
     finally:
         engine.close()
-    if precision is Precision.INT8 and job.calib is not None:
-        variant.calibration = Calibration(
-            method=config.calibration_method,
-            image_count=len(job.calib),
-            content_hash=job.calib.content_hash,
-            source=job.calib.description,
-        )
-    variant.kept_float = candidate.kept_float or []
-    if config.backend == "tensorrt":
-        step = TensorRTStep(
-            job.out,
-            stage,
-            config.max_batch,
-            job.info.input_size,
-            budget,
-            config.timing,
-            job.report,
-        )
-        files = finish_tensorrt(step, precision, candidate, ref, variant)
-    else:
-        variant.accuracy = candidate.accuracy
-        score = candidate.accuracy.map50_95_agreement
-        variant.status = (
-            "accepted"
-            if score >= budget
-            else f"rejected: mAP50-95 agreement {score:.4f} < budget {budget}"
-        )
-        files = [(candidate.onnx_path, onnx_name(config.backend, precision))]
-    staged, name = files[0]
-    variant.artifact, variant.artifact_sha256 = name, sha256_file(staged)
-    return files
+    assert accuracy is not None  # judged above
+    update = {"artifact": artifact.name, "artifact_sha256": sha256_file(artifact)}
+    return judge(record.model_copy(update={**update, "timings": timings}), accuracy), files
+
+
+def _validate(
+    job: _Job, graph: Path, precision: Precision, load: EngineLoader, ref: Reference, budget: float
+) -> Accuracy:
+    engine = load(graph, precision)
+    try:
+        return _measure(job, engine, precision.value, ref, budget)
+    finally:
+        engine.close()
+
+
+def _measure(job: _Job, engine: Engine, what: str, ref: Reference, budget: float) -> Accuracy:
+    with job.report.bar(f"{what} validation", len(ref.images)) as tick:
+        return measure(engine, ref, budget, tick)

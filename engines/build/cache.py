@@ -8,7 +8,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from engines.artifacts.manifest import Manifest, Variant
+from engines.artifacts.manifest import Manifest
+from engines.artifacts.record import VariantRecord
+from engines.precision import Precision
 from engines.runtime.host import HostInfo
 from engines.sources.registry import sha256_file
 
@@ -24,23 +26,12 @@ def cached_variant(
     manifest: Manifest | None,
     variant_key: str,
     folder: Path,
-    precision: str,
-    backend: str = "onnxruntime",
-) -> Variant | None:
-    """The recorded variant of ``backend`` if its key matches and its artifact still has the
-    recorded sha256."""
-    old = (
-        next(
-            (
-                v
-                for v in manifest.variants
-                if v.precision.value == precision and v.backend == backend
-            ),
-            None,
-        )
-        if manifest
-        else None
-    )
+    precision: Precision,
+    backend: str,
+) -> VariantRecord | None:
+    """``backend``'s recorded variant of ``precision`` if its key matches and its artifact still
+    has the recorded sha256."""
+    old = manifest.variant(precision, backend) if manifest else None
     if old is None or old.cache_key != variant_key:
         return None
     if old.artifact is None:

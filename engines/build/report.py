@@ -9,7 +9,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TextIO
 
-from engines.artifacts.manifest import Manifest, Variant
+from engines.artifacts.manifest import Manifest
+from engines.artifacts.record import VariantRecord
 
 log = logging.getLogger(__name__)
 BAR_WIDTH = 24
@@ -72,10 +73,8 @@ def _cell(value: float | None, fmt: str) -> str:
     return format(value, fmt) if value is not None else format("-", fmt.split(".")[0] + "s")
 
 
-def _status(variant: Variant) -> str:
-    if variant.accepted:
-        return "accepted"
-    return "PENDING" if variant.status.startswith("pending") else "REJECTED"
+def _status(variant: VariantRecord) -> str:
+    return variant.status if variant.accepted else variant.status.upper()
 
 
 def summary_table(manifest: Manifest) -> str:
@@ -91,7 +90,7 @@ def summary_table(manifest: Manifest) -> str:
     ]
     for v in manifest.variants:
         acc = v.accuracy
-        latency = {int(b): ms for b, ms in v.latency_ms.items()}
+        latency = v.latency_ms
         top = max(latency) if latency else None
         lines.append(
             f"{v.backend:<11} {v.precision.value:<9} {_status(v):<10} "
@@ -102,5 +101,5 @@ def summary_table(manifest: Manifest) -> str:
             f"{_cell(top * 1000 / latency[top] if top else None, '>7.1f')}  {v.artifact or '-'}"
         )
         if not v.accepted:
-            lines.append(f"{'':<22}why: {v.status}")
+            lines.append(f"{'':<22}why: {v.reason}")
     return "\n".join(lines)

@@ -17,6 +17,7 @@ from typing import Any
 
 from engines.errors import EngineLoadError
 from engines.runtime.host import gpu_name
+from engines.runtime.tensorrt import import_tensorrt
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +32,6 @@ class PlanInfo:
     device: str
     sha256: str
     path: Path
-
-
-def import_tensorrt() -> Any:
-    try:
-        import tensorrt
-    except ImportError as exc:
-        raise EngineLoadError(
-            "TensorRT is not installed (pip install 'detect-serve[gpu]' on a GPU host)"
-        ) from exc
-    return tensorrt
 
 
 def _network_flags(trt: Any) -> int:

@@ -18,6 +18,7 @@ from pathlib import Path
 import onnx
 
 from engines.errors import ModelFormatError
+from engines.model.preprocess import DEFAULT_PAD_VALUE
 from engines.runtime.base import TensorInfo
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class ModelInfo:
     inputs: tuple[TensorInfo, ...]
     outputs: tuple[TensorInfo, ...]
     dynamic_batch: bool
+    pad_value: int = DEFAULT_PAD_VALUE  # letterbox grey level, 0..255
     metadata: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -123,6 +125,7 @@ def read_model_info(
             f"{path}: no class names in metadata_props['names'] or model.yaml 'class_names'"
         )
     layout = meta.get("layout") or fallback.get("layout")
+    pad = meta.get("pad_value", "")
     return ModelInfo(
         name=name,
         input_name=inputs[0].name,
@@ -132,5 +135,6 @@ def read_model_info(
         inputs=inputs,
         outputs=_tensor_infos(list(graph.output)),
         dynamic_batch=inputs[0].shape[0] is None,
+        pad_value=int(pad) if pad.isdigit() and int(pad) <= 255 else DEFAULT_PAD_VALUE,
         metadata=meta,
     )

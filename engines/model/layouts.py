@@ -83,13 +83,21 @@ def _best_class(scores: np.ndarray, conf: float, boxes: np.ndarray, nms_done: bo
     )
 
 
+def _one_3d_output(outputs: Sequence[TensorInfo]) -> tuple[int | None, int | None] | None:
+    """(rows, cols) of a model's only output when it is (B, rows, cols); None otherwise."""
+    if len(outputs) != 1 or len(outputs[0].shape) != 3:
+        return None
+    _, rows, cols = outputs[0].shape
+    return rows, cols
+
+
 class YoloV8Layout:
     name = "yolov8"
 
     def matches(self, outputs: Sequence[TensorInfo], num_classes: int | None) -> bool:
-        if len(outputs) != 1 or len(outputs[0].shape) != 3:
+        if (dims := _one_3d_output(outputs)) is None:
             return False
-        _, rows, cols = outputs[0].shape
+        rows, cols = dims
         if num_classes is not None:
             return rows == 4 + num_classes
         return rows is not None and rows > 4 and (cols is None or cols > rows)
@@ -105,9 +113,9 @@ class YoloV5Layout:
     name = "yolov5"
 
     def matches(self, outputs: Sequence[TensorInfo], num_classes: int | None) -> bool:
-        if len(outputs) != 1 or len(outputs[0].shape) != 3:
+        if (dims := _one_3d_output(outputs)) is None:
             return False
-        _, rows, cols = outputs[0].shape
+        rows, cols = dims
         if num_classes is not None:
             return cols == 5 + num_classes
         return cols is not None and cols > 5 and (rows is None or rows > cols)

@@ -1,22 +1,27 @@
-"""The per-image work around the engine: bytes -> tensor before, outputs -> detections after.
+"""The one model pipeline: image -> letterboxed tensor -> engine outputs -> detections.
 
-These functions are CPU-heavy (image decode, resize, NMS) and are always called in a worker
-thread, never on the event loop.
+Loaded once per model (``load_model_pipeline``) and used by the server, the build's validator
+and the benchmark, so all three letterbox, decode and run NMS the same way. The per-image steps
+are CPU-heavy (image decode, resize, NMS); the server calls them in worker threads.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from engines.model.info import ModelInfo
-from engines.model.layouts import OutputLayout
+from engines.model.info import ModelInfo, read_model_info
+from engines.model.layouts import OutputLayout, detect_layout
 from engines.model.postprocess import Detections, postprocess
 from engines.model.preprocess import LetterboxTransform, decode_image, letterbox
+from engines.runtime.base import Engine
 
-DEFAULT_PAD_VALUE = 114
+# Decoding allows any size the service's default pixel limit allows (40 MP); the service passes
+# its configured limit.
+DEFAULT_MAX_PIXELS = 40_000_000
 
 
 @dataclass(frozen=True)
@@ -32,28 +37,35 @@ class DetectOptions:
     conf: float
     iou: float
     max_det: int
-    classes: frozenset[int] | None
+    classes: frozenset[int] | None = None
 
 
-class ImagePipeline:
+@dataclass(frozen=True)
+class ModelPipeline:
     """Pre- and post-processing for one model (shared by all its precision variants)."""
 
-    def __init__(self, info: ModelInfo, layout: OutputLayout, *, max_pixels: int) -> None:
-        self.info = info
-        self.layout = layout
-        self._max_pixels = max_pixels
-        pad = info.metadata.get("pad_value")
-        self._pad_value = int(pad) if pad is not None and pad.isdigit() else DEFAULT_PAD_VALUE
+    info: ModelInfo
+    layout: OutputLayout
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     def prepare(self, data: bytes) -> PreparedImage:
-        image = decode_image(data, max_pixels=self._max_pixels)
-        tensor, transform = letterbox(image, self.info.input_size, pad_value=self._pad_value)
+        """Encoded image bytes (untrusted: size-checked before decoding) -> prepared image."""
+        return self.prepare_array(decode_image(data, max_pixels=self.max_pixels))
+
+    def prepare_array(self, image: np.ndarray) -> PreparedImage:
+        """A decoded HxWx3 uint8 RGB image -> prepared image."""
+        tensor, transform = letterbox(image, self.info.input_size, pad_value=self.info.pad_value)
         return PreparedImage(tensor, transform, width=image.shape[1], height=image.shape[0])
 
     def finish(
-        self, outputs: Mapping[str, np.ndarray], image: PreparedImage, options: DetectOptions
+        self,
+        outputs: Mapping[str, np.ndarray],
+        image: PreparedImage,
+        options: DetectOptions,
+        index: int = 0,
     ) -> Detections:
-        candidates = self.layout.decode(outputs, 0, options.conf)
+        """Row ``index`` of a batch's outputs -> the image's detections in its own pixels."""
+        candidates = self.layout.decode(outputs, index, options.conf)
         return postprocess(
             candidates,
             image.transform,
@@ -61,6 +73,31 @@ class ImagePipeline:
             max_det=options.max_det,
             classes=options.classes,
         )
+
+    def detect_batch(
+        self, engine: Engine, images: Sequence[PreparedImage], options: DetectOptions
+    ) -> list[Detections]:
+        """One engine call over ``images`` (at most ``engine.max_batch``), then each image's
+        detections: what the validator and the benchmark run, without the server's batcher."""
+        outputs = engine.infer(np.stack([image.tensor for image in images]))
+        return [self.finish(outputs, image, options, k) for k, image in enumerate(images)]
+
+    def detect_arrays(
+        self,
+        engine: Engine,
+        images: Sequence[np.ndarray],
+        options: DetectOptions,
+        tick: Callable[[int], None] | None = None,
+    ) -> list[Detections]:
+        """Decoded images in engine-sized batches; ``tick(n)`` after each batch of n."""
+        results: list[Detections] = []
+        step = max(1, engine.max_batch)
+        for start in range(0, len(images), step):
+            chunk = [self.prepare_array(image) for image in images[start : start + step]]
+            results.extend(self.detect_batch(engine, chunk, options))
+            if tick is not None:
+                tick(len(chunk))
+        return results
 
     def parse_classes(self, text: str | None) -> frozenset[int] | None:
         """``"0,2"`` or ``"person,car"`` (or a mix) -> class ids; ValueError names the bad one."""
@@ -76,3 +113,15 @@ class ImagePipeline:
             else:
                 raise ValueError(f"unknown class {token[:64]!r}")
         return frozenset(ids)
+
+
+def load_model_pipeline(
+    onnx_path: Path, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> ModelPipeline:
+    """Read a model's description and pick its output layout, once per model.
+
+    Raises ``ModelFormatError`` for a file that is not a usable detection ONNX.
+    """
+    info = read_model_info(onnx_path, name)
+    layout = detect_layout(info.outputs, info.num_classes, info.layout)
+    return ModelPipeline(info, layout, max_pixels)

@@ -21,6 +21,9 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, 200_000_000)
 # Only the formats a camera or browser produces. Pillow would otherwise also try EPS (which
 # runs Ghostscript), PSD, FITS, ... on untrusted bytes. MPO (phone JPEGs) opens through JPEG.
+# The letterbox grey (YOLO training pads with it); a model may name another in its metadata.
+DEFAULT_PAD_VALUE = 114
+
 FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
 _GREY_16 = ("I;16", "I;16B", "I;16L", "I;16N")
 
@@ -38,7 +41,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     ):
         # Composite on the letterbox grey so transparent areas look like padding to the model.
         rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (114, 114, 114, 255))
+        background = Image.new("RGBA", rgba.size, (*(DEFAULT_PAD_VALUE,) * 3, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
 
@@ -122,7 +125,7 @@ class LetterboxTransform:
 
 
 def letterbox(
-    image: np.ndarray, size: tuple[int, int], *, pad_value: int = 114
+    image: np.ndarray, size: tuple[int, int], *, pad_value: int = DEFAULT_PAD_VALUE
 ) -> tuple[np.ndarray, LetterboxTransform]:
     """HxWx3 uint8 -> (3, H_in, W_in) float32 0..1, aspect kept, padding centred.
 
@@ -146,10 +149,3 @@ def letterbox(
     # The effective scale per axis after rounding; use x's (differs from y's by < 1 px at most).
     transform = LetterboxTransform(new_w / src_w, float(pad_x), float(pad_y), src_w, src_h)
     return tensor, transform
-
-
-def preprocess(
-    data: bytes, size: tuple[int, int], *, max_pixels: int, pad_value: int = 114
-) -> tuple[np.ndarray, LetterboxTransform]:
-    """Bytes -> letterboxed (3, H_in, W_in) float32 tensor and its box transform."""
-    return letterbox(decode_image(data, max_pixels=max_pixels), size, pad_value=pad_value)

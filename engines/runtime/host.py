@@ -1,4 +1,6 @@
-"""What this host would build or run with: tool versions and device, for manifest checks."""
+"""What this host has: tool versions and device names, for manifest checks.
+
+Each backend (``engines.runtime.backends``) says which of these describe its artifacts."""
 
 from __future__ import annotations
 
@@ -10,16 +12,19 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class HostInfo:
+    """A backend on this host: the device and tool versions its artifacts are tied to."""
+
     backend: str
     device: str
     tool_versions: dict[str, str]
 
 
-def _version(module: str) -> str | None:
+def module_version(module: str) -> str:
+    """``module.__version__``, or ``missing`` when it is not installed."""
     try:
         return str(importlib.import_module(module).__version__)
     except ImportError:
-        return None
+        return "missing"
 
 
 def gpu_name() -> str | None:
@@ -66,17 +71,3 @@ def cpu_device() -> str:
     )
     isa = next((name for flag, name in _CPU_ISAS if flag in flags), platform.machine())
     return f"cpu ({isa})"
-
-
-def current_host(backend: str, providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> HostInfo:
-    """Tool versions that change what an artifact computes, and the device it is tied to."""
-    versions = {
-        "onnx": _version("onnx") or "missing",
-        "onnxruntime": _version("onnxruntime") or "missing",
-    }
-    if backend == "tensorrt":
-        versions["tensorrt"] = _version("tensorrt") or "missing"
-        return HostInfo(backend, gpu_name() or "no-gpu", versions)
-    on_gpu = providers and providers[0] != "CPUExecutionProvider"
-    device = (gpu_name() or "no-gpu") if on_gpu else cpu_device()
-    return HostInfo(backend, device, versions)

@@ -6,13 +6,23 @@ import logging
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 
 from engines.errors import EngineLoadError, InferenceError
 from engines.precision import Precision
-from engines.runtime.base import TensorInfo, check_outputs
+from engines.runtime.base import (
+    Engine,
+    EngineOptions,
+    EngineTensors,
+    Int8Recipe,
+    TensorInfo,
+    check_outputs,
+    quantize_for_onnxruntime_cpu,
+)
+from engines.runtime.host import cpu_device, gpu_name, module_version
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +48,16 @@ def _infos(args: Sequence[Any]) -> list[TensorInfo]:
     return out
 
 
-class OnnxRuntimeEngine:
+NAME = "onnxruntime"
+# Session config under which a CPU session runs Q/DQ nodes as written (quantize, dequantize,
+# float math: what TensorRT computes) instead of fusing them into ONNX Runtime's integer kernels.
+FAKE_QUANT: Mapping[str, str] = MappingProxyType({"session.disable_quant_qdq": "1"})
+
+
+class OnnxRuntimeEngine(EngineTensors):
     """One ``InferenceSession`` over one variant ONNX file."""
 
-    backend = "onnxruntime"
+    backend = NAME
 
     def __init__(
         self,
@@ -87,22 +103,6 @@ class OnnxRuntimeEngine:
         self._lock = threading.Lock()  # close() vs a concurrent infer()
 
     @property
-    def inputs(self) -> list[TensorInfo]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorInfo]:
-        return self._outputs
-
-    @property
-    def max_batch(self) -> int:
-        return self._max_batch
-
-    @property
-    def precision(self) -> Precision:
-        return self._precision
-
-    @property
     def device(self) -> str:
         first = self._providers[0]
         return "cpu" if first == "CPUExecutionProvider" else f"cuda:0 ({first})"
@@ -131,3 +131,38 @@ class OnnxRuntimeEngine:
             if not self._closed:
                 self._closed = True
                 del self._session
+
+
+class OnnxRuntimeBackend:
+    """Runs the variant ONNX itself (no compile step); CPU unless GPU providers are named."""
+
+    name = NAME
+    int8 = Int8Recipe(name="onnxruntime-cpu", quantize=quantize_for_onnxruntime_cpu)
+    graph_suffix = ".onnx"
+    accuracy_session_config: Mapping[str, str] = MappingProxyType({})  # judged as it is served
+    revalidate_compiled = False
+
+    def open(self, artifact: Path, precision: Precision, options: EngineOptions) -> Engine:
+        return OnnxRuntimeEngine(
+            artifact,
+            precision,
+            providers=options.providers,
+            intra_op_threads=options.intra_op_threads,
+            max_batch=options.max_batch,
+            session_config=options.session_config,
+        )
+
+    def compile(
+        self, onnx_path: Path, cache_dir: Path, max_batch: int, input_size: tuple[int, int]
+    ) -> Path:
+        return onnx_path
+
+    def tool_versions(self) -> dict[str, str]:
+        return {"onnx": module_version("onnx"), "onnxruntime": module_version("onnxruntime")}
+
+    def device(self, providers: tuple[str, ...]) -> str:
+        on_gpu = bool(providers) and providers[0] != "CPUExecutionProvider"
+        return (gpu_name() or "no-gpu") if on_gpu else cpu_device()
+
+
+BACKEND = OnnxRuntimeBackend()

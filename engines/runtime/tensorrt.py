@@ -11,20 +11,36 @@ are imported when an engine is created, never at module import, so this module i
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import json
 import logging
 import queue
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from engines.build.tensorrt_plan import import_tensorrt
-from engines.errors import EngineLoadError, InferenceError
+from engines.errors import CompilerUnavailableError, EngineLoadError, InferenceError
 from engines.precision import Precision
-from engines.runtime.base import TensorInfo, check_outputs
+from engines.runtime import onnxruntime
+from engines.runtime.base import (
+    Engine,
+    EngineOptions,
+    EngineTensors,
+    Int8Recipe,
+    TensorInfo,
+    check_outputs,
+)
+from engines.runtime.host import gpu_name, module_version
+
+if TYPE_CHECKING:  # the INT8 quantizer's argument types are build code
+    from engines.build.int8.calibration import CalibrationSet
+    from engines.build.int8.quantize import Int8Options
+
+NAME = "tensorrt"
 
 log = logging.getLogger(__name__)
 _MAX_ULTRALYTICS_META = 1 << 20
@@ -47,6 +63,16 @@ def split_ultralytics_engine(data: bytes) -> tuple[dict[str, Any] | None, bytes]
     if not isinstance(meta, dict):
         return None, data
     return meta, data[4 + length :]
+
+
+def import_tensorrt() -> Any:
+    try:
+        import tensorrt
+    except ImportError as exc:
+        raise EngineLoadError(
+            "TensorRT is not installed (pip install 'detect-serve[gpu]' on a GPU host)"
+        ) from exc
+    return tensorrt
 
 
 def import_cudart() -> Any:
@@ -84,8 +110,8 @@ class _Profile:
     max_shape: tuple[int, ...]
 
 
-class TensorRTEngine:
-    backend = "tensorrt"
+class TensorRTEngine(EngineTensors):
+    backend = NAME
 
     def __init__(
         self,
@@ -185,22 +211,6 @@ class TensorRTEngine:
         return _Slot(context, stream, host, device, ptrs)
 
     @property
-    def inputs(self) -> list[TensorInfo]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorInfo]:
-        return self._outputs
-
-    @property
-    def max_batch(self) -> int:
-        return self._max_batch
-
-    @property
-    def precision(self) -> Precision:
-        return self._precision
-
-    @property
     def device(self) -> str:
         return self._device
 
@@ -277,3 +287,90 @@ class TensorRTEngine:
             for ptr in slot.host_ptrs:
                 self._cudart.cudaFreeHost(ptr)
             self._cudart.cudaStreamDestroy(slot.stream)
+
+
+def tensorrt_available() -> bool:
+    """TensorRT's Python package is importable here (found without importing it)."""
+    return importlib.util.find_spec("tensorrt") is not None
+
+
+def quantize_for_tensorrt(
+    source: Path,
+    target: Path,
+    calibration: CalibrationSet,
+    options: Int8Options,
+    *,
+    keep_float: Sequence[str],
+    only: Sequence[str] | None = None,
+) -> None:
+    """The TensorRT INT8 recipe (``engines.build.int8.tensorrt_recipe``), imported when a
+    build quantizes: the server never loads build code."""
+    from engines.build.int8 import tensorrt_recipe
+
+    tensorrt_recipe.quantize_for_tensorrt(
+        source, target, calibration, options, keep_float=keep_float, only=only
+    )
+
+
+# The graph TensorRT's explicit quantization wants (see engines.build.int8.tensorrt_recipe).
+# Its name is part of every TensorRT INT8 cache key: change it when the recipe changes.
+INT8_RECIPE = Int8Recipe(
+    name=(
+        "tensorrt-v1: symmetric int8, per-channel weights, no bias Q/DQ, Q/DQ at quantized-op "
+        "inputs only, opset 19, FP16 remainder, FP32 decode head"
+    ),
+    quantize=quantize_for_tensorrt,
+    symmetric_activations=True,  # the only INT8 TensorRT takes
+)
+GRAPH_SUFFIX = ".trt.onnx"
+PLAN_SUFFIX = ".plan"
+
+
+class TensorRTBackend:
+    """Compiles each variant ONNX into a plan for this GPU and runs the plan."""
+
+    name = NAME
+    int8 = INT8_RECIPE
+    graph_suffix = GRAPH_SUFFIX
+    # Judged before the compile with TensorRT's numerics: fake-quant, on CPU.
+    accuracy_session_config = onnxruntime.FAKE_QUANT
+    revalidate_compiled = True  # TensorRT picks its own kernels and fusions: measure the plan
+
+    def open(self, artifact: Path, precision: Precision, options: EngineOptions) -> Engine:
+        engine: Engine = TensorRTEngine(artifact, precision, max_batch=options.max_batch)
+        return engine
+
+    def compile(
+        self, onnx_path: Path, cache_dir: Path, max_batch: int, input_size: tuple[int, int]
+    ) -> Path:
+        """``int8.trt.onnx`` -> ``int8.plan`` beside it; the timing cache lives in ``cache_dir``
+        (one per GPU model and TensorRT version)."""
+        if not tensorrt_available():
+            raise CompilerUnavailableError(
+                "TensorRT is not installed here: the plan is compiled and checked against FP32 "
+                "on the GPU host at first start (detect-serve serve --prepare)"
+            )
+        # The plan compiler belongs to the offline build; the server never imports it.
+        from engines.build.tensorrt_plan import build_plan, timing_cache_path
+
+        plan = onnx_path.with_name(onnx_path.name.removesuffix(GRAPH_SUFFIX) + PLAN_SUFFIX)
+        build_plan(
+            onnx_path,
+            plan,
+            opt_batch=max(1, max_batch // 2),
+            max_batch=max_batch,
+            workspace_bytes=2 << 30,
+            timing_cache_path=timing_cache_path(cache_dir),
+            input_size=input_size,
+        )
+        return plan
+
+    def tool_versions(self) -> dict[str, str]:
+        # The ONNX a plan is compiled from is made (quantized) with onnx + onnxruntime.
+        return {**onnxruntime.BACKEND.tool_versions(), "tensorrt": module_version("tensorrt")}
+
+    def device(self, providers: tuple[str, ...]) -> str:
+        return gpu_name() or "no-gpu"
+
+
+BACKEND = TensorRTBackend()

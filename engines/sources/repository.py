@@ -40,6 +40,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engines.errors import ModelFormatError
+from engines.model.preprocess import DEFAULT_PAD_VALUE
 from engines.sources import darknet
 from engines.sources.registry import RegistryFile, fetch
 
@@ -79,14 +80,22 @@ class ModelSpec(_Strict):
     licence: str = ""
     layout: str | None = None
     input_size: tuple[int, int] | None = None
-    pad_value: int = Field(114, ge=0, le=255)
+    pad_value: int = Field(DEFAULT_PAD_VALUE, ge=0, le=255)
     input: InputSpec = InputSpec()
     class_names: list[str] | None = None
     source: SourceSpec
 
 
+# The repository's path names, relative to ``models/NAME/`` (spelled here only).
+MODEL_YAML = "model.yaml"
 SOURCE_ONNX = Path("source") / "model.onnx"
 SIDECAR = Path("source") / "source.json"
+
+
+def source_onnx(models_dir: Path, name: str) -> Path:
+    """Where ``detect-serve models fetch`` (or ``build --name``) puts a model's source ONNX."""
+    return models_dir / name / SOURCE_ONNX
+
 
 Builder = Callable[[ModelSpec, Mapping[str, Path], Path], None]
 
@@ -108,7 +117,7 @@ SOURCE_KINDS: dict[str, tuple[frozenset[str], str, Builder]] = {
 
 def read_spec(model_dir: Path) -> ModelSpec:
     """The validated ``model.yaml`` of a model folder (``ModelFormatError`` when invalid)."""
-    path = model_dir / "model.yaml"
+    path = model_dir / MODEL_YAML
     try:
         spec = ModelSpec.model_validate(yaml.safe_load(path.read_text()))
     except (OSError, yaml.YAMLError, ValidationError) as exc:
@@ -179,7 +188,7 @@ def ensure_model_source(model_dir: Path) -> Path:
     ``SourceIntegrityError`` for a hash mismatch, ``SourceFetchError`` when pip fails.
     """
     target, sidecar = model_dir / SOURCE_ONNX, model_dir / SIDECAR
-    if not (model_dir / "model.yaml").is_file():
+    if not (model_dir / MODEL_YAML).is_file():
         if target.is_file():
             return target
         raise ModelFormatError(f"{model_dir} has neither model.yaml nor {SOURCE_ONNX}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -15,6 +15,7 @@ from starlette.formparsers import MultiPartException
 
 from engines.model.pipeline import DetectOptions, PreparedImage
 from engines.model.postprocess import Detections
+from engines.precision import RequestedPrecision
 from service.deps import AuthDep, MetricsDep, ModelDep, SettingsDep
 from service.errors import BadRequest, UnsupportedMediaType
 from service.flow import Route, serve
@@ -177,7 +178,7 @@ class DetectRoute(Route[DetectResponse]):
         results = [_result(self._model, o, total_ms) for o in outcomes]
         body = DetectResponse(
             model=self._model.name,
-            precision=variant.spec.precision.value,
+            precision=variant.record.precision.value,
             backend=variant.engine.backend,
             device=variant.engine.device,
         )
@@ -190,7 +191,7 @@ class DetectRoute(Route[DetectResponse]):
         return body
 
     def _labels(self, variant: ServedVariant) -> tuple[str, str]:
-        return self._model.name, variant.spec.precision.value
+        return self._model.name, variant.record.precision.value
 
 
 @router.post(
@@ -208,7 +209,7 @@ async def detect(
     settings: SettingsDep,
     metrics: MetricsDep,
     precision: Annotated[
-        Literal["fp32", "fp16", "int8", "auto"] | None,
+        RequestedPrecision | None,
         Query(description="Variant to run; default: the server's (auto)"),
     ] = None,
     conf: Annotated[float, Query(ge=0.0, le=1.0, allow_inf_nan=False)] = 0.25,

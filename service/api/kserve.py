@@ -167,7 +167,7 @@ class V2Route(Route[Response]):
     def respond(self, variant: ServedVariant) -> Response:
         rows = [self._rows[i] for i in range(len(self._rows))]
         outputs = {n: np.concatenate([r[n] for r in rows]) for n in rows[0]}
-        chosen = {"precision": variant.spec.precision.value, "backend": variant.engine.backend}
+        chosen = {"precision": variant.record.precision.value, "backend": variant.engine.backend}
         extra = {"parameters": chosen}
         body, headers = encode_outputs(self._header, outputs, self._name, extra)
         return Response(body, headers=headers, media_type=headers["content-type"])

@@ -24,13 +24,16 @@ def model_entry(model: ServedModel) -> ModelEntry:
                 backend=v.engine.backend,
                 device=v.engine.device,
                 ready=v.ready,
-                agreement=v.spec.agreement,
-                latency_ms=v.spec.latency_ms,
-                note=v.spec.note,
+                agreement=v.record.agreement,
+                latency_ms=v.record.latency_ms,
+                latency_measured_under=(
+                    v.record.timings.measured_under if v.record.timings else None
+                ),
+                note=v.record.note,
             )
             for p, v in model.variants.items()
         ],
-        unavailable=model.unavailable,
+        unavailable={p.value: why for p, why in model.unavailable.items()},
     )
 
 

@@ -10,9 +10,11 @@ release, so it is refused); cuda-bindings/cuda-python follow CUDA's own major.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+import tomllib
 
 import pytest
-import tomllib
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
@@ -51,9 +53,12 @@ def base_image_cuda_major() -> int:
     return int(match.group(1))
 
 
+def extra_lines(name: str) -> list[str]:
+    return list(PYPROJECT["project"]["optional-dependencies"][name])
+
+
 def extra(name: str) -> dict[str, Requirement]:
-    reqs = [Requirement(r) for r in PYPROJECT["project"]["optional-dependencies"][name]]
-    return {r.name.lower(): r for r in reqs}
+    return {r.name.lower(): r for r in map(Requirement, extra_lines(name))}
 
 
 def test_the_image_pins_one_cuda_major_matching_its_base() -> None:
@@ -83,17 +88,53 @@ def test_gpu_extra_has_bounds_inside_one_cuda_major(package: str) -> None:
     assert image_pins()[package] in specifier, "the image pin is outside the extra's range"
 
 
-def test_cpu_onnxruntime_never_rides_along_with_onnxruntime_gpu() -> None:
-    core = {Requirement(r).name.lower() for r in PYPROJECT["project"]["dependencies"]}
-    installed_extras = re.search(r'"\$\{WHEEL\}\[([a-z,]+)\]"', stages()["gpu"])
-    assert installed_extras, "the gpu stage does not install the project wheel with extras"
-    extras = installed_extras.group(1).split(",")
-    for name in ("", *extras):
-        names = core if not name else set(extra(name))
-        assert "onnxruntime" not in names, f"{name or 'core'} pulls onnxruntime into the GPU image"
-    assert "pip show onnxruntime" in stages()["gpu"]  # the build fails if it crept in anyway
-    assert "cpu" not in extras and "unsuffixed" not in extras
+def _gpu_requirements(*extras: str) -> list[Requirement]:
+    """What scripts/gpu_requirements.py prints, run as the image's wheel stage runs it."""
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "gpu_requirements.py"), "pyproject.toml", *extras],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [Requirement(line) for line in done.stdout.splitlines() if line.strip()]
+
+
+def test_core_dependencies_serve_on_cpu_with_onnxruntime() -> None:
+    """`pip install .` alone serves, builds and benchmarks on CPU: onnxruntime is a core
+    dependency, and no extra is needed for it."""
+    core = {r.name.lower(): r for r in map(Requirement, PYPROJECT["project"]["dependencies"])}
+    assert "onnxruntime" in core
+    assert "cpu" not in PYPROJECT["project"]["optional-dependencies"]
+
+
+def test_the_gpu_image_never_installs_onnxruntime_beside_onnxruntime_gpu() -> None:
+    gpu = stages()["gpu"].replace("\\\n", " ")
+    installs = re.findall(r"pip install ([^&]+)", gpu)
+    wheel = [i for i in installs if '"${WHEEL}' in i]
+    # The wheel goes in alone (its core dependencies would bring onnxruntime) ...
+    assert wheel and all("--no-deps" in i and '"${WHEEL}"' in i for i in wheel), wheel
+    # ... its other dependencies from the list the wheel stage writes with the script ...
+    assert "gpu_requirements.py pyproject.toml build > /requirements/gpu.txt" in stages()["wheel"]
+    assert any("-r /tmp/gpu-requirements.txt" in i for i in installs), installs
+    listed = {r.name.lower() for r in _gpu_requirements("build")}
+    assert "onnxruntime" not in listed
+    expected = [*PYPROJECT["project"]["dependencies"], *extra_lines("build")]
+    assert listed == {Requirement(r).name.lower() for r in expected} - {"onnxruntime"}
+    # ... and no line of any install names the CPU package, by requirement or by extra.
+    for line in installs:
+        for word in re.findall(r'"([^"]+)"', line):
+            if not word.startswith("${WHEEL}"):
+                assert Requirement(word).name.lower() != "onnxruntime", line
+        assert "[" not in line.replace('"${WHEEL}"', ""), f"an extra is installed: {line}"
+    assert "pip show onnxruntime" in gpu  # the build fails if it crept in anyway
     assert all(not n.startswith("tensorrt") or n.startswith("tensorrt-cu") for n in extra("gpu"))
+
+
+def test_the_script_adds_the_gpu_extra_for_hand_installs() -> None:
+    names = {r.name.lower() for r in _gpu_requirements("build", "gpu")}
+    assert {"onnxruntime-gpu", "tensorrt-cu13", "onnx", "fastapi"} <= names
+    assert "onnxruntime" not in names
 
 
 def test_onnxruntime_lower_bound_is_what_the_code_uses() -> None:
@@ -102,7 +143,9 @@ def test_onnxruntime_lower_bound_is_what_the_code_uses() -> None:
         p for p in (REPO / "engines").rglob("*.py") if "calibration_cache_path=" in p.read_text()
     ]
     assert uses, "the code no longer needs onnxruntime 1.27; lower the bounds"
-    for name, package in (("cpu", "onnxruntime"), ("gpu", "onnxruntime-gpu")):
-        assert Version("1.26.99") not in extra(name)[package].specifier
-        assert Version("1.27.0") in extra(name)[package].specifier
+    core = {r.name.lower(): r for r in map(Requirement, PYPROJECT["project"]["dependencies"])}
+    for specifier in (core["onnxruntime"].specifier, extra("gpu")["onnxruntime-gpu"].specifier):
+        assert Version("1.26.99") not in specifier
+        assert Version("1.27.0") in specifier
     assert "3.11" in PYPROJECT["project"]["requires-python"]  # the 1.27+ wheels need it
+    assert PYPROJECT["tool"]["ruff"]["target-version"] == "py311"  # lint for what is supported

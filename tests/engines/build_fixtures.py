@@ -14,6 +14,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
+from engines.artifacts.record import Accuracy
+
 SIZE = 32
 NUM_CLASSES = 2
 HEAD_OPS = ("Reshape", "Transpose", "Split", "Mul", "Sigmoid", "Concat")
@@ -67,6 +69,18 @@ def tiny_detector(heads: int = 1) -> onnx.ModelProto:
     model.metadata_props.add(key="imgsz", value=f"[{SIZE}, {SIZE}]")
     onnx.checker.check_model(model)
     return model
+
+
+def accuracy(score: float, budget: float = 0.95) -> Accuracy:
+    """A measured accuracy as the builder records it (agreement ``score`` with FP32)."""
+    return Accuracy(
+        map50_95_agreement=score,
+        map50_agreement=score,
+        budget=budget,
+        reference_boxes=10,
+        validation_images=4,
+        validation_hash="v",
+    )
 
 
 def write_photos(folder: Path, count: int, seed: int = 0) -> Path:

@@ -19,7 +19,7 @@ from engines.build.builder import BuildConfig, build_model
 from engines.build.int8.calibration import ImageSetError
 from engines.errors import ArtifactMismatchError, ModelFormatError
 from engines.precision import Precision
-from engines.runtime.host import current_host
+from engines.runtime.backends import current_host
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -80,9 +80,9 @@ def test_whole_graph_int8_is_built_measured_and_rejected(tmp_path: Path) -> None
     config = BuildConfig(precisions=(Precision.INT8,), mixed_precision=False, timing=False)
     manifest = build_model(MODEL_DIR, tmp_path, config, progress=False)
     (variant,) = manifest.variants
-    assert variant.kept_float == []
+    assert variant.kept_float == ()
     assert variant.accuracy is not None and variant.accuracy.map50_95_agreement < 0.5
-    assert variant.status.startswith("rejected: mAP50-95 agreement")
+    assert variant.status == "rejected" and variant.reason.startswith("mAP50-95 agreement")
     servable, refused = load_servable_variants(tmp_path, "yolov3-tiny-coco", "onnxruntime")
     assert servable == [] and "rejected" in refused[Precision.INT8]
 
@@ -106,7 +106,7 @@ def test_tampered_artifact_is_refused(built_engines: Path, tmp_path: Path) -> No
             current_host("onnxruntime"),
         )
     servable, refused = load_servable_variants(engines, "yolov3-tiny-coco", "onnxruntime")
-    assert {v.precision for v in servable} == {Precision.FP32, Precision.FP16}
+    assert {v.record.precision for v in servable} == {Precision.FP32, Precision.FP16}
     assert "sha256" in refused[Precision.INT8]
 
 

@@ -161,6 +161,6 @@ def test_tensorrt_build_accepts_plans_checked_on_the_gpu(
     by = {v.precision.value: v for v in manifest.variants if v.backend == "tensorrt"}
     for precision in ("fp32", "int8"):
         variant = by[precision]
-        assert variant.accepted, variant.status
+        assert variant.accepted, f"{variant.status}: {variant.reason}"
         assert variant.artifact == f"{precision}.plan" and variant.latency_ms
         assert variant.accuracy is not None and variant.accuracy.map50_95_agreement >= 0.95

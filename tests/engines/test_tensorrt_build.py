@@ -10,20 +10,20 @@ from pathlib import Path
 import onnx
 import pytest
 
-from engines.artifacts.manifest import Manifest, Variant
+from engines.artifacts.manifest import Manifest
+from engines.artifacts.record import VariantRecord
 from engines.build.builder import Budgets, BuildConfig, build_model
 from engines.build.int8.calibration import CalibrationSet, ImageSet
 from engines.build.int8.graph import decode_head
 from engines.build.int8.quantize import Int8Options, quantize_int8
 from engines.build.int8.tensorrt_recipe import (
-    FAKE_QUANT,
     TENSORRT_FP32_OPS,
     TENSORRT_OPSET,
     quantize_for_tensorrt,
 )
-from engines.build.tensorrt_step import tensorrt_available
 from engines.precision import Precision
-from engines.runtime.onnxruntime import OnnxRuntimeEngine
+from engines.runtime.onnxruntime import FAKE_QUANT, OnnxRuntimeEngine
+from engines.runtime.tensorrt import tensorrt_available
 from tests.conftest import REPO, Server
 from tests.engines.build_fixtures import SIZE, tiny_detector, write_photos
 from tests.engines.tensorrt_graph_rules import (
@@ -85,7 +85,7 @@ def side_by_side(tmp_path_factory: pytest.TempPathFactory, default_model_source:
     return engines
 
 
-def _variant(engines: Path, backend: str, precision: Precision) -> Variant:
+def _variant(engines: Path, backend: str, precision: Precision) -> VariantRecord:
     manifest = Manifest.load(engines / "yolov3-tiny-coco")
     assert manifest is not None
     found = [v for v in manifest.variants if (v.backend, v.precision) == (backend, precision)]
@@ -99,7 +99,7 @@ def test_tensorrt_int8_is_proven_on_cpu_and_pending_its_plan(
     side_by_side: Path, built_engines: Path
 ) -> None:
     variant = _variant(side_by_side, "tensorrt", Precision.INT8)
-    assert variant.status.startswith("pending:") and "GPU host at first start" in variant.status
+    assert variant.status == "pending" and "GPU host at first start" in variant.reason
     assert variant.artifact == "int8.trt.onnx" and variant.device == "no-gpu"
     assert variant.accuracy is not None and variant.accuracy.map50_95_agreement >= 0.95
     model = onnx.load(str(side_by_side / "yolov3-tiny-coco" / "int8.trt.onnx"))

@@ -7,26 +7,16 @@ from pathlib import Path
 import onnx
 import pytest
 
-from engines.artifacts.manifest import Accuracy, Manifest, Variant
+from engines.artifacts.manifest import Manifest
+from engines.artifacts.record import Timings, VariantRecord
 from engines.artifacts.variants import load_servable_variants, verify_variant
 from engines.errors import ArtifactMismatchError
 from engines.precision import Precision
-from engines.runtime.host import current_host
+from engines.runtime.backends import current_host
 from engines.sources.registry import sha256_file
-from tests.engines.build_fixtures import tiny_detector
+from tests.engines.build_fixtures import accuracy, tiny_detector
 
 MODEL = "tiny"
-
-
-def accuracy(score: float) -> Accuracy:
-    return Accuracy(
-        map50_95_agreement=score,
-        map50_agreement=score,
-        budget=0.95,
-        reference_boxes=10,
-        validation_images=4,
-        validation_hash="v",
-    )
 
 
 @pytest.fixture()
@@ -47,15 +37,16 @@ def engines_dir(tmp_path: Path) -> Path:
         artifact = folder / f"{precision.value}.onnx"
         onnx.save(tiny_detector(), str(artifact))
         manifest.variants.append(
-            Variant(
+            VariantRecord(
                 precision=precision,
                 backend="onnxruntime",
                 device=host.device,
                 artifact=artifact.name,
                 artifact_sha256=sha256_file(artifact),
-                status="accepted" if score >= 0.95 else "rejected: mAP50-95 agreement 0.5 < 0.99",
+                status="accepted" if score >= 0.95 else "rejected",
+                reason="" if score >= 0.95 else "mAP50-95 agreement 0.5 < 0.99",
                 accuracy=accuracy(score),
-                latency_ms={1: 10.0, 2: 18.0},
+                timings=Timings(latency_ms={1: 10.0, 2: 18.0}),
                 tool_versions=host.tool_versions,
             )
         )
@@ -68,18 +59,19 @@ def edit(engines_dir: Path, precision: Precision, **changes: object) -> None:
     assert manifest is not None
     variant = manifest.variant(precision)
     assert variant is not None
-    for key, value in changes.items():
-        setattr(variant, key, value)
+    # Edited in place: a changed backend moves the record, it does not add one beside it.
+    edited = variant.model_copy(update=changes)
+    manifest.variants = [edited if v is variant else v for v in manifest.variants]
     manifest.save(engines_dir / MODEL)
 
 
 def test_only_accepted_intact_variants_are_served(engines_dir: Path) -> None:
     servable, refused = load_servable_variants(engines_dir, MODEL, "onnxruntime")
-    assert [v.precision for v in servable] == [Precision.FP32, Precision.INT8]
-    int8 = servable[1]
+    assert [v.record.precision for v in servable] == [Precision.FP32, Precision.INT8]
+    int8 = servable[1].record
     assert int8.status == "accepted" and int8.agreement == 0.97
     assert int8.accuracy is not None and int8.latency_ms == {1: 10.0, 2: 18.0}
-    assert int8.artifact == engines_dir / MODEL / "int8.onnx"
+    assert servable[1].path == engines_dir / MODEL / "int8.onnx"
     assert refused == {Precision.FP16: "rejected: mAP50-95 agreement 0.5 < 0.99"}
 
 
@@ -93,7 +85,7 @@ def test_tampered_artifact_is_refused_with_the_hashes(engines_dir: Path) -> None
     with pytest.raises(ArtifactMismatchError, match=r"\(tampered or corrupt\); rebuild with"):
         verify_variant(variant, engines_dir / MODEL, current_host("onnxruntime"))
     servable, refused = load_servable_variants(engines_dir, MODEL, "onnxruntime")
-    assert [v.precision for v in servable] == [Precision.FP32]
+    assert [v.record.precision for v in servable] == [Precision.FP32]
     assert "int8.onnx has sha256" in refused[Precision.INT8]
 
 
@@ -111,7 +103,7 @@ def test_variant_built_elsewhere_is_refused(
 ) -> None:
     edit(engines_dir, Precision.INT8, **change)
     servable, refused = load_servable_variants(engines_dir, MODEL, "onnxruntime")
-    assert Precision.INT8 not in {v.precision for v in servable}
+    assert Precision.INT8 not in {v.record.precision for v in servable}
     assert message in refused[Precision.INT8]
     assert "rebuild with `detect-serve build`" in refused[Precision.INT8]
 

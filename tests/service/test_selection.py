@@ -4,16 +4,39 @@ from __future__ import annotations
 
 import pytest
 
+from engines.artifacts.record import Timings, VariantRecord
 from engines.precision import Precision
 from service.errors import PrecisionUnavailable
-from service.selection import PrecisionSelector, VariantStats
-
-FP32 = VariantStats(Precision.FP32, per_image_latency_s=0.100, agreement=1.0)
-FP16 = VariantStats(Precision.FP16, per_image_latency_s=0.060, agreement=0.995)
-INT8 = VariantStats(Precision.INT8, per_image_latency_s=0.040, agreement=0.96)
+from service.selection import PrecisionSelector
+from tests.engines.build_fixtures import accuracy
 
 
-def selector(*variants: VariantStats, slo_s: float = 0.05) -> PrecisionSelector:
+def record(precision: Precision, per_image_latency_s: float, agreement: float) -> VariantRecord:
+    """An accepted variant as the build records it, timed at batch 2."""
+    timings = Timings(latency_ms={1: 1000 * per_image_latency_s, 2: 2000 * per_image_latency_s})
+    return VariantRecord(
+        precision=precision,
+        backend="onnxruntime",
+        device="cpu",
+        status="accepted",
+        accuracy=accuracy(agreement),
+        timings=timings,
+    )
+
+
+FP32 = record(Precision.FP32, per_image_latency_s=0.100, agreement=1.0)
+FP16 = record(Precision.FP16, per_image_latency_s=0.060, agreement=0.995)
+INT8 = record(Precision.INT8, per_image_latency_s=0.040, agreement=0.96)
+
+
+def test_record_gives_the_selector_its_figures() -> None:
+    assert FP16.per_image_latency_s == pytest.approx(0.060)
+    assert FP16.agreement == 0.995
+    unmeasured_fp32 = VariantRecord(precision=Precision.FP32, backend="onnxruntime", device="cpu")
+    assert unmeasured_fp32.agreement == 1.0 and unmeasured_fp32.per_image_latency_s is None
+
+
+def selector(*variants: VariantRecord, slo_s: float = 0.05) -> PrecisionSelector:
     return PrecisionSelector(
         list(variants), auto_min_agreement=0.99, queue_wait_slo_s=slo_s, hold_s=0.0
     )
@@ -22,7 +45,7 @@ def selector(*variants: VariantStats, slo_s: float = 0.05) -> PrecisionSelector:
 def test_auto_picks_fastest_variant_within_the_auto_budget() -> None:
     assert selector(FP32, FP16, INT8).select("auto") is Precision.FP16
     assert selector(FP32, INT8).select("auto") is Precision.FP32
-    precise_int8 = VariantStats(Precision.INT8, 0.040, 0.995)
+    precise_int8 = record(Precision.INT8, 0.040, 0.995)
     assert selector(FP32, FP16, precise_int8).select("auto") is Precision.INT8
 
 
@@ -30,7 +53,7 @@ def test_explicit_precision_and_clear_refusals() -> None:
     policy = selector(FP32, INT8)
     assert policy.select("int8") is Precision.INT8
     with pytest.raises(PrecisionUnavailable, match=r"rejected: agreement 0\.81"):
-        policy.select("fp16", {"fp16": "rejected: agreement 0.81 < 0.99"})
+        policy.select("fp16", {Precision.FP16: "rejected: agreement 0.81 < 0.99"})
     with pytest.raises(PrecisionUnavailable, match="unknown precision"):
         policy.select("bf16")
 

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
 from onnxruntime.quantization import (
     CalibrationMethod,
@@ -31,22 +31,6 @@ METHODS: dict[str, CalibrationMethod] = {
     "entropy": CalibrationMethod.Entropy,
     "percentile": CalibrationMethod.Percentile,
 }
-
-
-class Int8Recipe(Protocol):
-    """How a backend turns the float graph into its INT8 Q/DQ graph (``quantize_int8`` for ONNX
-    Runtime's CPU kernels; ``tensorrt_recipe.quantize_for_tensorrt`` for TensorRT)."""
-
-    def __call__(
-        self,
-        source: Path,
-        target: Path,
-        calibration: CalibrationSet,
-        options: Int8Options,
-        *,
-        keep_float: Sequence[str],
-        only: Sequence[str] | None = None,
-    ) -> None: ...
 
 
 @dataclass(frozen=True)

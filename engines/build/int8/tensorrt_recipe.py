@@ -16,9 +16,12 @@ fusions want a graph unlike the one ONNX Runtime's CPU kernels prefer:
   stays FP32 as in the FP16 variant.
 
 TensorRT computes Q/DQ like fake quantization (quantize, dequantize, float math), so the build
-judges these graphs with ONNX Runtime's ``session.disable_quant_qdq`` option (``FAKE_QUANT``):
+judges these graphs with ONNX Runtime's ``session.disable_quant_qdq`` option
+(``engines.runtime.onnxruntime.FAKE_QUANT``, the TensorRT row's ``accuracy_session_config``):
 ORT then runs the Q/DQ nodes as written instead of its CPU integer kernels, which saturate on
 symmetric INT8 activations on AVX2 and would steer the mixed-precision search wrongly.
+
+This is the TensorRT row's INT8 recipe in the backend table (``engines.runtime.tensorrt``).
 """
 
 from __future__ import annotations
@@ -37,15 +40,8 @@ from engines.build.int8.calibration import CalibrationSet
 from engines.build.int8.graph import decode_head
 from engines.build.int8.quantize import METHODS, Int8Options
 
-# What the recipe is, for build cache keys: a change here must not reuse old graphs.
-TENSORRT_RECIPE = (
-    "tensorrt-v1: symmetric int8, per-channel weights, no bias Q/DQ, Q/DQ at quantized-op "
-    "inputs only, opset 19, FP16 remainder, FP32 decode head"
-)
 # QuantizeLinear/DequantizeLinear take float16 scales from opset 19 on.
 TENSORRT_OPSET = 19
-# ONNX Runtime session options under which a CPU session computes Q/DQ as TensorRT does.
-FAKE_QUANT: dict[str, str] = {"session.disable_quant_qdq": "1"}
 # Ops kept FP32 in the TensorRT graph besides the decode head: the numerically fragile ones.
 # Resize is not among them here (nearest resize is exact in FP16; TensorRT has FP16 kernels).
 TENSORRT_FP32_OPS = tuple(op for op in FP16_FRAGILE_OPS if op != "Resize")

@@ -1,4 +1,5 @@
-"""Automatic mixed precision for INT8: the builder finds which nodes stay in float, and says why.
+"""The INT8 maker: a Q/DQ graph calibrated on real images, with an automatic mixed-precision
+search that finds which nodes stay in float, and says why.
 
 1. Structural rule: the decode head (every node after each head's last convolution, found by
    graph analysis in ``engines.build.int8.graph``) stays float; it mixes pixel-scale boxes
@@ -18,14 +19,15 @@ from pathlib import Path
 
 import onnx
 
-from engines.artifacts.manifest import Accuracy, KeptFloat
-from engines.build.accuracy import CANDIDATE_CONF, detect_all, detection_error
+from engines.artifacts.record import Accuracy, KeptFloat, VariantRecord
+from engines.build.accuracy import detection_error
 from engines.build.int8.calibration import CalibrationSet
 from engines.build.int8.graph import HEAD_REASON, compute_nodes, decode_head
-from engines.build.int8.quantize import Int8Options, Int8Recipe, quantize_int8
-from engines.build.steps import Candidate, EngineLoader, Reference, measure
+from engines.build.int8.quantize import Int8Options
+from engines.build.validation import EngineLoader, Reference, detect_all, measure
 from engines.model.postprocess import Detections
 from engines.precision import Precision
+from engines.runtime.base import Int8Quantizer, quantize_for_onnxruntime_cpu
 
 Say = Callable[[str], None]
 
@@ -38,7 +40,7 @@ class Int8Search:
     mixed_precision: bool  # False: whole-graph INT8, no float-kept nodes (to show why not)
     max_fallbacks: int
     probe_images: int = 8
-    quantize: Int8Recipe = quantize_int8  # the target backend's INT8 recipe
+    quantize: Int8Quantizer = quantize_for_onnxruntime_cpu  # the backend row's INT8 recipe
 
 
 @dataclass(frozen=True)
@@ -83,9 +85,7 @@ def rank_sensitivity(
     def detect(path: Path, precision: Precision) -> list[Detections]:
         engine = quantizer.load(path, precision)
         try:
-            return detect_all(
-                engine, images, ref.layout, ref.info.input_size, ref.pad_value, CANDIDATE_CONF
-            )
+            return detect_all(engine, ref.pipeline, images)
         finally:
             engine.close()
 
@@ -106,8 +106,14 @@ def _fallback_reason(s: Sensitivity, rank: int, total: int, budget: float) -> st
 
 
 def make_int8(
-    source: Path, out_dir: Path, ref: Reference, search: Int8Search, load: EngineLoader, say: Say
-) -> Candidate:
+    source: Path,
+    out_dir: Path,
+    ref: Reference,
+    search: Int8Search,
+    load: EngineLoader,
+    say: Say,
+    draft: VariantRecord,
+) -> VariantRecord:
     """The INT8 variant with the smallest float-kept set this search finds within budget (or,
     failing that, the last one tried: the builder's budget check then rejects it)."""
     model = onnx.load(str(source), load_external_data=False)
@@ -117,7 +123,7 @@ def make_int8(
     accuracy = quantizer.accuracy(target, [k.node for k in kept], ref)
     say(f"int8: {len(kept)} nodes kept float, agreement {accuracy.map50_95_agreement:.4f}")
     if accuracy.map50_95_agreement >= search.budget or not search.mixed_precision:
-        return Candidate(target, accuracy=accuracy, kept_float=kept)
+        return _made(draft, target, accuracy, kept)
     convs = compute_nodes(model)
     say(f"int8: below budget {search.budget}; probing {len(convs)} convolutions one at a time")
     ranked = rank_sensitivity(
@@ -131,4 +137,11 @@ def make_int8(
         say(f"int8: + {sensitivity.node} float, agreement {accuracy.map50_95_agreement:.4f}")
         if accuracy.map50_95_agreement >= search.budget:
             break
-    return Candidate(target, accuracy=accuracy, kept_float=kept)
+    return _made(draft, target, accuracy, kept)
+
+
+def _made(
+    draft: VariantRecord, target: Path, accuracy: Accuracy, kept: list[KeptFloat]
+) -> VariantRecord:
+    update = {"artifact": target.name, "accuracy": accuracy, "kept_float": tuple(kept)}
+    return draft.model_copy(update=update)

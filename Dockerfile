@@ -2,7 +2,8 @@
 # detect-serve images.
 #   GPU (default):  docker build -t detect-serve:gpu .
 #   CPU:            docker build --target cpu -t detect-serve:cpu .
-# Both fetch the default model's source at build time (no model download at start-up) and build
+# Both fetch the default model's source at build time (no model download at start-up; its
+# model.yaml ships in the wheel) into the home /var/lib/detect (DETECT_HOME), and build
 # precision engines at start-up into /var/lib/detect/engines (a volume): engines are tied to the
 # device and tool versions, so they are built where they run and reused while the manifest matches.
 # Replicas may share that volume: one builds (under a lock), the others find the plans cached.
@@ -23,7 +24,7 @@ COPY service/ service/
 COPY scripts/gpu_requirements.py scripts/
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
     && mkdir /requirements \
-    && python scripts/gpu_requirements.py pyproject.toml build > /requirements/gpu.txt
+    && python scripts/gpu_requirements.py pyproject.toml > /requirements/gpu.txt
 
 # ---- CPU image -----------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS cpu
@@ -32,20 +33,22 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     DETECT_HOST=0.0.0.0 \
     DETECT_PORT=8000 \
+    DETECT_HOME=/var/lib/detect \
     DETECT_MODELS_DIR=/var/lib/detect/models \
     DETECT_ENGINES_DIR=/var/lib/detect/engines \
     DETECT_CACHE_DIR=/var/lib/detect/cache \
     DETECT_PREPARE_PRECISIONS='["fp32","int8"]'
 COPY --from=wheel /wheels /wheels
-# Installs the project's own wheel (a path, not a registry name); its dependencies carry the
-# version bounds of pyproject.toml.
+# The tested versions: requirements/lock.txt pins every dependency (scripts/lock.sh refreshes it).
+COPY requirements/lock.txt /tmp/lock.txt
+# Installs the project's own wheel (a path, not a registry name) under the lock's constraints.
 # hadolint ignore=DL3013
 RUN WHEEL="$(ls /wheels/*.whl)" \
-    && pip install --no-cache-dir "${WHEEL}[build]" \
+    && pip install --no-cache-dir -c /tmp/lock.txt "${WHEEL}" \
+    && rm /tmp/lock.txt \
     && rm -rf /wheels \
     && useradd --system --uid 10001 --create-home detect \
     && mkdir -p /var/lib/detect/engines /var/lib/detect/cache
-COPY models/ /var/lib/detect/models/
 RUN detect-serve models fetch yolov3-tiny-coco \
     && rm -rf /var/lib/detect/cache/* \
     && chown -R detect:detect /var/lib/detect
@@ -65,6 +68,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH \
     DETECT_HOST=0.0.0.0 \
     DETECT_PORT=8000 \
+    DETECT_HOME=/var/lib/detect \
     DETECT_MODELS_DIR=/var/lib/detect/models \
     DETECT_ENGINES_DIR=/var/lib/detect/engines \
     DETECT_CACHE_DIR=/var/lib/detect/cache \
@@ -80,8 +84,8 @@ COPY --from=wheel /wheels /wheels
 COPY --from=wheel /requirements/gpu.txt /tmp/gpu-requirements.txt
 # The project's core dependencies include the CPU `onnxruntime`, which installs the same module as
 # onnxruntime-gpu (with both, the CUDA provider may vanish). So the wheel goes in with --no-deps,
-# its other dependencies from the list the wheel stage wrote (pyproject's core + build, without
-# onnxruntime), and the GPU stack pinned exactly (pyproject's `gpu` extra gives the ranges).
+# its other dependencies from the list the wheel stage wrote (pyproject's core dependencies
+# without onnxruntime), and the GPU stack pinned exactly (pyproject's `gpu` extra gives the ranges).
 # TensorRT's libraries are not on PyPI (its tensorrt-cu13-libs there is a stub that fetches from
 # NVIDIA's index), so pip reads NVIDIA's index too. The check below fails the build if anything
 # brought `onnxruntime` in anyway.
@@ -99,7 +103,6 @@ RUN WHEEL="$(ls /wheels/*.whl)" \
     && rm -rf /wheels /tmp/gpu-requirements.txt \
     && useradd --system --uid 10001 --create-home detect \
     && mkdir -p /var/lib/detect/engines /var/lib/detect/cache
-COPY models/ /var/lib/detect/models/
 RUN detect-serve models fetch yolov3-tiny-coco \
     && rm -rf /var/lib/detect/cache/* \
     && chown -R detect:detect /var/lib/detect

@@ -1,6 +1,6 @@
 """Latency vs batch size per precision, from a build's manifest: a table and a PNG plot.
 
-    python scripts/bench_precisions.py [--engines engines_cache] [--model yolov3-tiny-coco]
+    python scripts/bench_precisions.py [--engines DIR] [--model yolov3-tiny-coco]
                                        [--out bench-results/precisions.png] [--remeasure]
 
 The manifest's timings were measured by `detect-serve build` in-process after warm-up;
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from engines.artifacts.manifest import Manifest
 from engines.build.timing import batch_sizes, time_engine
+from engines.sources.home import HomeSettings
 
 Series = dict[str, dict[int, float]]  # precision -> batch size -> median ms
 
@@ -81,13 +82,15 @@ def plot(series: Series, title: str, out: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--engines", type=Path, default=Path("engines_cache"))
+    parser.add_argument(
+        "--engines", type=Path, default=None, help="default: DETECT_ENGINES_DIR (in the home)"
+    )
     parser.add_argument("--model", default="yolov3-tiny-coco")
     parser.add_argument("--out", type=Path, default=Path("bench-results/precisions.png"))
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--remeasure", action="store_true")
     args = parser.parse_args()
-    folder = args.engines / args.model
+    folder = (args.engines or HomeSettings().engines_dir) / args.model
     manifest = Manifest.load(folder)
     if manifest is None:
         parser.error(f"no manifest in {folder}; run detect-serve build {args.model}")

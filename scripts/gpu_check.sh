@@ -21,7 +21,7 @@ pip install --quiet --upgrade pip
 # The core dependencies include the CPU onnxruntime, the same module as onnxruntime-gpu: install
 # the project without its dependencies, then them (and the gpu extra) without onnxruntime.
 pip install --quiet --no-deps .
-python3 scripts/gpu_requirements.py pyproject.toml build gpu > "$out/requirements.txt"
+python3 scripts/gpu_requirements.py pyproject.toml gpu > "$out/requirements.txt"
 pip install --quiet --extra-index-url https://pypi.nvidia.com -r "$out/requirements.txt"
 if pip show onnxruntime >/dev/null 2>&1; then
     echo "onnxruntime (CPU) is installed beside onnxruntime-gpu; remove it" >&2

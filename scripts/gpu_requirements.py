@@ -1,5 +1,5 @@
-"""Print the GPU image's Python requirements: the project's core and ``build`` dependencies,
-without ``onnxruntime``.
+"""Print the GPU image's Python requirements: the project's core dependencies (and any extras
+named), without ``onnxruntime``.
 
 The core dependencies include ``onnxruntime`` so that ``pip install .`` alone serves, builds and
 benchmarks on CPU. The GPU image runs ``onnxruntime-gpu`` instead, which installs the same
@@ -7,7 +7,7 @@ benchmarks on CPU. The GPU image runs ``onnxruntime-gpu`` instead, which install
 vanish. So the GPU stage installs the project wheel with ``--no-deps`` and then these lines
 (plus its pinned GPU stack). Standard library only: it runs in the image's wheel stage.
 
-    python scripts/gpu_requirements.py pyproject.toml [EXTRA ...]   (default extra: build)
+    python scripts/gpu_requirements.py pyproject.toml [EXTRA ...]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def requirement_name(requirement: str) -> str:
     return re.sub(r"[-_.]+", "-", match.group(1)).lower()
 
 
-def gpu_requirements(pyproject: Path, extras: tuple[str, ...] = ("build",)) -> list[str]:
+def gpu_requirements(pyproject: Path, extras: tuple[str, ...] = ()) -> list[str]:
     project = tomllib.loads(pyproject.read_text())["project"]
     lines = list(project["dependencies"])
     for extra in extras:
@@ -41,8 +41,7 @@ def main(argv: list[str]) -> int:
     if not argv:
         print(__doc__, file=sys.stderr)
         return 2
-    extras = tuple(argv[1:]) or ("build",)
-    print("\n".join(gpu_requirements(Path(argv[0]), extras)))
+    print("\n".join(gpu_requirements(Path(argv[0]), tuple(argv[1:]))))
     return 0
 
 

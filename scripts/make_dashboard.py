@@ -1,10 +1,12 @@
 """Generate deploy/grafana/dashboards/detect-serving.json (run after changing a panel).
 
-python scripts/make_dashboard.py
+python scripts/make_dashboard.py            # rewrite the dashboard
+python scripts/make_dashboard.py --check    # exit 1 when the committed dashboard is out of date
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -328,6 +330,21 @@ def dashboard() -> dict[str, Any]:
     }
 
 
-if __name__ == "__main__":
-    OUT.write_text(json.dumps(dashboard(), indent=2) + "\n")
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--check", action="store_true", help="only compare; write nothing")
+    args = parser.parse_args()
+    text = json.dumps(dashboard(), indent=2) + "\n"
+    if args.check:
+        current = OUT.read_text() if OUT.is_file() else ""
+        print(f"{OUT}: {'up to date' if current == text else 'out of date'}")
+        return 0 if current == text else 1
+    OUT.write_text(text)
     print(f"wrote {OUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

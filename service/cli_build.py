@@ -6,11 +6,13 @@ import argparse
 import contextlib
 import logging
 import shutil
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 from engines.runtime.backends import backend_names
+from service import extras
 from service.config import Settings
 
 
@@ -18,8 +20,9 @@ def add_build_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     build = sub.add_parser(
         "build",
         help="build FP32/FP16/INT8 variants, check each against FP32, time them",
-        description="MODEL is a name in the model repository (models/NAME/) or a path to an "
-        ".onnx file (then --name is required and the file is added to the repository).",
+        description="MODEL is a built-in model, a name in the model repository "
+        "($DETECT_HOME/models/NAME/) or a path to an .onnx file (then --name is required and the "
+        "file is added to the repository).",
     )
     build.add_argument("model", help="model name, or path/to/model.onnx with --name")
     build.add_argument("--name", help="repository name for a model given as a path")
@@ -59,6 +62,16 @@ def _model_dir(args: argparse.Namespace, settings: Settings) -> Path:
     return settings.models_dir / model
 
 
+def require_backend(command: str, backend: str) -> None:
+    """Name the extra a backend needs to serve before any work starts (``extras.MissingExtra``).
+
+    ``build`` does not call it: a build for a backend that cannot compile here still makes and
+    checks its variant ONNX and records them pending (compiled where the backend is installed).
+    """
+    if backend == "tensorrt":
+        extras.require(f"{command} with backend tensorrt", "gpu")
+
+
 @contextlib.contextmanager
 def quiet_tool_warnings() -> Iterator[None]:
     """The converters' per-tensor chatter (fp16 truncation notes, ORT's pre-processing hint)
@@ -79,18 +92,18 @@ def cmd_build(args: argparse.Namespace) -> int:
     from engines.build.builder import BuildConfig, build_model
     from engines.build.report import summary_table
     from engines.precision import Precision
-    from engines.sources.repository import MODEL_YAML, ensure_model_source
+    from engines.sources.repository import ensure_model_source
 
     settings = Settings()
+    backend = args.backend or settings.backend
     model_dir = _model_dir(args, settings)
-    if (model_dir / MODEL_YAML).is_file():
-        ensure_model_source(model_dir)
+    ensure_model_source(model_dir, progress=sys.stdout.isatty())  # built-in, fetched or added
     config = BuildConfig(
         precisions=tuple(Precision(p.strip()) for p in args.precision.split(",") if p.strip()),
         calib_dir=args.calib,
         val_dir=args.val,
         labels=args.labels,
-        backend=args.backend or settings.backend,
+        backend=backend,
         max_batch=args.max_batch or settings.max_batch,
         calibration_method=args.calib_method,
         force=args.force,

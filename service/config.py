@@ -7,28 +7,24 @@ and validated there: an impossible combination fails start-up with the reason.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from engines.precision import Precision, RequestedPrecision
 from engines.runtime.backends import DEFAULT_BACKEND, BackendName
+from engines.sources.home import HomeSettings
 
 DEFAULT_MODEL = "yolov3-tiny-coco"
 
 
-class Settings(BaseSettings):
-    """Everything configurable about the service."""
+class Settings(HomeSettings):
+    """Everything configurable about the service (the home's folders come from HomeSettings)."""
 
     model_config = SettingsConfigDict(env_prefix="DETECT_", env_file=".env", extra="ignore")
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
 
-    # Model repository: committed metadata + fetched sources, and built engines (+ manifests).
-    models_dir: Path = Path("models")
-    engines_dir: Path = Path("engines_cache")
     models: list[str] = Field(default_factory=lambda: [DEFAULT_MODEL])
     default_model: str = DEFAULT_MODEL
     default_precision: RequestedPrecision = "auto"

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import importlib.util
 
-# Top-level modules imported by name in the code, by the extra that installs them.
+# Top-level modules imported by name in the code, by the extra that installs them. Building
+# (onnxconverter_common, faster_coco_eval, matplotlib) and benchmarking (httpx) are part of the
+# default install, so a missing one is a broken install, reported as it is; `dev` holds only
+# test and lint tools, which the package never imports.
 EXTRA_MODULES: dict[str, tuple[str, ...]] = {
-    "build": ("onnxconverter_common", "faster_coco_eval"),
-    "bench": ("httpx", "matplotlib"),
     "gpu": ("tensorrt", "cuda", "pynvml"),
 }
 

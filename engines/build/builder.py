@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,9 @@ from engines.build.int8.calibration import CalibrationSet, ImageSet, image_sets
 from engines.build.int8.maker import Int8Search, make_int8
 from engines.build.int8.quantize import CalibrationName, Int8Options
 from engines.build.makers import make_fp16, make_fp32
-from engines.build.merge import Staged, build_lock, carried_over, keeps_earlier, publish, staging
+from engines.build.merge import build_lock, carried_over, guarded
 from engines.build.report import Reporter
+from engines.build.staging import staging, sweep
 from engines.build.timing import batch_sizes, time_engine
 from engines.build.validation import EngineLoader, Reference, judge, make_reference, measure
 from engines.errors import CompilerUnavailableError, EngineError, ModelFormatError
@@ -180,6 +181,7 @@ def build_model(
 
 def _build_locked(job: _Job) -> Manifest:
     config, out, info = job.config, job.out, job.pipeline.info
+    sweep(out)
     source_sha = sha256_file(job.source)
     manifest = Manifest(
         model=info.name,
@@ -233,51 +235,46 @@ def _build_todo(
     load = _loader(job.config)
     ref = _reference(job, load)
     backend = job.config.backend
-    with staging(job.out, backend) as stage:
-        for precision in todo:
-            started = time.perf_counter()
-            draft = VariantRecord(
-                precision=precision,
-                backend=backend,
-                device=job.host.device,
-                reason="build did not finish",
-                tool_versions=job.host.tool_versions,
-                cache_key=keys[precision],
-            )
-            files: list[Staged] = []
-            try:
-                record, files = _build_one(job, precision, ref, load, draft, stage)
-            except (EngineError, OSError, ValueError, RuntimeError) as exc:
-                # Recorded, never accepted: the next build retries only with --force or new
-                # inputs.
-                record = draft.reject(f"build failed: {exc}")
-                files = []
-            record = record.model_copy(
-                update={"build_seconds": round(time.perf_counter() - started, 1)}
-            )
-            shown = record.status if record.accepted else f"{record.status}: {record.reason}"
-            job.report.say(f"{precision.value}: {shown} ({record.build_seconds}s)")
-            if keeps_earlier(record, manifest.variant(precision, backend), job.out):
-                job.report.say(f"{precision.value}: the variant accepted earlier stays in use")
-                continue
-            for staged, name in files:
-                publish(staged, job.out, name)
-            manifest.with_variant(record)
-            manifest.save(job.out)  # progress survives an interrupted build
+    for precision in todo:
+        started = time.perf_counter()
+        draft = VariantRecord(
+            precision=precision,
+            backend=backend,
+            device=job.host.device,
+            reason="build did not finish",
+            tool_versions=job.host.tool_versions,
+            cache_key=keys[precision],
+        )
+        # An accepted variant whose artifact is intact gives way only to an accepted one.
+        keep = guarded(manifest.variant(precision, backend), job.out)
+        try:
+            # Built aside and moved in only when finished; anything else leaves no files.
+            with staging(job.out) as stage:
+                record = _build_one(replace(job, out=stage.dir), precision, ref, load, draft)
+                if record.accepted or not keep:
+                    stage.commit()
+        except (EngineError, OSError, ValueError, RuntimeError) as exc:
+            # Recorded, never accepted: the next build retries only with --force or new inputs.
+            record = draft.reject(f"build failed: {exc}")
+        record = record.model_copy(
+            update={"build_seconds": round(time.perf_counter() - started, 1)}
+        )
+        shown = record.status if record.accepted else f"{record.status}: {record.reason}"
+        job.report.say(f"{precision.value}: {shown} ({record.build_seconds}s)")
+        if keep and not record.accepted:
+            job.report.say(f"{precision.value}: the variant accepted earlier stays in use")
+            continue
+        manifest.with_variant(record)
+        manifest.save(job.out)  # progress survives an interrupted build; nothing unproven accepted
 
 
 def _make(
-    job: _Job,
-    precision: Precision,
-    ref: Reference,
-    load: EngineLoader,
-    draft: VariantRecord,
-    stage: Path,
+    job: _Job, precision: Precision, ref: Reference, load: EngineLoader, draft: VariantRecord
 ) -> VariantRecord:
     if precision is Precision.FP32:
-        return make_fp32(job.source, stage, draft)
+        return make_fp32(job.source, job.out, draft)
     if precision is Precision.FP16:
-        return make_fp16(job.source, stage, draft)
+        return make_fp16(job.source, job.out, draft)
     assert job.calib is not None  # image_sets loads it whenever INT8 is requested
     options = job.config.int8_options()
     ranges = job.out / f"calibration-{options.ranges_key}-{job.calib.content_hash[:12]}.json"
@@ -298,7 +295,7 @@ def _make(
     )
     with job.report.bar("int8 calibration", len(calibration)) as tick:
         calibration.on_feed = tick
-        made = make_int8(job.source, stage, ref, search, load, job.report.say, draft)
+        made = make_int8(job.source, job.out, ref, search, load, job.report.say, draft)
     return made.model_copy(
         update={
             "calibration": Calibration(
@@ -312,37 +309,30 @@ def _make(
 
 
 def _build_one(
-    job: _Job,
-    precision: Precision,
-    ref: Reference,
-    load: EngineLoader,
-    draft: VariantRecord,
-    stage: Path,
-) -> tuple[VariantRecord, list[Staged]]:
-    """make -> validate the graph -> compile -> (validate the artifact) -> time -> judge, in
-    ``stage``. Returns the record and the staged files to publish, artifact first."""
+    job: _Job, precision: Precision, ref: Reference, load: EngineLoader, draft: VariantRecord
+) -> VariantRecord:
+    """make -> validate the graph -> compile -> (validate the artifact) -> time -> judge, all in
+    ``job.out`` (the variant's staging folder)."""
     config = job.config
     budget = config.budgets.of(precision)
     backend = get_backend(config.backend)
-    made = _make(job, precision, ref, load, draft, stage)
+    made = _make(job, precision, ref, load, draft)
     assert made.artifact is not None  # every maker writes its graph
-    graph = stage / made.artifact
-    files = [(graph, f"{precision.value}{backend.graph_suffix}")]
+    # The backend's own name for its graph, so several backends' builds live side by side.
+    graph = (job.out / made.artifact).replace(job.out / f"{precision.value}{backend.graph_suffix}")
     # The graph is judged first, as the backend computes it (``load``): nothing that misses its
     # budget is compiled, and a graph that cannot be compiled here is known to be good.
     record = judge(
-        made.model_copy(update={"artifact": files[0][1], "artifact_sha256": sha256_file(graph)}),
+        made.model_copy(update={"artifact": graph.name, "artifact_sha256": sha256_file(graph)}),
         made.accuracy or _validate(job, graph, precision, load, ref, budget),
     )
     if not record.accepted:
-        return record, files
+        return record
     try:
         artifact = backend.compile(graph, job.out, config.max_batch, job.pipeline.info.input_size)
     except CompilerUnavailableError as exc:
         score = record.agreement
-        return record.defer(f"{record.artifact} passed here (agreement {score:.4f}); {exc}"), files
-    if artifact != graph:
-        files.insert(0, (artifact, artifact.name))
+        return record.defer(f"{record.artifact} passed here (agreement {score:.4f}); {exc}")
     options = EngineOptions(max_batch=config.max_batch, providers=config.providers)
     engine = backend.open(artifact, precision, options)
     try:
@@ -362,7 +352,7 @@ def _build_one(
         engine.close()
     assert accuracy is not None  # judged above
     update = {"artifact": artifact.name, "artifact_sha256": sha256_file(artifact)}
-    return judge(record.model_copy(update={**update, "timings": timings}), accuracy), files
+    return judge(record.model_copy(update={**update, "timings": timings}), accuracy)
 
 
 def _validate(

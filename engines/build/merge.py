@@ -2,18 +2,17 @@
 
 Artifacts are named per backend (``int8.onnx`` for ONNX Runtime, ``int8.trt.onnx`` and
 ``int8.plan`` for TensorRT: each backend row's ``graph_suffix`` and what its ``compile`` writes),
-a build writes into its own staging folder and moves an artifact into place only once it is
-judged, and the manifest holds one record per (backend, precision): a TensorRT build leaves the
-ONNX Runtime variants alone, and a failed or rejected rebuild never removes a variant that was
-accepted before.
+each variant is built in its own staging folder (``engines.build.staging``) and moved into place
+only when finished, and the manifest holds one record per (backend, precision): a TensorRT build
+leaves the ONNX Runtime variants alone, and a failed or rejected rebuild never removes a variant
+that was accepted before (``guarded``). One build of a model folder runs at a time
+(``build_lock``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,8 +20,7 @@ from engines.artifacts.manifest import Manifest
 from engines.artifacts.record import VariantRecord
 from engines.sources.registry import sha256_file
 
-# A file a build made in its staging folder and the name it is published under.
-Staged = tuple[Path, str]
+LOCK_FILE = ".build.lock"
 
 
 def carried_over(previous: Manifest | None, source_sha256: str) -> list[VariantRecord]:
@@ -41,28 +39,10 @@ def intact(variant: VariantRecord, folder: Path) -> bool:
     return path.is_file() and sha256_file(path) == variant.artifact_sha256
 
 
-def keeps_earlier(new: VariantRecord, earlier: VariantRecord | None, folder: Path) -> bool:
-    """Whether a build result must not replace ``earlier``: a result that is not accepted never
-    displaces an accepted variant whose artifact is intact."""
-    return not new.accepted and earlier is not None and earlier.accepted and intact(earlier, folder)
-
-
-def publish(staged: Path, folder: Path, name: str) -> Path:
-    """Move a judged artifact from the staging folder to its final name (atomic rename)."""
-    target = folder / name
-    staged.replace(target)
-    return target
-
-
-@contextlib.contextmanager
-def staging(folder: Path, backend: str) -> Iterator[Path]:
-    """A private folder for one build's work in progress, removed afterwards."""
-    path = folder / f".staging-{backend}-{os.getpid()}"
-    path.mkdir(parents=True, exist_ok=True)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+def guarded(earlier: VariantRecord | None, folder: Path) -> bool:
+    """Whether ``earlier`` may be replaced only by an accepted variant: it is accepted and its
+    artifact is intact (a failed or rejected rebuild never removes a working variant)."""
+    return earlier is not None and earlier.accepted and intact(earlier, folder)
 
 
 @contextlib.contextmanager
@@ -71,7 +51,9 @@ def build_lock(folder: Path) -> Iterator[None]:
     ``serve --prepare``: the first builds, the others wait here and then find every variant
     cached instead of building the same plans again."""
     folder.mkdir(parents=True, exist_ok=True)
-    with (folder / ".build.lock").open("a") as handle:
+    # A file, not the folder itself: flock on shared (NFS) volumes needs a file open for writing.
+    # It stays (empty): removing a lock file others may be waiting on would let two builds in.
+    with (folder / LOCK_FILE).open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

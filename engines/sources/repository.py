@@ -1,4 +1,7 @@
-"""The model repository's sources: ``models/NAME/model.yaml`` -> ``models/NAME/source/model.onnx``.
+"""The model repository's sources: ``NAME/model.yaml`` -> ``NAME/source/model.onnx``.
+
+The repository is ``$DETECT_MODELS_DIR`` (by default ``$DETECT_HOME/models``); built-in models
+take their ``model.yaml`` from the package (``engines.sources.catalogue``).
 
 ``model.yaml`` schema (validated by ``ModelSpec``; unknown keys are refused, so typos fail)::
 
@@ -42,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from engines.errors import ModelFormatError
 from engines.model.preprocess import DEFAULT_PAD_VALUE
 from engines.sources import darknet
+from engines.sources.catalogue import builtin_models, spec_path
 from engines.sources.registry import RegistryFile, fetch
 
 Sha256 = Field(pattern=r"^[0-9a-f]{64}$")
@@ -116,8 +120,9 @@ SOURCE_KINDS: dict[str, tuple[frozenset[str], str, Builder]] = {
 
 
 def read_spec(model_dir: Path) -> ModelSpec:
-    """The validated ``model.yaml`` of a model folder (``ModelFormatError`` when invalid)."""
-    path = model_dir / MODEL_YAML
+    """The validated ``model.yaml`` of a model folder, its own or the built-in one
+    (``ModelFormatError`` when invalid or missing)."""
+    path = spec_path(model_dir) or model_dir / MODEL_YAML
     try:
         spec = ModelSpec.model_validate(yaml.safe_load(path.read_text()))
     except (OSError, yaml.YAMLError, ValidationError) as exc:
@@ -180,23 +185,31 @@ def _write_json(path: Path, value: object) -> None:
     path.write_text(json.dumps(value, indent=2) + "\n")
 
 
-def ensure_model_source(model_dir: Path) -> Path:
+def ensure_model_source(model_dir: Path, *, progress: bool = False) -> Path:
     """Path of ``model_dir/source/model.onnx``, fetched and converted unless up to date.
 
-    A folder without ``model.yaml`` but with ``source/model.onnx`` (a user-supplied ONNX) is
-    returned as it is. Raises ``ModelFormatError`` for an invalid spec or conversion failure,
-    ``SourceIntegrityError`` for a hash mismatch, ``SourceFetchError`` when pip fails.
+    A built-in model (``engines.sources.catalogue``) needs no ``model.yaml`` of its own. A
+    folder without a spec but with ``source/model.onnx`` (a user-supplied ONNX) is returned as
+    it is. ``progress`` shows download bars (a terminal). Raises ``ModelFormatError`` for an
+    invalid spec or conversion failure, ``SourceIntegrityError`` for a hash mismatch,
+    ``SourceFetchError`` when pip fails.
     """
     target, sidecar = model_dir / SOURCE_ONNX, model_dir / SIDECAR
-    if not (model_dir / MODEL_YAML).is_file():
+    if spec_path(model_dir) is None:
         if target.is_file():
             return target
-        raise ModelFormatError(f"{model_dir} has neither model.yaml nor {SOURCE_ONNX}")
+        raise ModelFormatError(
+            f"no model {model_dir.name!r}: {model_dir} has neither model.yaml nor {SOURCE_ONNX} "
+            f"(built-in models: {', '.join(builtin_models())}; add your own with "
+            f"`detect-serve build path/to/model.onnx --name {model_dir.name}`)"
+        )
     spec = read_spec(model_dir)
     wanted = _fingerprint(spec)
     if _up_to_date(target, sidecar, wanted):
         return target
-    files = {role: fetch(f.registry_file()) for role, f in spec.source.files.items()}
+    files = {
+        role: fetch(f.registry_file(), progress=progress) for role, f in spec.source.files.items()
+    }
     target.parent.mkdir(parents=True, exist_ok=True)
     build = SOURCE_KINDS[spec.source.kind][2]
     _write_atomically(target, lambda path: build(spec, files, path))

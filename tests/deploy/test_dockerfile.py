@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from bench.process import ServerProcess, free_port
-from tests.conftest import REPO
+from engines.sources.home import HomeSettings
+from tests.conftest import MODELS_DIR, REPO
 
 DOCKERFILE = REPO / "Dockerfile"
 
@@ -71,8 +72,10 @@ def test_cpu_image_start_command_serves_and_passes_its_health_check(
     env |= {
         "DETECT_HOST": "127.0.0.1",  # tests stay on loopback
         "DETECT_PORT": str(free_port()),
-        "DETECT_MODELS_DIR": str(REPO / "models"),  # the image copies models/ there
+        "DETECT_HOME": str(tmp_path / "home"),
+        "DETECT_MODELS_DIR": str(MODELS_DIR),  # the image fetches the model at build time
         "DETECT_ENGINES_DIR": str(tmp_path / "engines"),
+        "DETECT_CACHE_DIR": str(HomeSettings().cache_dir),  # photos for the start-up build
         "DETECT_PREPARE_PRECISIONS": '["fp32"]',  # keep the start-up build short here
     }
     server = ServerProcess.start(tmp_path, env, cwd=REPO, args=command[2:], ready_timeout_s=300)

@@ -53,12 +53,9 @@ def base_image_cuda_major() -> int:
     return int(match.group(1))
 
 
-def extra_lines(name: str) -> list[str]:
-    return list(PYPROJECT["project"]["optional-dependencies"][name])
-
-
 def extra(name: str) -> dict[str, Requirement]:
-    return {r.name.lower(): r for r in map(Requirement, extra_lines(name))}
+    lines = PYPROJECT["project"]["optional-dependencies"][name]
+    return {r.name.lower(): r for r in map(Requirement, lines)}
 
 
 def test_the_image_pins_one_cuda_major_matching_its_base() -> None:
@@ -102,7 +99,7 @@ def _gpu_requirements(*extras: str) -> list[Requirement]:
 
 def test_core_dependencies_serve_on_cpu_with_onnxruntime() -> None:
     """`pip install .` alone serves, builds and benchmarks on CPU: onnxruntime is a core
-    dependency, and no extra is needed for it."""
+    dependency, and no extra is needed for it (nor for the GPU image's build and bench)."""
     core = {r.name.lower(): r for r in map(Requirement, PYPROJECT["project"]["dependencies"])}
     assert "onnxruntime" in core
     assert "cpu" not in PYPROJECT["project"]["optional-dependencies"]
@@ -115,11 +112,12 @@ def test_the_gpu_image_never_installs_onnxruntime_beside_onnxruntime_gpu() -> No
     # The wheel goes in alone (its core dependencies would bring onnxruntime) ...
     assert wheel and all("--no-deps" in i and '"${WHEEL}"' in i for i in wheel), wheel
     # ... its other dependencies from the list the wheel stage writes with the script ...
-    assert "gpu_requirements.py pyproject.toml build > /requirements/gpu.txt" in stages()["wheel"]
+    assert "gpu_requirements.py pyproject.toml > /requirements/gpu.txt" in stages()["wheel"]
+    assert "!scripts/gpu_requirements.py" in (REPO / ".dockerignore").read_text().splitlines()
     assert any("-r /tmp/gpu-requirements.txt" in i for i in installs), installs
-    listed = {r.name.lower() for r in _gpu_requirements("build")}
+    listed = {r.name.lower() for r in _gpu_requirements()}
     assert "onnxruntime" not in listed
-    expected = [*PYPROJECT["project"]["dependencies"], *extra_lines("build")]
+    expected = PYPROJECT["project"]["dependencies"]
     assert listed == {Requirement(r).name.lower() for r in expected} - {"onnxruntime"}
     # ... and no line of any install names the CPU package, by requirement or by extra.
     for line in installs:
@@ -132,7 +130,7 @@ def test_the_gpu_image_never_installs_onnxruntime_beside_onnxruntime_gpu() -> No
 
 
 def test_the_script_adds_the_gpu_extra_for_hand_installs() -> None:
-    names = {r.name.lower() for r in _gpu_requirements("build", "gpu")}
+    names = {r.name.lower() for r in _gpu_requirements("gpu")}
     assert {"onnxruntime-gpu", "tensorrt-cu13", "onnx", "fastapi"} <= names
     assert "onnxruntime" not in names
 

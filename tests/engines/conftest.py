@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engines.sources.catalogue import CATALOGUE
 from engines.sources.registry import fetch
 from engines.sources.repository import read_spec
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "yolov3-tiny-coco"
+DEFAULT_MODEL_DIR = CATALOGUE / "yolov3-tiny-coco"  # its model.yaml as shipped
 
 
 @pytest.fixture(scope="session")

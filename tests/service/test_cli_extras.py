@@ -7,6 +7,7 @@ both ``import name`` and ``importlib.util.find_spec(name)`` behave as if it were
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,9 @@ SUBCOMMANDS = [[], ["serve"], ["models"], ["models", "fetch"], ["models", "list"
 SUBCOMMANDS.append(["bench"])
 
 
-def run_cli(args: list[str], missing: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    args: list[str], missing: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     code = (
         "import sys\n"
         f"sys.path.insert(0, {str(REPO)!r})\n"
@@ -30,7 +33,12 @@ def run_cli(args: list[str], missing: list[str], cwd: Path) -> subprocess.Comple
         f"raise SystemExit(main({args!r}))\n"
     )
     return subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, timeout=120
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -41,23 +49,37 @@ def test_every_help_works_without_any_extra(command: list[str], tmp_path: Path) 
     assert result.stdout.startswith("usage: detect-serve")
 
 
+# Everything else runs on the default install (build and bench included); serving with the
+# tensorrt backend needs the gpu extra.
 @pytest.mark.parametrize(
-    ("command", "extra"),
+    ("command", "env"),
     [
-        (["bench"], "bench"),
-        (["build", "yolov3-tiny-coco"], "build"),
-        (["serve", "--prepare"], "build"),
+        (["serve", "--prepare"], {"DETECT_BACKEND": "tensorrt"}),
+        (["serve"], {"DETECT_BACKEND": "tensorrt"}),
     ],
-    ids=lambda c: c if isinstance(c, str) else " ".join(c),
+    ids=["serve --prepare", "serve"],
 )
 def test_a_missing_extra_is_named_before_any_work(
-    command: list[str], extra: str, tmp_path: Path
+    command: list[str], env: dict[str, str], tmp_path: Path
 ) -> None:
-    result = run_cli(command, list(extras.EXTRA_MODULES[extra]), tmp_path)
+    home = tmp_path / "home"
+    env = {**env, "DETECT_HOME": str(home)}
+    result = run_cli(command, list(extras.EXTRA_MODULES["gpu"]), tmp_path, env)
     assert result.returncode == 2
-    assert f"pip install 'detect-serve[{extra}]'" in result.stderr
+    assert "pip install 'detect-serve[gpu]'" in result.stderr
     assert "Traceback" not in result.stderr
-    assert list(tmp_path.iterdir()) == []  # nothing fetched, built or cached
+    assert list(tmp_path.iterdir()) == []  # nothing fetched, built or cached (no home either)
+
+
+def test_a_tensorrt_build_needs_no_gpu_extra(tmp_path: Path) -> None:
+    """Without TensorRT a build still makes and checks the TensorRT-ready ONNX and records it
+    pending (tests/engines/test_tensorrt_build.py): the CLI goes on to the model itself."""
+    env = {"DETECT_HOME": str(tmp_path / "home")}
+    command = ["build", "no-such-model", "--backend", "tensorrt"]
+    result = run_cli(command, list(extras.EXTRA_MODULES["gpu"]), tmp_path, env)
+    assert result.returncode != 0
+    assert "no model 'no-such-model'" in result.stderr, result.stderr
+    assert "detect-serve[gpu]" not in result.stderr
 
 
 def test_a_late_optional_import_still_names_its_extra(

@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from bench.process import free_port
-from tests.conftest import REPO, Server
+from tests.conftest import MODELS_DIR, REPO, Server
 
 pytestmark = [
     pytest.mark.slow,
@@ -46,7 +46,7 @@ def traffic_engines(tmp_path_factory: pytest.TempPathFactory, default_model_sour
     engines = tmp_path_factory.mktemp("engines")
     env = {
         **os.environ,
-        "DETECT_MODELS_DIR": str(REPO / "models"),
+        "DETECT_MODELS_DIR": str(MODELS_DIR),
         "DETECT_ENGINES_DIR": str(engines),
     }
     done = subprocess.run(

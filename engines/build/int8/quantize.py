@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import onnx
 from onnxruntime.quantization import (
     CalibrationMethod,
     QuantFormat,
@@ -76,7 +77,9 @@ def quantize_int8(
     activation = QuantType.QInt8 if options.symmetric_activations else QuantType.QUInt8
     calibration.rewind()  # the reader may have been consumed by an earlier calibration
     quantize_static(
-        model_input=source,
+        # The graph, not its path: given a path, ONNX Runtime writes <name>-inferred.onnx beside
+        # the source and deletes it again, which races with any other build of the same model.
+        model_input=onnx.load(str(source)),
         model_output=target,
         calibration_data_reader=calibration,
         quant_format=QuantFormat.QDQ,

@@ -73,7 +73,9 @@ def quantize_for_tensorrt(
     with tempfile.TemporaryDirectory(prefix="trt-int8-") as tmp:
         qdq = Path(tmp) / "qdq.onnx"
         quantize_static(
-            model_input=source,
+            # The graph, not its path: given a path, ONNX Runtime writes <name>-inferred.onnx beside
+            # the source and deletes it again, which races with any other build of the same model.
+            model_input=onnx.load(str(source)),
             model_output=qdq,
             calibration_data_reader=calibration,
             quant_format=QuantFormat.QDQ,

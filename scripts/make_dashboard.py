@@ -197,6 +197,51 @@ ROWS: list[tuple[str, list[dict[str, Any]]]] = [
         ],
     ),
     (
+        "Precision audit (sampled requests re-run in FP32)",
+        [
+            {
+                "title": "Live agreement with FP32 vs the build budget",
+                "unit": "percentunit",
+                "targets": [
+                    ("live {{precision}}", f"max by (precision) (detect_audit_agreement{{{SEL}}})"),
+                    (
+                        "budget {{precision}}",
+                        f"max by (precision) (detect_audit_agreement_budget{{{SEL}}})",
+                    ),
+                ],
+            },
+            {
+                "title": "Shadow runs / s, and drops by reason",
+                "unit": "ops",
+                "targets": [
+                    (
+                        "run {{precision}}",
+                        f"sum by (precision) (rate(detect_audit_samples_total{{{SEL}}}[{RATE}]))",
+                    ),
+                    (
+                        "dropped {{precision}} {{reason}}",
+                        "sum by (precision, reason) "
+                        f"(rate(detect_audit_dropped_total{{{SEL}}}[{RATE}]))",
+                    ),
+                ],
+            },
+            {
+                "title": "Samples in the agreement window; demoted from auto (1)",
+                "unit": "short",
+                "targets": [
+                    (
+                        "samples {{precision}}",
+                        f"max by (precision) (detect_audit_window_samples{{{SEL}}})",
+                    ),
+                    (
+                        "demoted {{precision}}",
+                        f"max by (precision) (detect_audit_demoted{{{SEL}}})",
+                    ),
+                ],
+            },
+        ],
+    ),
+    (
         "GPU",
         [
             {

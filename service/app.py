@@ -17,6 +17,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
 from service.api import detect, health, kserve, models
+from service.audit import PrecisionAudit
 from service.config import Settings
 from service.errors import install_error_handlers
 from service.limits import BodyLimitMiddleware
@@ -39,11 +40,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = Metrics()
     _register_gpu_metrics(metrics)
     registry = ModelRegistry(settings, metrics)
+    audit = PrecisionAudit(settings, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(registry.load)
         registry.start()
+        audit.attach(registry)
         ok, reasons = registry.readiness()
         if ok:
             log.info("ready: %s", ", ".join(settings.models))
@@ -52,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await audit.close()  # shadow runs are optional: stop them before the engines go
             await registry.close(settings.shutdown_grace_s)
             log.info("drained: every accepted request was answered")
 
@@ -65,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.registry = registry
+    app.state.audit = audit
     install_error_handlers(app)
     for module in (detect, models, health, kserve):
         app.include_router(module.router, responses=COMMON_ERRORS)

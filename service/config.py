@@ -7,6 +7,8 @@ and validated there: an impossible combination fails start-up with the reason.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
@@ -64,6 +66,22 @@ class Settings(HomeSettings):
 
     shutdown_grace_s: float = Field(25.0, ge=0.0)
 
+    # Live precision audit (service/audit/): re-run a fraction of reduced-precision requests in
+    # FP32 off the request path and track their agreement. 0 turns it off.
+    audit_sample_fraction: float = Field(0.01, ge=0.0, le=1.0)
+    # Device seconds the shadow runs may use per second of wall time (0.05 = 5% of the device).
+    audit_budget: float = Field(0.05, gt=0.0, le=1.0)
+    audit_window: int = Field(200, ge=1, le=10_000, description="shadow samples per agreement")
+    audit_min_samples: int = Field(20, ge=1, description="samples before agreement is reported")
+    # Off by default: with it on, `auto` stops choosing a variant whose live agreement is under
+    # its build budget, until it recovers (or the variant is rebuilt and the server restarted).
+    audit_demote: bool = False
+    # Off by default (privacy: these are users' images). A folder; each model gets a subfolder
+    # of PNGs that `detect-serve build --calib DIR/MODEL` accepts.
+    audit_keep_dir: Path | None = None
+    audit_keep_max_files: int = Field(500, ge=1)
+    audit_keep_max_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.default_model not in self.models:
@@ -72,6 +90,11 @@ class Settings(HomeSettings):
             )
         if len(set(self.models)) != len(self.models):
             raise ValueError(f"models lists a name twice: {self.models}")
+        if self.audit_min_samples > self.audit_window:
+            raise ValueError(
+                f"audit_min_samples ({self.audit_min_samples}) must be <= audit_window "
+                f"({self.audit_window})"
+            )
         if self.max_queue < self.max_batch:
             raise ValueError(
                 f"max_queue ({self.max_queue}) must be >= max_batch ({self.max_batch})"

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Query, Request
 
+from service.audit import PrecisionAudit
 from service.config import Settings
 from service.errors import ModelNotFound, Unauthorized
 from service.metrics import Metrics
@@ -28,7 +29,13 @@ def get_metrics(request: Request) -> Metrics:
     return metrics
 
 
+def get_audit(request: Request) -> PrecisionAudit:
+    audit: PrecisionAudit = request.app.state.audit
+    return audit
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+AuditDep = Annotated[PrecisionAudit, Depends(get_audit)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 

@@ -138,6 +138,50 @@ class Metrics:
             registry=r,
         )
 
+        # Live precision audit (service/audit/): reduced-precision answers re-run in FP32.
+        self.audit_agreement = Gauge(
+            "detect_audit_agreement",
+            "Live mAP50-95 agreement with FP32 over the last shadow-run samples (rolling).",
+            MODEL_PRECISION,
+            registry=r,
+        )
+        self.audit_agreement_budget = Gauge(
+            "detect_audit_agreement_budget",
+            "The variant's build-time agreement budget (alerts compare live agreement to it).",
+            MODEL_PRECISION,
+            registry=r,
+        )
+        self.audit_window_samples = Gauge(
+            "detect_audit_window_samples",
+            "Shadow samples the live agreement is computed over.",
+            MODEL_PRECISION,
+            registry=r,
+        )
+        self.audit_samples = Counter(
+            "detect_audit_samples",
+            "Shadow FP32 re-runs completed.",
+            MODEL_PRECISION,
+            registry=r,
+        )
+        self.audit_dropped = Counter(
+            "detect_audit_dropped",
+            "Sampled requests whose shadow FP32 run was dropped, by reason.",
+            ("model", "precision", "reason"),
+            registry=r,
+        )
+        self.audit_demoted = Gauge(
+            "detect_audit_demoted",
+            "1 while `auto` avoids the variant because its live agreement is under budget.",
+            MODEL_PRECISION,
+            registry=r,
+        )
+        self.audit_kept = Counter(
+            "detect_audit_kept",
+            "Disagreeing samples kept on disk for recalibration.",
+            MODEL_PRECISION,
+            registry=r,
+        )
+
     def initialise_variant(self, model: str, precision: str) -> None:
         """Export every per-variant series at zero from the start.
 

@@ -48,6 +48,15 @@ class DetectResponse(BaseModel):
     results: list[ImageResult] | None = None
 
 
+class LiveAgreementInfo(BaseModel):
+    agreement: float | None = Field(
+        None, description="mAP50-95 agreement with FP32 on sampled live traffic (rolling)"
+    )
+    samples: int = Field(description="shadow samples in the rolling window")
+    budget: float = Field(description="the build's acceptance budget for this variant")
+    demoted: str | None = Field(None, description="why `auto` avoids this variant now")
+
+
 class VariantInfo(BaseModel):
     precision: str
     backend: str
@@ -57,6 +66,9 @@ class VariantInfo(BaseModel):
     latency_ms: dict[int, float] = Field(default_factory=dict, description="batch size -> ms")
     latency_measured_under: str | None = Field(None, description="the load behind latency_ms")
     note: str = ""
+    live: LiveAgreementInfo | None = Field(
+        None, description="live precision audit (reduced precisions with an FP32 sibling)"
+    )
 
 
 class ModelEntry(BaseModel):

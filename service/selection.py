@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from engines.artifacts.record import VariantRecord
 from engines.precision import AUTO, Precision
@@ -54,6 +54,13 @@ class PrecisionSelector:
         self._last_move = 0.0
         self._wait_ewma: dict[Precision, float] = {}
         self._lock = threading.Lock()
+        # Where `auto` goes when its choice is demoted: variants within the auto budget.
+        self._proven_fastest_first = [
+            v.precision for v in fastest_first if (v.agreement or 0.0) >= auto_min_agreement
+        ]
+        # Why `auto` must avoid a precision right now (the live precision audit sets this);
+        # None = no objection. Explicit requests for the precision are still served.
+        self.demoted: Callable[[Precision], str | None] = lambda _precision: None
 
     @property
     def available(self) -> list[Precision]:
@@ -61,7 +68,13 @@ class PrecisionSelector:
 
     @property
     def auto_choice(self) -> Precision:
-        return self._ladder[self._level]
+        choice = self._ladder[self._level]
+        if self.demoted(choice) is None:
+            return choice
+        # Step back down the ladder (slower, better proven), else the fastest one not demoted;
+        # FP32 is the audit's reference and is never demoted.
+        fallbacks = self._ladder[self._level :: -1] + self._proven_fastest_first
+        return next((p for p in fallbacks if self.demoted(p) is None), choice)
 
     def select(self, requested: str, reasons: Mapping[Precision, str] | None = None) -> Precision:
         """Resolve a requested precision; ``reasons`` explains unavailable ones (from the build)."""

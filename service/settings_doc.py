@@ -47,6 +47,16 @@ MEANINGS: dict[str, str] = {
     "protect_metrics": "also require a key on `/metrics`",
     "cors_origins": "browser origins allowed by CORS (none by default)",
     "shutdown_grace_s": "drain time on SIGTERM",
+    "audit_sample_fraction": "share of reduced-precision answers re-run in FP32 by the live "
+    "precision audit (`0` = off)",
+    "audit_budget": "share of device time the audit's shadow runs may use",
+    "audit_window": "shadow samples the live agreement pools",
+    "audit_min_samples": "shadow samples before live agreement is reported",
+    "audit_demote": "`auto` avoids a variant while its live agreement is under its budget",
+    "audit_keep_dir": "keep disagreeing samples here for recalibration (off by default: "
+    "users' images, see the privacy note)",
+    "audit_keep_max_files": "most samples the keep folder holds",
+    "audit_keep_max_bytes": "most bytes the keep folder holds",
 }
 
 

@@ -16,7 +16,8 @@ from starlette.formparsers import MultiPartException
 from engines.model.pipeline import DetectOptions, PreparedImage
 from engines.model.postprocess import Detections
 from engines.precision import RequestedPrecision
-from service.deps import AuthDep, MetricsDep, ModelDep, SettingsDep
+from service.audit import PrecisionAudit
+from service.deps import AuditDep, AuthDep, MetricsDep, ModelDep, SettingsDep
 from service.errors import BadRequest, UnsupportedMediaType
 from service.flow import Route, serve
 from service.metrics import Metrics
@@ -133,8 +134,10 @@ class DetectRoute(Route[DetectResponse]):
         options: DetectOptions,
         max_images: int,
         metrics: Metrics,
+        audit: PrecisionAudit | None = None,
     ) -> None:
         self._request = request
+        self._audit = audit
         self._model = model
         self._options = options
         self._max_images = max_images
@@ -164,6 +167,8 @@ class DetectRoute(Route[DetectResponse]):
         post_s = time.perf_counter() - started
         variant.scheduler.observe_finish(post_s)
         self._metrics.postprocess_duration.labels(*self._labels(variant)).observe(post_s)
+        if self._audit is not None:  # maybe re-run in FP32 later, off this request's path
+            self._audit.offer(self._model, variant, image, result.outputs)
         timing = {
             "decode": decode_s * 1000,
             "queue": result.queue_wait_s * 1000,
@@ -208,6 +213,7 @@ async def detect(
     model: ModelDep,
     settings: SettingsDep,
     metrics: MetricsDep,
+    audit: AuditDep,
     precision: Annotated[
         RequestedPrecision | None,
         Query(description="Variant to run; default: the server's (auto)"),
@@ -234,7 +240,7 @@ async def detect(
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
     options = DetectOptions(conf, iou, max_det, class_ids)
-    route = DetectRoute(request, model, options, settings.max_images_per_request, metrics)
+    route = DetectRoute(request, model, options, settings.max_images_per_request, metrics, audit)
     requested = precision or settings.default_precision
     body = await serve(model, requested, route, deadline=deadline, metrics=metrics, request=request)
     response.headers["X-Precision"] = body.precision

@@ -4,14 +4,27 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.deps import AuthDep, RegistryDep, SettingsDep
+from engines.precision import Precision
+from service.audit import PrecisionAudit
+from service.deps import AuditDep, AuthDep, RegistryDep, SettingsDep
 from service.registry import ServedModel
-from service.schemas import ModelEntry, ModelsResponse, VariantInfo
+from service.schemas import LiveAgreementInfo, ModelEntry, ModelsResponse, VariantInfo
 
 router = APIRouter(tags=["models"], dependencies=[AuthDep])
 
 
-def model_entry(model: ServedModel) -> ModelEntry:
+def _live(
+    audit: PrecisionAudit, model: ServedModel, precision: Precision
+) -> LiveAgreementInfo | None:
+    live = audit.live(model.name, precision)
+    if live is None:
+        return None
+    return LiveAgreementInfo(
+        agreement=live.agreement, samples=live.samples, budget=live.budget, demoted=live.demoted
+    )
+
+
+def model_entry(model: ServedModel, audit: PrecisionAudit) -> ModelEntry:
     return ModelEntry(
         name=model.name,
         input_size=list(model.info.input_size),
@@ -30,6 +43,7 @@ def model_entry(model: ServedModel) -> ModelEntry:
                     v.record.timings.measured_under if v.record.timings else None
                 ),
                 note=v.record.note,
+                live=_live(audit, model, p),
             )
             for p, v in model.variants.items()
         ],
@@ -38,9 +52,11 @@ def model_entry(model: ServedModel) -> ModelEntry:
 
 
 @router.get("/models", response_model=ModelsResponse, summary="List served models and variants")
-async def list_models(registry: RegistryDep, settings: SettingsDep) -> ModelsResponse:
+async def list_models(
+    registry: RegistryDep, settings: SettingsDep, audit: AuditDep
+) -> ModelsResponse:
     return ModelsResponse(
         default_model=settings.default_model,
-        models=[model_entry(m) for m in registry.models.values()],
+        models=[model_entry(m, audit) for m in registry.models.values()],
         failed=registry.failed,
     )

@@ -84,6 +84,8 @@ class BatchTimes:
 
 class DeviceMember(Protocol):
     def pending_work_s(self) -> float: ...
+    @property
+    def busy(self) -> bool: ...
 
 
 class DeviceLoad:
@@ -108,6 +110,11 @@ class DeviceLoad:
 
     def others_work_s(self, me: DeviceMember) -> float:
         return sum(m.pending_work_s() for m in self._members if m is not me)
+
+    def idle(self) -> bool:
+        """No batch running or waiting for a slot, nothing queued or decoding anywhere: the
+        only time background work (the precision audit's shadow runs) may take a slot."""
+        return not self._slots.locked() and not any(m.busy for m in self._members)
 
 
 @dataclass(frozen=True)

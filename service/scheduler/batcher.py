@@ -163,6 +163,15 @@ class BatchScheduler:
     def dead_reason(self) -> str | None:
         return self._dead
 
+    @property
+    def busy(self) -> bool:
+        """Requests queued, on their way (decoding) or running."""
+        return bool(self._queue or self._incoming or self._running_images)
+
+    @property
+    def device(self) -> DeviceLoad | None:
+        return self._device
+
     def observe_finish(self, seconds: float) -> None:
         """Record how long one request took from its batch's outputs to its answer."""
         self._admission.finish.observe(1, seconds)

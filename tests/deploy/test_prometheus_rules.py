@@ -28,7 +28,7 @@ def test_config_is_valid() -> None:
 def test_rules_are_valid() -> None:
     done = promtool("check", "rules", "alerts.yml")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "7 rules found" in done.stdout
+    assert "8 rules found" in done.stdout
 
 
 def test_alert_unit_tests_pass() -> None:

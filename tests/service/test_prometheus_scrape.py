@@ -1,8 +1,9 @@
 """A real Prometheus scrapes the real service; every dashboard and alert query must return data.
 
 A panel or alert naming a metric the service does not export, or a query that yields nothing or
-NaN for the precisions that had traffic, fails here. GPU queries are the one allowed exception on
-a host without a GPU: their metrics exist only where NVML finds a device.
+NaN for the precisions that had traffic, fails here. GPU queries are allowed to be empty on a host
+without a GPU (their metrics exist only where NVML finds a device), and precision-audit queries
+have no FP32 series (FP32 is the reference the others are audited against).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
 MODEL = "yolov3-tiny-coco"
 TRAFFIC = ("fp32", "int8")
 GPU_ONLY = "detect_gpu_"
+AUDIT = "detect_audit_"  # exported for the audited (reduced) precisions only
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +65,13 @@ def traffic_engines(tmp_path_factory: pytest.TempPathFactory, default_model_sour
 
 @pytest.fixture(scope="module")
 def served(server_factory: Callable[..., Server], traffic_engines: Path) -> Server:
-    server = server_factory({"DETECT_ENGINES_DIR": str(traffic_engines)})
+    # Every int8 answer is re-run in FP32, and one sample is enough for a live agreement figure.
+    audit = {
+        "DETECT_AUDIT_SAMPLE_FRACTION": "1",
+        "DETECT_AUDIT_BUDGET": "1",
+        "DETECT_AUDIT_MIN_SAMPLES": "1",
+    }
+    server = server_factory({"DETECT_ENGINES_DIR": str(traffic_engines), **audit})
     with server.client() as client:
         body = client.get("/models").json()
     model = next(m for m in body["models"] if m["name"] == MODEL)
@@ -206,8 +214,9 @@ def substitute(expr: str, selection: dict[str, str]) -> str:
     return re.sub(r"\$\{(\w+)\}|\$(\w+)", value, expr)
 
 
-def expected_precisions(selection: str) -> set[str]:
-    return set(TRAFFIC) if selection in ("all", "both") else {selection}
+def expected_precisions(selection: str, expr: str) -> set[str]:
+    wanted = set(TRAFFIC) if selection in ("all", "both") else {selection}
+    return wanted - {"fp32"} if AUDIT in expr else wanted
 
 
 def query(prometheus: str, expr: str) -> list[dict[str, Any]]:
@@ -240,9 +249,12 @@ def test_every_query_returns_finite_data(
         # The one allowed exception: NVML metrics exist only on a host with a GPU.
         assert result == [], f"{where}: data for GPU metrics the service does not export?"
         pytest.skip(f"{where}: empty on purpose, detect_gpu_* exist only where NVML finds a GPU")
+    wanted = expected_precisions(selection, expr)
+    if not wanted:
+        assert result == [], f"{where}: audit series for fp32, the audit's own reference?"
+        pytest.skip(f"{where}: empty on purpose, fp32 is the reference, it is not audited")
     assert result, f"{where}: {expr} returned no data ({selection})"
     precisions = {s["metric"].get("precision") for s in result} - {None}
-    wanted = expected_precisions(selection)
     if precisions:
         assert wanted <= precisions, f"{where}: only {precisions} in {expr} ({selection})"
     if precisions and selection in TRAFFIC and not where.startswith("variable"):

@@ -148,7 +148,7 @@ def _gpu_available() -> tuple[bool, str]:
     try:
         import tensorrt  # noqa: F401
     except ImportError:
-        return False, "TensorRT is not installed (GPU hosts: pip install '.[gpu]')"
+        return False, "TensorRT is not installed (GPU hosts: scripts/gpu_check.sh installs it)"
     from engines.runtime.host import gpu_name
 
     name = gpu_name()

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ from engines.runtime.base import (
     TensorInfo,
     check_outputs,
     input_shape,
+    quantize_for_onnxruntime_cpu,
 )
 from engines.runtime.host import cpu_device, gpu_name, module_version
 
@@ -49,6 +51,9 @@ def _infos(args: Sequence[Any]) -> list[TensorInfo]:
 
 
 NAME = "onnxruntime"
+# Session config under which a CPU session runs Q/DQ nodes as written (quantize, dequantize,
+# float math: what TensorRT computes) instead of fusing them into ONNX Runtime's integer kernels.
+FAKE_QUANT: Mapping[str, str] = MappingProxyType({"session.disable_quant_qdq": "1"})
 
 
 def _metadata_size(session: Any) -> tuple[int, int] | None:
@@ -79,9 +84,12 @@ class OnnxRuntimeEngine(EngineTensors):
         intra_op_threads: int = 0,
         max_batch: int = 8,
         input_size: tuple[int, int] | None = None,
+        session_config: Mapping[str, str] | None = None,
     ) -> None:
         """``input_size`` (height, width) sizes warm-up batches of a model whose input has
-        symbolic height/width; without it the model's ``imgsz`` metadata is used."""
+        symbolic height/width; without it the model's ``imgsz`` metadata is used.
+        ``session_config``: ONNX Runtime session config entries, e.g. the fake-quant
+        ``session.disable_quant_qdq`` under which TensorRT-bound INT8 graphs are judged."""
         import onnxruntime as ort
 
         available = set(ort.get_available_providers())
@@ -96,6 +104,8 @@ class OnnxRuntimeEngine(EngineTensors):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if intra_op_threads:
             options.intra_op_num_threads = intra_op_threads
+        for key, value in (session_config or {}).items():
+            options.add_session_config_entry(key, value)
         try:
             self._session = ort.InferenceSession(str(path), options, providers=list(providers))
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
@@ -158,7 +168,9 @@ class OnnxRuntimeBackend:
     """Runs the variant ONNX itself (no compile step); CPU unless GPU providers are named."""
 
     name = NAME
-    int8 = Int8Recipe(symmetric_activations=False)
+    int8 = Int8Recipe(name="onnxruntime-cpu", quantize=quantize_for_onnxruntime_cpu)
+    graph_suffix = ".onnx"
+    accuracy_session_config: Mapping[str, str] = MappingProxyType({})  # judged as it is served
     revalidate_compiled = False
 
     def open(self, artifact: Path, precision: Precision, options: EngineOptions) -> Engine:
@@ -169,9 +181,12 @@ class OnnxRuntimeBackend:
             intra_op_threads=options.intra_op_threads,
             max_batch=options.max_batch,
             input_size=options.input_size,
+            session_config=options.session_config,
         )
 
-    def compile(self, onnx_path: Path, out_dir: Path, max_batch: int) -> Path:
+    def compile(
+        self, onnx_path: Path, cache_dir: Path, max_batch: int, input_size: tuple[int, int]
+    ) -> Path:
         return onnx_path
 
     def tool_versions(self) -> dict[str, str]:

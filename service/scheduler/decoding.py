@@ -132,7 +132,7 @@ class DecodeBudget:
         self._waiting.append(waiter)
         try:
             await asyncio.wait_for(asyncio.shield(waiter.future), deadline - time.monotonic())
-        except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
+        except (TimeoutError, asyncio.CancelledError) as exc:
             if waiter.future.done() and not waiter.future.cancelled():
                 self._release(memory)  # granted just as we gave up: give it back
             else:

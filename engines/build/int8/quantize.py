@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import onnx
 from onnxruntime.quantization import (
     CalibrationMethod,
     QuantFormat,
@@ -96,7 +97,9 @@ def _quantize(
     only: Sequence[str] | None,
 ) -> None:
     quantize_static(
-        model_input=source,
+        # The graph, not its path: given a path, ONNX Runtime writes <name>-inferred.onnx beside
+        # the source and deletes it again, which races with any other build of the same model.
+        model_input=onnx.load(str(source)),
         model_output=target,
         calibration_data_reader=calibration,
         quant_format=QuantFormat.QDQ,

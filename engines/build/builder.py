@@ -185,15 +185,15 @@ def build_model(
     )
     out = engines_dir / info.name
     host = current_host(config.backend, config.providers)
-    float_source = float32_source(source, out)
-    job = _Job(source, float_source, pipeline, out, val, calib, config, host, Reporter(progress))
+    job = _Job(source, source, pipeline, out, val, calib, config, host, Reporter(progress))
     with build_lock(out):
         return _build_locked(job)
 
 
 def _build_locked(job: _Job) -> Manifest:
     config, out, info = job.config, job.out, job.pipeline.info
-    sweep(out)
+    sweep(out)  # leftovers of dead builds go first; the float32 upcast is made after
+    job = replace(job, float_source=float32_source(job.source, out))
     source_sha = sha256_file(job.source)
     manifest = Manifest(
         model=info.name,

@@ -25,7 +25,7 @@ from engines.build.staging import PREFIX
 from engines.precision import Precision
 from engines.runtime.onnxruntime import FAKE_QUANT, OnnxRuntimeEngine
 from engines.runtime.tensorrt import tensorrt_available
-from tests.conftest import REPO, Server
+from tests.conftest import MODELS_DIR, Server
 from tests.engines.build_fixtures import SIZE, tiny_detector, write_photos
 from tests.engines.tensorrt_graph_rules import (
     precision_problems,
@@ -34,7 +34,7 @@ from tests.engines.tensorrt_graph_rules import (
     quantized_convs,
 )
 
-MODEL_DIR = REPO / "models" / "yolov3-tiny-coco"
+MODEL_DIR = MODELS_DIR / "yolov3-tiny-coco"
 needs_no_tensorrt = pytest.mark.skipif(
     tensorrt_available(), reason="TensorRT is installed: the build compiles plans instead"
 )

@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from engines.errors import EngineLoadError
 from engines.precision import Precision
 from engines.runtime.tensorrt import split_ultralytics_engine
+from tests.conftest import MODELS_DIR
 
 
 def test_ultralytics_engine_header_is_split_off() -> None:
@@ -151,9 +152,9 @@ def test_tensorrt_build_accepts_plans_checked_on_the_gpu(
     """On a GPU host the build compiles the TensorRT-ready ONNX and re-checks each plan."""
     from engines.artifacts.manifest import Manifest
     from engines.build.builder import BuildConfig, build_model
-    from tests.conftest import DEFAULT_MODEL, REPO
+    from tests.conftest import DEFAULT_MODEL
 
-    model_dir = REPO / "models" / DEFAULT_MODEL
+    model_dir = MODELS_DIR / DEFAULT_MODEL
     config = BuildConfig(backend="tensorrt", max_batch=8)
     build_model(model_dir, tmp_path, config, progress=False)
     manifest = Manifest.load(tmp_path / model_dir.name)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO, Server
+from tests.conftest import MODELS_DIR, REPO, Server
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +27,7 @@ def test_predict_folder_matches_detect(
     (photos / "notes.txt").write_text("not an image, not picked up")
     env = {
         **os.environ,
-        "DETECT_MODELS_DIR": str(REPO / "models"),
+        "DETECT_MODELS_DIR": str(MODELS_DIR),
         "DETECT_ENGINES_DIR": str(tmp_path / "engines"),
     }
     out, ann = tmp_path / "out.json", tmp_path / "ann"

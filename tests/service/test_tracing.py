@@ -10,7 +10,7 @@ import pytest
 
 from service.app import create_app
 from service.config import Settings
-from tests.conftest import REPO
+from tests.conftest import MODELS_DIR
 
 sdk = pytest.importorskip("opentelemetry.sdk.trace", reason="pip install 'detect-serve[otel]'")
 from opentelemetry import trace  # noqa: E402
@@ -31,7 +31,7 @@ def test_request_spans(
     provider = sdk.TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     trace.set_tracer_provider(provider)  # global, once per process: this is its only setter
-    settings = Settings(models_dir=REPO / "models", engines_dir=tmp_path / "engines", grpc_port=0)
+    settings = Settings(models_dir=MODELS_DIR, engines_dir=tmp_path / "engines", grpc_port=0)
     with TestClient(create_app(settings)) as client:
         r = client.post("/detect", files={"image": ("bus.jpg", photo("bus"), "image/jpeg")})
         assert r.status_code == 200, r.text

@@ -362,7 +362,9 @@ def test_full_queue_is_refused_with_retry_after() -> None:
         with pytest.raises(QueueFull) as refused:
             await sched.submit(item(3), far())
         # Two queued and one running ahead, then this one: 4 x 1.5 s.
-        assert refused.value.retry_after_s == pytest.approx(6.0)
+        assert refused.value.retry_after_s == pytest.approx(
+            6.0, abs=0.05
+        )  # less what the running batch has done
         assert to_service_error(refused.value).headers["Retry-After"] == "6"
         engine.gate.set()
         await asyncio.gather(running, *queued)  # accepted work still completes

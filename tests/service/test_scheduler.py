@@ -361,7 +361,7 @@ def test_full_queue_is_refused_with_retry_after() -> None:
         await until(lambda: sched.queue_depth == 2)
         with pytest.raises(QueueFull) as refused:
             await sched.submit(item(3), far())
-        # Two queued and one running ahead, then this one: 4 x 1.5 s.
+        # Two queued and one running ahead, then this one: 4 x 1.5 s (less the running one's start).
         assert refused.value.retry_after_s == pytest.approx(
             6.0, abs=0.05
         )  # less what the running batch has done

@@ -73,8 +73,9 @@ def test_cli_build_of_a_dynamic_export_ends_with_a_summary(tmp_path: Path) -> No
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     lines = done.stdout.splitlines()
-    assert any(line.startswith("fp32      accepted") for line in lines), done.stdout
-    int8 = next(line for line in lines if line.startswith("int8"))
+    rows = {tuple(line.split()[:2]): line for line in lines if line.startswith("onnxruntime ")}
+    assert rows[("onnxruntime", "fp32")].split()[2] == "accepted", done.stdout
+    int8 = rows[("onnxruntime", "int8")]
     assert "accepted" in int8 or "why: mAP50-95 agreement" in done.stdout
 
 

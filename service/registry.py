@@ -187,7 +187,8 @@ class ModelRegistry:
         if s.warmup_timing_runs:
             # The manifest's figures may come from another host or a busy moment: time this one.
             sizes = (1, min(s.max_batch, engine.max_batch))
-            live.replace(speed.measure_engine(engine, sizes, s.warmup_timing_runs))
+            timed = speed.measure_engine(engine, sizes, s.warmup_timing_runs, info.input_size)
+            live.replace(timed)
         observer = _VariantObserver(self._metrics, name, precision, live)
         scheduler = BatchScheduler(
             engine.infer,

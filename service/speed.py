@@ -79,9 +79,18 @@ def first_guess(record: VariantRecord) -> LiveSpeed:
     return LiveSpeed(record.latency_ms, f"build manifest ({under})")
 
 
-def measure_engine(engine: Engine, sizes: Iterable[int], runs: int) -> dict[int, float]:
+def measure_engine(
+    engine: Engine,
+    sizes: Iterable[int],
+    runs: int,
+    input_size: tuple[int, int] | None = None,
+) -> dict[int, float]:
     """Median ms of ``runs`` back-to-back batches of each size (after the engine's warm-up)."""
-    shape = tuple(d if d is not None else 1 for d in engine.inputs[0].shape[1:])
+    dims = list(engine.inputs[0].shape[1:])
+    if input_size is not None and len(dims) == 3:  # symbolic height/width: the model's size
+        dims[1] = dims[1] or input_size[0]
+        dims[2] = dims[2] or input_size[1]
+    shape = tuple(d if d is not None else 1 for d in dims)
     dtype = np.float16 if engine.inputs[0].dtype == "float16" else np.float32
     result: dict[int, float] = {}
     for size in sorted(set(sizes)):

@@ -146,4 +146,5 @@ def load_model_pipeline(
     """
     info = read_model_info(onnx_path, name, fallback, input_size)
     layout = detect_layout(info.outputs, info.num_classes, info.layout)
-    return ModelPipeline(info, layout, max_pixels)
+    # Ultralytics exports answer exactly like `yolo predict`, which decodes at full scale.
+    return ModelPipeline(info, layout, max_pixels, reduced_decode=info.resize != "opencv")

@@ -8,6 +8,7 @@ only needs the protocol) imports on a machine without CUDA.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,20 +128,27 @@ class Int8Quantizer(Protocol):
     ) -> None: ...
 
 
-def quantize_for_onnxruntime_cpu(
-    source: Path,
-    target: Path,
-    calibration: CalibrationSet,
-    options: Int8Options,
-    *,
-    keep_float: Sequence[str],
-    only: Sequence[str] | None = None,
-) -> None:
-    """ONNX Runtime's CPU recipe (``engines.build.int8.quantize.quantize_int8``). Quantizers
-    are build code: imported when a build quantizes, never by the server."""
-    from engines.build.int8.quantize import quantize_int8
+def lazy_quantizer(module: str, function: str) -> Int8Quantizer:
+    """A backend's INT8 recipe named by module and function. Quantizers are build code:
+    imported when a build quantizes, never by the server."""
 
-    quantize_int8(source, target, calibration, options, keep_float=keep_float, only=only)
+    def quantize(
+        source: Path,
+        target: Path,
+        calibration: CalibrationSet,
+        options: Int8Options,
+        *,
+        keep_float: Sequence[str],
+        only: Sequence[str] | None = None,
+    ) -> None:
+        recipe: Int8Quantizer = getattr(importlib.import_module(module), function)
+        recipe(source, target, calibration, options, keep_float=keep_float, only=only)
+
+    return quantize
+
+
+# ONNX Runtime's CPU recipe (engines.build.int8.quantize).
+quantize_for_onnxruntime_cpu = lazy_quantizer("engines.build.int8.quantize", "quantize_int8")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ import json
 import logging
 import queue
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,12 +32,12 @@ from engines.runtime.base import (
     Int8Recipe,
     TensorInfo,
     check_outputs,
+    lazy_quantizer,
 )
 from engines.runtime.host import gpu_name, module_version
 
 if TYPE_CHECKING:  # the INT8 quantizer's argument types are build code
-    from engines.build.int8.calibration import CalibrationSet
-    from engines.build.int8.quantize import Int8Options
+    pass
 
 NAME = "tensorrt"
 
@@ -294,22 +293,10 @@ def tensorrt_available() -> bool:
     return importlib.util.find_spec("tensorrt") is not None
 
 
-def quantize_for_tensorrt(
-    source: Path,
-    target: Path,
-    calibration: CalibrationSet,
-    options: Int8Options,
-    *,
-    keep_float: Sequence[str],
-    only: Sequence[str] | None = None,
-) -> None:
-    """The TensorRT INT8 recipe (``engines.build.int8.tensorrt_recipe``), imported when a
-    build quantizes: the server never loads build code."""
-    from engines.build.int8 import tensorrt_recipe
-
-    tensorrt_recipe.quantize_for_tensorrt(
-        source, target, calibration, options, keep_float=keep_float, only=only
-    )
+# The TensorRT recipe (engines.build.int8.tensorrt_recipe), loaded only when a build quantizes.
+quantize_for_tensorrt = lazy_quantizer(
+    "engines.build.int8.tensorrt_recipe", "quantize_for_tensorrt"
+)
 
 
 # The graph TensorRT's explicit quantization wants (see engines.build.int8.tensorrt_recipe).

@@ -25,12 +25,11 @@ from service.api.kserve_codec import (
     requested_precision,
 )
 from service.api.kserve_pool import CodecPool
-from service.api.v2_models import checked_batch, gather_rows, platform, resolve_v2
+from service.api.v2_models import TensorRows, platform, resolve_v2
 from service.deps import AuthDep, MetricsDep, RegistryDep, SettingsDep, check_api_key_for_ops
 from service.errors import ModelNotFound
-from service.flow import Route, serve
+from service.flow import serve
 from service.registry import ModelRegistry, ServedModel, ServedVariant
-from service.scheduler import ItemResult
 from service.version import VERSION
 
 router = APIRouter(prefix="/v2", tags=["kserve-v2"])
@@ -134,7 +133,7 @@ async def v2_model_ready(model_name: str, registry: RegistryDep) -> JSONResponse
     return JSONResponse({"name": model_name, "ready": ready}, status_code=200 if ready else 400)
 
 
-class V2Route(Route[Response]):
+class V2Route(TensorRows[Response]):
     """Preprocessed NCHW tensors in, one per batcher item; raw engine outputs out."""
 
     def __init__(
@@ -146,29 +145,17 @@ class V2Route(Route[Response]):
         max_images: int,
         codec: CodecPool,
     ) -> None:
-        self._model = model
+        super().__init__(model, arrays, max_images)
         self._name = name
         self._header = header
-        self._arrays = arrays
-        self._max_images = max_images
         self._codec = codec
-        self._batch = np.empty((0,), np.float32)
-        self._rows: dict[int, dict[str, np.ndarray]] = {}
 
     async def read(self, variant: ServedVariant) -> int:
         check_requested_outputs(self._header, [t.name for t in self._model.info.outputs])
-        self._batch = checked_batch(self._model, self._arrays, self._max_images)
-        return int(self._batch.shape[0])
-
-    async def prepare(self, variant: ServedVariant, index: int) -> np.ndarray:
-        row: np.ndarray = self._batch[index].astype(np.float32, copy=False)
-        return row
-
-    async def finish(self, variant: ServedVariant, index: int, result: ItemResult) -> None:
-        self._rows[index] = result.outputs
+        return await super().read(variant)
 
     async def respond(self, variant: ServedVariant) -> Response:
-        outputs = gather_rows(self._rows)
+        outputs = self.outputs()
         check_output_types(outputs)
         chosen = {"precision": variant.record.precision.value, "backend": variant.engine.backend}
         extra = {"parameters": chosen}

@@ -21,7 +21,7 @@ from engines.model.pipeline import DetectOptions
 from engines.precision import Precision
 from service.config import Settings
 from service.errors import BadRequest, ModelNotFound
-from service.flow import Route
+from service.flow import Reply, Route
 from service.registry import ModelRegistry, ServedModel, ServedVariant
 from service.scheduler import ItemResult
 
@@ -186,8 +186,9 @@ def gather_rows(rows: dict[int, dict[str, np.ndarray]]) -> dict[str, np.ndarray]
     return {n: np.concatenate([r[n] for r in ordered]) for n in ordered[0]}
 
 
-class TensorRoute(Route[dict[str, np.ndarray]]):
-    """Preprocessed NCHW tensors in (one batcher item per row), raw engine outputs out."""
+class TensorRows(Route[Reply]):
+    """Preprocessed NCHW tensors in (one batcher item per row), raw engine outputs gathered per
+    row; each protocol (v2 HTTP, gRPC) shapes the reply."""
 
     def __init__(self, model: ServedModel, arrays: dict[str, np.ndarray], max_images: int) -> None:
         self._model = model
@@ -209,5 +210,13 @@ class TensorRoute(Route[dict[str, np.ndarray]]):
     async def finish(self, variant: ServedVariant, index: int, result: ItemResult) -> None:
         self._rows[index] = result.outputs
 
-    async def respond(self, variant: ServedVariant) -> dict[str, np.ndarray]:
+    def outputs(self) -> dict[str, np.ndarray]:
+        """The engine outputs of every row, in request order."""
         return gather_rows(self._rows)
+
+
+class TensorRoute(TensorRows[dict[str, np.ndarray]]):
+    """Raw engine outputs out, as arrays (the gRPC endpoint encodes them itself)."""
+
+    async def respond(self, variant: ServedVariant) -> dict[str, np.ndarray]:
+        return self.outputs()

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import io
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -160,21 +161,11 @@ def _check_complete(data: bytes, image: Image.Image, bits: int) -> None:
             )
 
 
-def decode_cost(data: bytes, *, max_pixels: int, max_side: int | None = None) -> DecodeCost:
-    """Price decoding ``data`` from its header alone (cheap: no pixel is decoded).
-
-    Raises what ``decode_image`` would for a declared size over the limits, an unrecognised
-    format, or a header whose size the data could not hold (truncated).
-    """
-    if not data:
-        raise ImageDecodeError("empty image")
+@contextmanager
+def _pillow_errors() -> Iterator[None]:
+    """Pillow's errors on untrusted bytes -> ``ImageTooLargeError`` / ``ImageDecodeError``."""
     try:
-        with _open_checked(data, max_pixels, max_side) as image:
-            stored = _mode_bytes(image.mode)
-            bits = (_png_bits(data) if image.format == "PNG" else None) or 8 * stored
-            _check_complete(data, image, bits)
-            width, height = image.size
-            deep = image.mode in (*_GREY_16, "I", "F")
+        yield
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as exc:
@@ -183,8 +174,28 @@ def decode_cost(data: bytes, *, max_pixels: int, max_side: int | None = None) ->
         raise ImageDecodeError(
             f"not a recognised image format (accepted: {', '.join(FORMATS)})"
         ) from None
-    except Exception as exc:  # hostile headers raise many types (see decode_image)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        # Plugins raise OSError, ValueError, SyntaxError, struct.error, IndexError, ... on
+        # hostile bytes: all mean "not a decodable image", never a server error.
         raise ImageDecodeError(f"image could not be decoded: {exc}") from None
+
+
+def decode_cost(data: bytes, *, max_pixels: int, max_side: int | None = None) -> DecodeCost:
+    """Price decoding ``data`` from its header alone (cheap: no pixel is decoded).
+
+    Raises what ``decode_image`` would for a declared size over the limits, an unrecognised
+    format, or a header whose size the data could not hold (truncated).
+    """
+    if not data:
+        raise ImageDecodeError("empty image")
+    with _pillow_errors(), _open_checked(data, max_pixels, max_side) as image:
+        stored = _mode_bytes(image.mode)
+        bits = (_png_bits(data) if image.format == "PNG" else None) or 8 * stored
+        _check_complete(data, image, bits)
+        width, height = image.size
+        deep = image.mode in (*_GREY_16, "I", "F")
     pixels = width * height
     # Alive at the peak: the decoded image, its RGB copy, the uint8 array and the copy letterbox
     # resizes from; deep grey adds two float32 planes and a uint8 one on the way to RGB.
@@ -217,28 +228,13 @@ def decode_image(
     """
     if not data:
         raise ImageDecodeError("empty image")
-    try:
-        with _open_checked(data, max_pixels, max_side) as image:
-            bits = (_png_bits(data) if image.format == "PNG" else None) or 8
-            _check_complete(data, image, bits)
-            if draft_size is not None and image.format == "JPEG":
-                image.draft("RGB", draft_size)  # a cheaper decode when the model input is small
-            image.load()  # the first frame; raises on truncation (LOAD_TRUNCATED_IMAGES off)
-            rgb = _to_rgb(_upright(image))
-    except ImageDecodeError:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(f"image too large: {exc}") from None
-    except UnidentifiedImageError:
-        raise ImageDecodeError(
-            f"not a recognised image format (accepted: {', '.join(FORMATS)})"
-        ) from None
-    except MemoryError:
-        raise
-    except Exception as exc:
-        # Plugins raise OSError, ValueError, SyntaxError, struct.error, IndexError, ... on
-        # hostile bytes: all mean "not a decodable image", never a server error.
-        raise ImageDecodeError(f"image could not be decoded: {exc}") from None
+    with _pillow_errors(), _open_checked(data, max_pixels, max_side) as image:
+        bits = (_png_bits(data) if image.format == "PNG" else None) or 8
+        _check_complete(data, image, bits)
+        if draft_size is not None and image.format == "JPEG":
+            image.draft("RGB", draft_size)  # a cheaper decode when the model input is small
+        image.load()  # the first frame; raises on truncation (LOAD_TRUNCATED_IMAGES off)
+        rgb = _to_rgb(_upright(image))
     return np.asarray(rgb, dtype=np.uint8)
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engines.artifacts.record import VariantRecord
-from engines.runtime.base import Engine
+from engines.runtime.base import Engine, input_shape
 
 # Weight of the newest batch in the running average: about the last ten batches count.
 ALPHA = 0.2
@@ -86,15 +86,11 @@ def measure_engine(
     input_size: tuple[int, int] | None = None,
 ) -> dict[int, float]:
     """Median ms of ``runs`` back-to-back batches of each size (after the engine's warm-up)."""
-    dims = list(engine.inputs[0].shape[1:])
-    if input_size is not None and len(dims) == 3:  # symbolic height/width: the model's size
-        dims[1] = dims[1] or input_size[0]
-        dims[2] = dims[2] or input_size[1]
-    shape = tuple(d if d is not None else 1 for d in dims)
     dtype = np.float16 if engine.inputs[0].dtype == "float16" else np.float32
     result: dict[int, float] = {}
     for size in sorted(set(sizes)):
-        batch = np.full((size, *shape), 0.5, dtype=dtype)  # mid-grey: no all-zero shortcuts
+        shape = input_shape(engine.inputs[0], size, input_size)  # symbolic H/W: the model's size
+        batch = np.full(shape, 0.5, dtype=dtype)  # mid-grey: no all-zero shortcuts
         times = []
         for _ in range(max(1, runs)):
             start = time.perf_counter()

@@ -133,6 +133,9 @@ class Settings(HomeSettings):
     )
 
     shutdown_grace_s: float = Field(25.0, ge=0.0)
+    # Load/unload/reload while serving (the v2 repository extension). Off by default, like
+    # Triton's --model-control-mode=none: it changes what every client is served.
+    model_control: bool = False
 
     # Live precision audit (service/audit/): re-run a fraction of reduced-precision requests in
     # FP32 off the request path and track their agreement. 0 turns it off.

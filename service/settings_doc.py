@@ -64,6 +64,9 @@ MEANINGS: dict[str, str] = {
     "protect_docs": "with keys set, `/docs`, `/redoc` and `/openapi.json` need one too",
     "cors_origins": "browser origins allowed by CORS (none by default)",
     "shutdown_grace_s": "drain time on SIGTERM",
+    "model_control": "allow `POST /v2/repository/models/NAME/load` and `/unload` (and gRPC "
+    "`RepositoryModelLoad`/`Unload`): reload after `detect-serve build`, unload, load without "
+    "a restart; off by default (it changes what every client is served; use API keys)",
     "audit_sample_fraction": "share of reduced-precision answers re-run in FP32 by the live "
     "precision audit (`0` = off)",
     "audit_budget": "share of device time the audit's shadow runs may use",

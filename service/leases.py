@@ -86,7 +86,7 @@ _scope: ContextVar[list[Holds] | None] = ContextVar("model_holds", default=None)
 def hold(holds: Holds) -> None:
     """Take a hold for the current request (nothing outside a request: tools, background)."""
     held = _scope.get()
-    if held is None:
+    if held is None or any(h is holds for h in held):  # one hold per request and version
         return
     holds.take()
     held.append(holds)

@@ -140,7 +140,9 @@ class ModelControl:
             try:
                 try:
                     model = await run_in_threadpool(registry.load_version, name, version)
-                except (EngineError, OSError, ValueError) as exc:
+                except Exception as exc:  # whatever went wrong, the served version stays
+                    if not isinstance(exc, EngineError | OSError | ValueError):
+                        log.exception("unexpected error loading %s", name)
                     if current is None:
                         registry.failed[name] = str(exc)
                     keeps = (

@@ -72,6 +72,9 @@ class ModelControl:
         self._draining: list[ServedModel] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_version: dict[str, int] = {}
+        # Why the last load of a model that is not served failed. Kept here, not in the
+        # registry's ``failed``: a failed optional load must not make the server unready.
+        self._errors: dict[str, str] = {}
 
     # -- the repository ------------------------------------------------------------------------
 
@@ -105,7 +108,7 @@ class ModelControl:
             if served is not None:
                 entries.append(IndexEntry(name, str(served.version), READY, ""))
             elif busy is None:
-                why = registry.failed.get(name)
+                why = registry.failed.get(name) or self._errors.get(name)
                 if why is None:
                     why = "unloaded" if name in registry.unloaded else "not loaded"
                 version = self._last_version.get(name)
@@ -143,7 +146,9 @@ class ModelControl:
                 except Exception as exc:  # whatever went wrong, the served version stays
                     if not isinstance(exc, EngineError | OSError | ValueError):
                         log.exception("unexpected error loading %s", name)
-                    if current is None:
+                    if current is None and name not in registry.failed:
+                        self._errors[name] = str(exc)
+                    elif name in registry.failed:  # configured, and still failing
                         registry.failed[name] = str(exc)
                     keeps = (
                         f"; version {current.version} keeps serving" if current is not None else ""
@@ -153,6 +158,7 @@ class ModelControl:
                 registry.start_model(model)
                 self._audit.attach_model(model)
                 old = registry.swap(name, model)
+                self._errors.pop(name, None)
                 self._last_version[name] = version
                 log.info("%s version %d serving", name, version)
             finally:
@@ -173,6 +179,7 @@ class ModelControl:
             served = registry.models.get(name)
             if served is None:  # already not served: nothing to do (as Triton)
                 registry.swap(name, None)
+                self._errors.pop(name, None)
                 return
             self._busy[name] = (UNLOADING, served.version)
             try:

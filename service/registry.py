@@ -288,9 +288,17 @@ class ModelRegistry:
         current = self.models.get(old.name)
         for precision, variant in old.variants.items():
             variant.ready = False
-            if current is None or precision not in current.variants:
+            now = current.variants.get(precision) if current is not None else None
+            if now is None:
                 # Nothing serves this (model, precision) now: its series must not say ready.
                 self._metrics.engine_ready.labels(old.name, precision.value).set(0)
+            engine = variant.engine
+            if now is None or (now.engine.backend, now.engine.device) != (
+                engine.backend,
+                engine.device,
+            ):
+                info = (old.name, precision.value, engine.backend, engine.device)
+                self._metrics.engine_info.labels(*info).set(0)
 
     def readiness(self) -> tuple[bool, list[str]]:
         """Ready when every configured model serves at least one healthy variant."""

@@ -160,6 +160,8 @@ class PrecisionAudit:
     ) -> None:
         """One answered image; maybe queue its FP32 re-run. Never waits, never raises."""
         target = self._targets.get((model.name, variant.record.precision))
+        if target is not None and target.model is not model:
+            return  # answered by a version being retired: its FP32 reference is not this one's
         if target is None or self._rng.random() >= self._settings.audit_sample_fraction:
             return
         sample = _Sample(target, image, outputs)

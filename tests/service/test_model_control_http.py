@@ -20,7 +20,7 @@ from bench.process import free_port
 from tests.conftest import MODELS_DIR, Server
 
 pytestmark = pytest.mark.slow
-MODEL, OTHER = "yolov3-tiny-coco", "yolov8n-coco"
+MODEL, OTHER, BROKEN = "yolov3-tiny-coco", "yolov8n-coco", "broken-model"
 KEY = "control-key"
 
 
@@ -34,6 +34,9 @@ def copy_repository(root: Path) -> Path:
     models = root / "models"
     for name in (MODEL, OTHER):
         shutil.copytree(MODELS_DIR / name / "source", models / name / "source")
+    broken = models / BROKEN / "source" / "model.onnx"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"this is not an ONNX model")
     return models
 
 
@@ -195,6 +198,21 @@ def test_failed_reload_keeps_the_served_version(
         source.write_bytes(kept)
     client.load_model(MODEL, headers=auth())
     assert detect(server, photo("bus")).headers["X-Model-Version"] == str(int(serving) + 1)
+
+
+def test_a_model_that_cannot_load_is_refused_and_the_server_stays_ready(
+    served: tuple[Server, str],
+) -> None:
+    server, _ = served
+    client = http(server)
+    assert states(client.get_model_repository_index(headers=auth()))[BROKEN][0] == "UNAVAILABLE"
+    refused = httpx.post(f"{server.url}/v2/repository/models/{BROKEN}/load", headers=auth())
+    assert refused.status_code == 400 and "not a readable ONNX model" in refused.json()["error"]
+    entry = next(
+        e for e in client.get_model_repository_index(headers=auth()) if e["name"] == BROKEN
+    )
+    assert entry["state"] == "UNAVAILABLE" and "not a readable ONNX model" in entry["reason"]
+    assert httpx.get(f"{server.url}/health/ready").status_code == 200
 
 
 def test_model_control_is_off_by_default(server: Server) -> None:

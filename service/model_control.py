@@ -25,7 +25,7 @@ from engines.errors import EngineError
 from engines.sources.repository import MODEL_YAML, source_onnx
 from service.audit import PrecisionAudit
 from service.config import Settings
-from service.errors import BadRequest, ModelNotFound, ServiceError
+from service.errors import BadRequest, ModelNotFound, ServiceError, ShuttingDownError
 from service.registry import ModelRegistry, ServedModel
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ class ModelControl:
             entries.append(IndexEntry(old.name, str(old.version), UNLOADING, holding))
         if ready_only:
             entries = [e for e in entries if e.state == READY]
-        return sorted(entries, key=lambda e: (e.name, e.version))
+        return sorted(entries, key=lambda e: (e.name, int(e.version or 0)))
 
     # -- load and unload (event loop) ----------------------------------------------------------
 
@@ -130,6 +130,8 @@ class ModelControl:
                 "model control is disabled on this server; start it with "
                 "DETECT_MODEL_CONTROL=true to load and unload models while serving"
             )
+        if self._registry.draining:
+            raise ShuttingDownError("the server is shutting down")
 
     async def load(self, name: str) -> ServedModel:
         """Load ``name`` (a new version if it is served), warm it and serve it."""

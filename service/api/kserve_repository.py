@@ -23,11 +23,19 @@ from fastapi.responses import JSONResponse
 from service.deps import AuthDep
 from service.errors import BadRequest
 from service.model_control import ModelControl, ready_only_flag
+from service.schemas import error_responses
 
 router = APIRouter(prefix="/v2/repository", tags=["kserve-v2"], dependencies=[AuthDep])
 # Load takes Triton's optional {"parameters": {...}}; none of its parameters (an inline config,
 # model files) is supported, and a request that sets one is refused rather than half-honoured.
 MAX_CONTROL_BODY = 64 * 1024
+CONTROL_ERRORS = error_responses(
+    {
+        400: "the load failed (the reason; a served version keeps serving), or a bad body",
+        403: "model control is off (DETECT_MODEL_CONTROL)",
+        404: "no such model in the model repository",
+    }
+)
 
 
 def _control(request: Request) -> ModelControl:
@@ -53,7 +61,11 @@ async def repository_index(request: Request) -> list[dict[str, str]]:
     return [e.as_dict() for e in _control(request).index(ready_only)]
 
 
-@router.post("/models/{model_name}/load", summary="Load, or reload as a new version, a model")
+@router.post(
+    "/models/{model_name}/load",
+    summary="Load, or reload as a new version, a model",
+    responses=CONTROL_ERRORS,
+)
 async def load_model(model_name: str, request: Request) -> JSONResponse:
     control = _control(request)
     control.check_allowed()
@@ -64,7 +76,11 @@ async def load_model(model_name: str, request: Request) -> JSONResponse:
     return JSONResponse({"name": model.name, "version": str(model.version), "state": "READY"})
 
 
-@router.post("/models/{model_name}/unload", summary="Unload a model (after its requests finish)")
+@router.post(
+    "/models/{model_name}/unload",
+    summary="Unload a model (after its requests finish)",
+    responses=CONTROL_ERRORS,
+)
 async def unload_model(model_name: str, request: Request) -> JSONResponse:
     control = _control(request)
     control.check_allowed()

@@ -335,7 +335,7 @@ quantize_for_tensorrt = lazy_quantizer(
 # Its name is part of every TensorRT INT8 cache key: change it when the recipe changes.
 INT8_RECIPE = Int8Recipe(
     name=(
-        "tensorrt-v1: symmetric int8, per-channel weights, no bias Q/DQ, Q/DQ at quantized-op "
+        "tensorrt-v2: symmetric int8, per-channel weights, no bias Q/DQ, Q/DQ at quantized-op "
         "inputs only, opset 19, FP16 remainder, FP32 decode head"
     ),
     quantize=quantize_for_tensorrt,

@@ -78,7 +78,8 @@ def test_binding_dtypes_follow_the_plan_and_refuse_what_the_host_cannot_hold() -
     assert binding_dtype("classes", "INT64") == np.int64
     assert binding_dtype("mask", "BOOL") == np.bool_
     for unsupported in ("BF16", "FP8", "FP4", "INT4"):
-        with pytest.raises(EngineLoadError, match=f"'output0' is {unsupported} in the TensorRT plan"):
+        message = f"'output0' is {unsupported} in the TensorRT plan"
+        with pytest.raises(EngineLoadError, match=message):
             binding_dtype("output0", unsupported)
 
 
@@ -200,14 +201,14 @@ def test_the_int8_graph_handed_to_the_parser_passes_its_checks(
     head = decode_head(onnx.load(str(source)))
     target = tmp_path / "int8.trt.onnx"
     quantize_for_tensorrt(source, target, calibration, Int8Options(), keep_float=head)
-    graph = onnx.load(str(target))
-    onnx.checker.check_model(graph, full_check=True)
-    assert max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")) == 19
+    int8 = onnx.load(str(target))
+    onnx.checker.check_model(int8, full_check=True)
+    assert max(o.version for o in int8.opset_import if o.domain in ("", "ai.onnx")) == 19
     assert TENSORRT_OPSET == 19
-    assert tensorrt_problems(graph) == []
-    assert qdq_problems(graph) == []
-    assert any(n.op_type == "QuantizeLinear" for n in graph.node), "nothing was quantized"
-    floats = [v.type.tensor_type.elem_type for v in [*graph.input, *graph.output]]
+    assert tensorrt_problems(int8) == []
+    assert qdq_problems(int8) == []
+    assert any(n.op_type == "QuantizeLinear" for n in int8.graph.node), "nothing was quantized"
+    floats = [v.type.tensor_type.elem_type for v in [*int8.graph.input, *int8.graph.output]]
     assert set(floats) == {TensorProto.FLOAT}
     want = plan_request(FIXTURES / record["file"], MAX_BATCH, _size(record)).profile
     assert plan_request(target, MAX_BATCH, _size(record)).profile == want

@@ -72,6 +72,19 @@ def test_the_scheduler_batch_follows_the_plan(name: str) -> None:
         assert limits.image == (3, *_size(record))
 
 
+def test_limits_of_plans_made_elsewhere() -> None:
+    """A plan with a H/W range (not built here) leaves H/W unpinned; a dynamic plan without
+    profiles, or whose profiles share no batch, is refused."""
+    ranged = [((1, 3, 320, 320), (8, 3, 640, 640))]
+    limits = serving_limits((-1, 3, -1, -1), ranged, 4)
+    assert (limits.min_batch, limits.max_batch, limits.image) == (1, 4, (3, None, None))
+    with pytest.raises(EngineLoadError, match="no profile"):
+        serving_limits((-1, 3, 64, 64), [], None)
+    apart = [((1, 3, 64, 64), (2, 3, 64, 64)), ((4, 3, 64, 64), (8, 3, 64, 64))]
+    with pytest.raises(EngineLoadError, match="share no batch"):
+        serving_limits((-1, 3, 64, 64), apart, None)
+
+
 def test_binding_dtypes_follow_the_plan_and_refuse_what_the_host_cannot_hold() -> None:
     assert binding_dtype("images", "FLOAT") == np.float32
     assert binding_dtype("images", "DataType.HALF") == np.float16

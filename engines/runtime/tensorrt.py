@@ -2,10 +2,13 @@
 
 Each concurrent caller gets its own execution context, CUDA stream, pinned host buffers and
 device buffers from a small pool, so batches from several scheduler threads overlap on the GPU.
-TensorRT requires a separate optimization profile per concurrently used context, so the pool has
-one context per profile in the plan (``build_plan`` writes one per context), and the batch
-limits and buffer sizes come from those profiles, not from settings. TensorRT and cuda-python
-are imported when an engine is created, never at module import, so this module imports anywhere.
+TensorRT requires a separate optimization profile per concurrently used context of a plan with
+dynamic shapes, so the pool has one context per profile in such a plan (``build_plan`` writes
+one per context); a fully static plan has none and its contexts share the implicit one. The
+batch limits, pinned height/width and buffer sizes come from the plan, not from settings
+(``engines.runtime.tensorrt_shapes``), and each tensor is bound with its own dtype. TensorRT
+and cuda-python are imported when an engine is created, never at module import, so this module
+imports anywhere.
 """
 
 from __future__ import annotations
@@ -119,7 +122,8 @@ class TensorRTEngine(EngineTensors):
         concurrency: int = 2,
     ) -> None:
         """``max_batch`` may lower the plan's own limit (smaller buffers), never raise it;
-        ``concurrency`` contexts at most, and no more than the plan has profiles."""
+        ``concurrency`` contexts at most, and no more than a dynamic plan has profiles (a
+        static plan's contexts share its implicit one)."""
         trt = import_tensorrt()
         self._cudart = import_cudart()
         meta, plan = split_ultralytics_engine(plan_path.read_bytes())
@@ -137,18 +141,17 @@ class TensorRTEngine(EngineTensors):
         profiles = int(self._engine.num_optimization_profiles)
         contexts = max(1, min(concurrency, profiles) if self._dynamic else concurrency)
         self._profiles = [self._profile(i) for i in range(contexts)] if self._dynamic else []
-        limits = serving_limits(shape, [(p.min_shape, p.max_shape) for p in self._profiles], None)
-        if max_batch is not None and max_batch > limits.max_batch:
+        ranges = [(p.min_shape, p.max_shape) for p in self._profiles]
+        plan_max = serving_limits(shape, ranges, None).max_batch
+        if max_batch is not None and max_batch > plan_max:
             log.warning(
                 "%s: max_batch %d exceeds the plan's %d; using %d",
                 plan_path.name,
                 max_batch,
-                limits.max_batch,
-                limits.max_batch,
+                plan_max,
+                plan_max,
             )
-        limits = serving_limits(
-            shape, [(p.min_shape, p.max_shape) for p in self._profiles], max_batch
-        )
+        limits = serving_limits(shape, ranges, max_batch)
         # Batches smaller than the plan's smallest are filled up to it (copies of the last
         # image), so a static batch-4 plan still answers a single request.
         self._min_batch = limits.min_batch

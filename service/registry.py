@@ -123,7 +123,7 @@ class ModelRegistry:
         self._metrics = metrics
         self.models: dict[str, ServedModel] = {}
         # One process serves from one device; its batches, whatever the variant, take turns.
-        self._device = DeviceLoad(settings.batches_in_flight())
+        self._device = DeviceLoad(settings.concurrent_batches)
         self.failed: dict[str, str] = {}  # model -> why it could not load
         self.unloaded: set[str] = set()  # taken out of service by model control
         self.loaded = False
@@ -233,7 +233,7 @@ class ModelRegistry:
                 max_batch=min(serving.batching.max_batch, engine.max_batch),
                 max_wait_s=serving.batching.max_wait_ms / 1000,
                 max_queue=s.max_queue,
-                concurrency=s.batches_in_flight(),
+                concurrency=s.concurrent_batches,
                 # This host's warm-up figure when there is one, not the build machine's.
                 expected_per_image_s=live.per_image_s(s.max_batch),
             ),

@@ -31,9 +31,7 @@ MEANINGS: dict[str, str] = {
     "max_batch": "largest batch; a batch runs when this many images wait...",
     "max_wait_ms": "...or this long after its first image (a lone request never waits)",
     "max_queue": "images queued per variant before `503` + `Retry-After`",
-    "concurrent_batches": "batches in flight on the device, shared by every variant; each takes "
-    "its share of the queue. `0`: 4 on ONNX Runtime's CPU provider (small runs side by side use "
-    "the cores better than one large run), 1 on a GPU",
+    "concurrent_batches": "batches in flight on the device (all variants take turns)",
     "default_deadline_ms": "per-request deadline when none is given (`deadline_ms`, "
     "`X-Deadline-Ms`)",
     "auto_min_agreement": "`auto` serves the fastest variant with at least this mAP50-95 "

@@ -290,8 +290,7 @@ class BatchScheduler:
 
     def _take(self) -> list[_Request]:
         batch: list[_Request] = []
-        limit = self._batch_limit()
-        while self._queue and len(batch) < limit:
+        while self._queue and len(batch) < self._config.max_batch:
             req = self._queue.popleft()
             if req.future.done():  # cancelled: the client went away
                 self._observer.rejected("cancelled")
@@ -315,15 +314,6 @@ class BatchScheduler:
             )
         self._observer.queued(len(self._queue))
         return batch
-
-    def _batch_limit(self) -> int:
-        """With several batches allowed in flight, a batch takes its share of the queue (split
-        between the workers not running one) so the others start theirs at once: on a CPU,
-        small runs side by side beat one large run. With one in flight it takes up to
-        ``max_batch``."""
-        free = max(1, self._config.concurrency - len(self._running))
-        share = -(-len(self._queue) // free)  # ceiling division
-        return max(1, min(self._config.max_batch, share))
 
     async def _run(self, batch: list[_Request]) -> None:
         if not batch:

@@ -123,8 +123,12 @@ def prometheus(served: Server, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 @pytest.fixture(scope="module")
-def traffic(served: Server, prometheus: str, photo: Callable[[str], bytes]) -> None:
-    """Requests at two precisions, a few bad ones and a deadline rejection, then 2+ scrapes."""
+def traffic(served: Server, prometheus: str, photo: Callable[[str], bytes]) -> float:
+    """Requests at two precisions, a few bad ones and a deadline rejection, then a few scrapes.
+
+    Returns the instant every query is evaluated at: just after the traffic. Evaluated "now",
+    rate() over a 30 s window would drop to 0/0 once the tests ran longer than that.
+    """
     # Counters must be stored at zero before traffic, or rate() sees no increase.
     wait_until(lambda: stored_total(prometheus) == 0, 30, "Prometheus never scraped the service")
     with served.client() as client:
@@ -150,6 +154,7 @@ def traffic(served: Server, prometheus: str, photo: Callable[[str], bytes]) -> N
     # A few scrapes after the traffic, so rate() and the alert windows have samples on both sides.
     after = scrapes(prometheus)
     wait_until(lambda: scrapes(prometheus) >= after + 5, 30, "Prometheus stopped scraping")
+    return float(query(prometheus, 'timestamp(up{job="detect"})')[0]["value"][1])
 
 
 def dashboard_queries() -> list[tuple[str, str]]:
@@ -211,8 +216,12 @@ def expected_precisions(selection: str, expr: str) -> set[str]:
     return wanted - {"fp32"} if AUDIT in expr else wanted
 
 
-def query(prometheus: str, expr: str) -> list[dict[str, Any]]:
-    r = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=10)
+def query(prometheus: str, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+    """``expr`` evaluated now, or at the instant ``at`` (Unix seconds)."""
+    params: dict[str, str | float] = {"query": expr}
+    if at is not None:
+        params["time"] = at
+    r = httpx.get(f"{prometheus}/api/v1/query", params=params, timeout=10)
     body = r.json()
     assert body["status"] == "success", (expr, body)
     result: list[dict[str, Any]] = body["data"]["result"]
@@ -234,9 +243,9 @@ def query_cases() -> list[tuple[str, str, str]]:
     ids=lambda v: v if isinstance(v, str) and len(v) < 60 else None,
 )
 def test_every_query_returns_finite_data(
-    traffic: None, prometheus: str, gpu_exported: bool, where: str, expr: str, selection: str
+    traffic: float, prometheus: str, gpu_exported: bool, where: str, expr: str, selection: str
 ) -> None:
-    result = query(prometheus, substitute(expr, SELECTIONS[selection]))
+    result = query(prometheus, substitute(expr, SELECTIONS[selection]), traffic)
     if GPU_ONLY in expr and not gpu_exported:
         # The one allowed exception: NVML metrics exist only on a host with a GPU.
         assert result == [], f"{where}: data for GPU metrics the service does not export?"
@@ -260,7 +269,7 @@ def test_every_query_returns_finite_data(
     assert all(math.isfinite(v) for v in values), f"{where}: {expr} -> {values}"
 
 
-def test_alert_rules_evaluate_cleanly(traffic: None, prometheus: str) -> None:
+def test_alert_rules_evaluate_cleanly(traffic: float, prometheus: str) -> None:
     """Prometheus itself loaded alerts.yml and evaluates every rule without error."""
     groups = httpx.get(f"{prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
     rules = {r["name"]: r for g in groups for r in g["rules"]}
@@ -269,13 +278,13 @@ def test_alert_rules_evaluate_cleanly(traffic: None, prometheus: str) -> None:
         assert rule["health"] == "ok", (name, rule.get("lastError"))
         # The full expression, comparison too: an instant vector of finite values (a rule that
         # compared NaNs or returned a scalar would never fire).
-        r = httpx.get(f"{prometheus}/api/v1/query", params={"query": rule["query"]}, timeout=10)
-        data = r.json()["data"]
+        params = {"query": rule["query"], "time": traffic}
+        data = httpx.get(f"{prometheus}/api/v1/query", params=params, timeout=10).json()["data"]
         assert data["resultType"] == "vector", (name, data)
         assert all(math.isfinite(float(s["value"][1])) for s in data["result"]), (name, data)
 
 
-def test_every_metric_named_is_exported(traffic: None, served: Server) -> None:
+def test_every_metric_named_is_exported(traffic: float, served: Server) -> None:
     exported = httpx.get(f"{served.url}/metrics").text
     text = DASHBOARD.read_text() + ALERTS.read_text()
     named = set(re.findall(r"\b(detect_[a-z_]+?)(?:_bucket|_sum|_count)?\b", text))
@@ -289,7 +298,7 @@ def test_every_metric_named_is_exported(traffic: None, served: Server) -> None:
         )
 
 
-def test_promtool_check_metrics_is_clean(traffic: None, served: Server) -> None:
+def test_promtool_check_metrics_is_clean(traffic: float, served: Server) -> None:
     promtool = require_tool("promtool", PROMETHEUS_HINT)
     exported = httpx.get(f"{served.url}/metrics").text
     done = subprocess.run(

@@ -470,3 +470,42 @@ def test_scheduler_refusals_map_to_http_in_one_place() -> None:
         mapped = to_service_error(error)
         assert (mapped.status, mapped.headers.get("Retry-After")) == (status, retry_after)
         assert mapped.message == str(error)
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.rejections: list[str] = []
+
+    def queued(self, depth: int) -> None: ...
+    def batch_started(self, size: int, queue_waits_s: list[float]) -> None: ...
+    def batch_finished(self, size: int, duration_s: float, ok: bool) -> None: ...
+    def rejected(self, reason: str) -> None:
+        self.rejections.append(reason)
+
+
+def test_every_refusal_is_reported_with_its_reason() -> None:
+    async def main() -> None:
+        recorder, device = _Recorder(), DeviceLoad()
+        config = BatchingConfig(max_batch=1, max_queue=1, expected_per_image_s=0.5)
+        sched = BatchScheduler(StandInEngine(), config, observer=recorder, device=device)
+        assert sched.device is device
+        sched.start()
+        with pytest.raises(DeadlineUnmeetable):
+            sched.admit(1, time.monotonic() + 0.1)
+        with sched.incoming(1), pytest.raises(QueueFull):
+            sched.admit(1, far())
+        await sched.close()
+        with pytest.raises(ShuttingDown):
+            sched.admit(1, far())
+        assert recorder.rejections == ["deadline", "queue_full", "shutting_down"]
+
+    run(main)
+
+
+def test_nothing_is_refused_on_deadline_grounds_before_any_timing() -> None:
+    async def main() -> None:
+        sched = make(StandInEngine(), max_batch=1)  # no builder timing, no batch run yet
+        sched.admit(1, time.monotonic() - 1)  # even a deadline already past is let through
+        await sched.close()
+
+    run(main)

@@ -109,7 +109,11 @@ TARGETS: dict[str, Target] = {
         "service/selection.py",
         None,
         (
-            ("tests/service/test_selection.py", "tests/service/test_metrics.py"),
+            (
+                "tests/service/test_selection.py",
+                "tests/service/test_metrics.py",
+                "tests/service/test_audit.py",  # demotion: where auto goes instead
+            ),
             (HTTP + "test_auto_precision_http.py",),
         ),
     ),

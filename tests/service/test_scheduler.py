@@ -475,10 +475,14 @@ def test_scheduler_refusals_map_to_http_in_one_place() -> None:
 class _Recorder:
     def __init__(self) -> None:
         self.rejections: list[str] = []
+        self.finished: list[tuple[int, bool]] = []
 
     def queued(self, depth: int) -> None: ...
     def batch_started(self, size: int, queue_waits_s: list[float]) -> None: ...
-    def batch_finished(self, size: int, duration_s: float, ok: bool) -> None: ...
+    def batch_finished(self, size: int, duration_s: float, ok: bool) -> None:
+        assert duration_s >= 0
+        self.finished.append((size, ok))
+
     def rejected(self, reason: str) -> None:
         self.rejections.append(reason)
 
@@ -507,5 +511,20 @@ def test_nothing_is_refused_on_deadline_grounds_before_any_timing() -> None:
         sched = make(StandInEngine(), max_batch=1)  # no builder timing, no batch run yet
         sched.admit(1, time.monotonic() - 1)  # even a deadline already past is let through
         await sched.close()
+
+    run(main)
+
+
+def test_failed_batches_are_reported_as_failed() -> None:
+    async def main() -> None:
+        recorder = _Recorder()
+        engine = StandInEngine(fail_if=lambda b: bool((b[:, 0, 0, 0] == 1).any()))
+        sched = BatchScheduler(engine, BatchingConfig(max_batch=1), observer=recorder)
+        sched.start()
+        await sched.submit(item(0), far())
+        with pytest.raises(InferenceError):
+            await sched.submit(item(1), far())
+        await sched.close()
+        assert recorder.finished == [(1, True), (1, False)]  # its time is still accounted
 
     run(main)

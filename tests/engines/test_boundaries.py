@@ -91,11 +91,20 @@ def test_disjoint_and_touching_boxes_overlap_not_at_all() -> None:
     from engines.model.postprocess import pairwise_iou
 
     unit = np.asarray([[0.0, 0.0, 1.0, 1.0]])
-    others = np.asarray([[2.0, 2.0, 3.0, 3.0], [1.0, 0.0, 2.0, 1.0], [0.0, 0.0, 0.5, 1.0]])
-    np.testing.assert_array_equal(pairwise_iou(unit, others), [[0.0, 0.0, 0.5]])
+    others = np.asarray(
+        [
+            [2.0, 2.0, 3.0, 3.0],  # apart on both axes
+            [2.0, 0.0, 3.0, 1.0],  # beside: overlapping rows, apart columns
+            [0.0, 2.0, 1.0, 3.0],  # below: overlapping columns, apart rows
+            [1.0, 0.0, 2.0, 1.0],  # touching
+            [0.0, 0.0, 0.5, 1.0],  # half of it
+        ]
+    )
+    np.testing.assert_array_equal(pairwise_iou(unit, others), [[0.0, 0.0, 0.0, 0.0, 0.5]])
     # Two 1-pixel boxes a pixel apart never suppress each other, however low the threshold.
-    boxes = np.asarray([[0.0, 0.0, 1.0, 1.0], [2.0, 0.0, 3.0, 1.0]], np.float32)
-    assert nms(boxes, np.asarray([0.9, 0.8], np.float32), 0.0).tolist() == [0, 1]
+    for apart in ([2.0, 0.0, 3.0, 1.0], [0.0, 2.0, 1.0, 3.0]):
+        boxes = np.asarray([[0.0, 0.0, 1.0, 1.0], apart], np.float32)
+        assert nms(boxes, np.asarray([0.9, 0.8], np.float32), 0.0).tolist() == [0, 1]
 
 
 @pytest.mark.parametrize("axis", ["x", "y"])

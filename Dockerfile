@@ -6,11 +6,14 @@
 # model.yaml ships in the wheel) into the home /var/lib/detect (DETECT_HOME), and build
 # precision engines at start-up into /var/lib/detect/engines (a volume): engines are tied to the
 # device and tool versions, so they are built where they run and reused while the manifest matches.
+# Replicas may share that volume: one builds (under a lock), the others find the plans cached.
 
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
-# CUDA 12.6 + cuDNN 9 runtime: what the onnxruntime-gpu 1.2x CUDA 12 wheels and the tensorrt 10.x
-# cu12 wheels are built against. TensorRT itself comes from pip (tensorrt-cu12 bundles its libs).
-ARG CUDA_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
+# One CUDA major for the whole GPU stack: 13. onnxruntime-gpu >= 1.27 (the first with what the
+# build uses) is a CUDA 13 build on PyPI, tensorrt-cu13 and cuda-bindings 13.x match it, and
+# cuDNN 9 is for ONNX Runtime's CUDA provider. Hosts need an R580+ driver and a GPU of compute
+# capability >= 7.5 (CUDA 13 dropped Maxwell, Pascal and Volta).
+ARG CUDA_IMAGE=nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04
 
 # ---- wheel of the project (no build tools in the runtime images) -------------------------------
 FROM ${PYTHON_IMAGE} AS wheel
@@ -18,7 +21,10 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY engines/ engines/
 COPY service/ service/
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+COPY scripts/gpu_requirements.py scripts/
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
+    && mkdir /requirements \
+    && python scripts/gpu_requirements.py pyproject.toml > /requirements/gpu.txt
 
 # ---- CPU image -----------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS cpu
@@ -49,7 +55,7 @@ RUN detect-serve models fetch yolov3-tiny-coco \
 WORKDIR /var/lib/detect
 USER 10001:10001
 VOLUME ["/var/lib/detect/engines"]
-EXPOSE 8000
+EXPOSE 8000 8001
 HEALTHCHECK --interval=15s --timeout=5s --start-period=600s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('DETECT_PORT', '8000') + '/health/ready', timeout=4)"]
 CMD ["detect-serve", "serve", "--prepare"]
@@ -75,10 +81,26 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv /opt/venv
 COPY --from=wheel /wheels /wheels
+COPY --from=wheel /requirements/gpu.txt /tmp/gpu-requirements.txt
+# The project's core dependencies include the CPU `onnxruntime`, which installs the same module as
+# onnxruntime-gpu (with both, the CUDA provider may vanish). So the wheel goes in with --no-deps,
+# its other dependencies from the list the wheel stage wrote (pyproject's core dependencies
+# without onnxruntime), and the GPU stack pinned exactly (pyproject's `gpu` extra gives the ranges).
+# TensorRT's libraries are not on PyPI (its tensorrt-cu13-libs there is a stub that fetches from
+# NVIDIA's index), so pip reads NVIDIA's index too. The check below fails the build if anything
+# brought `onnxruntime` in anyway.
 # hadolint ignore=DL3013
 RUN WHEEL="$(ls /wheels/*.whl)" \
-    && pip install --no-cache-dir "${WHEEL}[gpu]" \
-    && rm -rf /wheels \
+    && pip install --no-cache-dir --no-deps "${WHEEL}" \
+    && pip install --no-cache-dir --extra-index-url https://pypi.nvidia.com \
+        -r /tmp/gpu-requirements.txt \
+        "onnxruntime-gpu==1.31.1" \
+        "tensorrt-cu13==11.4.0.106" \
+        "cuda-bindings==13.5.0" \
+        "nvidia-ml-py==13.615.71" \
+    && if pip show onnxruntime >/dev/null 2>&1; then echo "onnxruntime beside onnxruntime-gpu" >&2; exit 1; fi \
+    && python -c "import onnxruntime as o; assert 'CUDAExecutionProvider' in o.get_available_providers()" \
+    && rm -rf /wheels /tmp/gpu-requirements.txt \
     && useradd --system --uid 10001 --create-home detect \
     && mkdir -p /var/lib/detect/engines /var/lib/detect/cache
 RUN detect-serve models fetch yolov3-tiny-coco \
@@ -87,7 +109,7 @@ RUN detect-serve models fetch yolov3-tiny-coco \
 WORKDIR /var/lib/detect
 USER 10001:10001
 VOLUME ["/var/lib/detect/engines"]
-EXPOSE 8000
+EXPOSE 8000 8001
 HEALTHCHECK --interval=15s --timeout=5s --start-period=900s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('DETECT_PORT', '8000') + '/health/ready', timeout=4)"]
 CMD ["detect-serve", "serve", "--prepare"]

@@ -33,6 +33,18 @@ def add_bench_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="also send this many requests and compare RSS after 10%% and 100%%",
     )
     bench.add_argument("--out", type=Path, default=Path("bench-results"))
+    bench.add_argument(
+        "--peers",
+        action="store_true",
+        help="instead: detect-serve per precision and auto next to a plain FastAPI + ORT server "
+        "and LitServe, same model/photo/client (bench.peers)",
+    )
+    bench.add_argument(
+        "--duration", type=float, default=None, help="--peers: seconds per point (default 20)"
+    )
+    bench.add_argument(
+        "--peer-clients", default="1,2,4,8,16", help="--peers: client counts to sweep"
+    )
     bench.set_defaults(func=cmd_bench)
 
 
@@ -43,6 +55,12 @@ def _images() -> list[bytes]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.peers:
+        from bench.peers import run
+
+        sweep = sorted(int(c) for c in args.peer_clients.split(","))
+        run(args.duration or 20.0, sweep, args.out)
+        return 0
     from bench.http import as_json, bench_http, bench_pipeline, load_engine, plot
     from engines.precision import Precision
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -16,6 +17,14 @@ from pathlib import Path
 
 # uvicorn's start-up line names the port it really bound (also when asked for port 0).
 UVICORN_PORT = re.compile(r"Uvicorn running on http://[^\s]+:(\d+) ")
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago, for peers that cannot report the port they
+    bound (a plain uvicorn server, LitServe); our own servers bind port 0 themselves instead."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def listening_port(
@@ -61,6 +70,9 @@ class ServerProcess:
             **os.environ,
             "DETECT_HOST": "127.0.0.1",
             "DETECT_PORT": "0",
+            # Servers run side by side (tests, benchmarks): never all on the default 8001;
+            # a test that needs gRPC passes its own port in env.
+            "DETECT_GRPC_PORT": "0",
             **(env or {}),
         }
         workdir.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,11 @@ class InferenceError(EngineError):
         self.fatal = fatal
 
 
+class CompilerUnavailableError(EngineError):
+    """A backend cannot compile its artifact on this host (its compiler is not installed): the
+    build records the proven variant ONNX as pending, to be compiled where it can be."""
+
+
 class ArtifactMismatchError(EngineLoadError):
     """A built artifact does not match its manifest or this host (hash, tool version, device)."""
 

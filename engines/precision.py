@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Final, Literal
 
 
-class Precision(str, Enum):
+class Precision(StrEnum):
     """Precision of a built variant. ``auto`` is a request-time policy, not a variant."""
 
     FP32 = "fp32"
     FP16 = "fp16"
     INT8 = "int8"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 AUTO: Final = "auto"

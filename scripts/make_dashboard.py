@@ -12,8 +12,12 @@ from pathlib import Path
 from typing import Any
 
 OUT = Path(__file__).resolve().parent.parent / "deploy/grafana/dashboards/detect-serving.json"
-DS = {"type": "prometheus", "uid": "prometheus"}
-SEL = 'model=~"$model",precision=~"$precision"'
+# The datasource is a dashboard variable, so the board imports into any Grafana whatever its
+# Prometheus datasource is called; $instance picks replicas (pods) in a multi-replica setup.
+DS = {"type": "prometheus", "uid": "${datasource}"}
+INST = 'instance=~"$instance"'
+SEL = f'model=~"$model",precision=~"$precision",{INST}'
+MODEL_SEL = f'model=~"$model",{INST}'
 RATE = "$__rate_interval"
 
 
@@ -25,6 +29,12 @@ def quantiles(metric: str, by: str = "precision") -> list[tuple[str, str]]:
         )
         for q in ("50", "95", "99")
     ]
+
+
+def error_ratio(first_digit: str) -> str:
+    errors = f'sum(rate(detect_requests_total{{{SEL},status=~"{first_digit}.."}}[{RATE}]))'
+    total = f"clamp_min(sum(rate(detect_requests_total{{{SEL}}}[{RATE}])), 1e-9)"
+    return f"(({errors} / {total}) or vector(0))"
 
 
 ROWS: list[tuple[str, list[dict[str, Any]]]] = [
@@ -58,7 +68,7 @@ ROWS: list[tuple[str, list[dict[str, Any]]]] = [
                     (
                         "{{requested}} -> {{selected}}",
                         "sum by (requested, selected) (rate(detect_precision_selected_total"
-                        f'{{model=~"$model",selected=~"$precision"}}[{RATE}]))',
+                        f'{{{MODEL_SEL},selected=~"$precision"}}[{RATE}]))',
                     )
                 ],
             },
@@ -155,7 +165,7 @@ ROWS: list[tuple[str, list[dict[str, Any]]]] = [
                 "title": "In-flight requests",
                 "unit": "short",
                 "targets": [
-                    ("{{model}}", 'sum by (model) (detect_inflight_requests{model=~"$model"})')
+                    ("{{model}}", f"sum by (model) (detect_inflight_requests{{{MODEL_SEL}}})")
                 ],
             },
         ],
@@ -164,15 +174,11 @@ ROWS: list[tuple[str, list[dict[str, Any]]]] = [
         "Errors and rejections",
         [
             {
-                "title": "Error ratio (5xx / all)",
+                # "or vector(0)": with no error series (a healthy server) the ratio reads 0,
+                # not "No data"; clamp_min keeps an idle server from dividing by zero.
+                "title": "Error ratios (5xx, 4xx / all)",
                 "unit": "percentunit",
-                "targets": [
-                    (
-                        "5xx ratio",
-                        f'sum(rate(detect_requests_total{{{SEL},status=~"5.."}}[{RATE}])) / '
-                        f"clamp_min(sum(rate(detect_requests_total{{{SEL}}}[{RATE}])), 1e-9)",
-                    )
-                ],
+                "targets": [(f"{cls} ratio", error_ratio(cls[0])) for cls in ("5xx", "4xx")],
             },
             {
                 "title": "Responses by status",
@@ -190,7 +196,7 @@ ROWS: list[tuple[str, list[dict[str, Any]]]] = [
                 "targets": [
                     (
                         "{{reason}}",
-                        f'sum by (reason) (rate(detect_rejected_total{{model=~"$model"}}[{RATE}]))',
+                        f"sum by (reason) (rate(detect_rejected_total{{{MODEL_SEL}}}[{RATE}]))",
                     )
                 ],
             },
@@ -250,7 +256,7 @@ ROWS: list[tuple[str, list[dict[str, Any]]]] = [
                 "targets": [
                     (
                         "{{gpu}} {{name}}",
-                        "max by (gpu, name) (detect_gpu_memory_used_bytes / detect_gpu_memory_total_bytes)",
+                        f"max by (gpu, name) (detect_gpu_memory_used_bytes{{{INST}}} / detect_gpu_memory_total_bytes{{{INST}}})",
                     )
                 ],
             },
@@ -258,7 +264,10 @@ ROWS: list[tuple[str, list[dict[str, Any]]]] = [
                 "title": "GPU utilisation",
                 "unit": "percentunit",
                 "targets": [
-                    ("{{gpu}} {{name}}", "max by (gpu, name) (detect_gpu_utilization_ratio)")
+                    (
+                        "{{gpu}} {{name}}",
+                        f"max by (gpu, name) (detect_gpu_utilization_ratio{{{INST}}})",
+                    )
                 ],
             },
         ],
@@ -364,9 +373,21 @@ def dashboard() -> dict[str, Any]:
         "timezone": "",
         "templating": {
             "list": [
-                variable("model", "label_values(detect_engine_info, model)"),
+                {
+                    "name": "datasource",
+                    "label": "Prometheus",
+                    "type": "datasource",
+                    "query": "prometheus",
+                    "current": {},
+                    "hide": 0,
+                    "refresh": 1,
+                },
+                variable("instance", "label_values(detect_engine_info, instance)"),
+                variable("model", 'label_values(detect_engine_info{instance=~"$instance"}, model)'),
                 variable(
-                    "precision", 'label_values(detect_engine_info{model=~"$model"}, precision)'
+                    "precision",
+                    'label_values(detect_engine_info{instance=~"$instance",model=~"$model"}, '
+                    "precision)",
                 ),
             ]
         },

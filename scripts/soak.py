@@ -1,6 +1,9 @@
 """Overload soak: 3x measured capacity for 30 s against a real server on loopback.
 
     python scripts/soak.py [--factor 3] [--seconds 30] [--deadline-ms 2000]
+    python scripts/soak.py --scenario storm   # 64 clients retrying at once vs 16-client capacity
+    python scripts/soak.py --scenario bomb    # 16 requests of four 1 x 39,999,999 PNGs
+
 
 Prints and writes (bench-results/soak.json): capacity, offered and answered rates, status counts,
 whether every 503 carried Retry-After, whether every 200 was a correct answer (the bus photo must
@@ -21,6 +24,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from bench.attacks import Watch, bomb_attack, retry_storm, storm_report
 from bench.http import bench_http
 from bench.process import ServerProcess
 from engines.sources.sample_images import sample_image
@@ -83,8 +87,13 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--deadline-ms", type=float, default=2000.0)
     parser.add_argument("--max-queue", type=int, default=32, help="server's DETECT_MAX_QUEUE")
-    parser.add_argument("--out", type=Path, default=Path("bench-results/soak.json"))
+    parser.add_argument("--scenario", choices=["open", "storm", "bomb"], default="open")
+    parser.add_argument("--clients", type=int, default=64, help="storm: retrying clients")
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    args.out = args.out or Path(f"bench-results/soak-{args.scenario}.json")
+    if args.scenario != "open":
+        return attack(args)
     image = sample_image("bus").read_bytes()
     with tempfile.TemporaryDirectory() as tmp:
         env = {"DETECT_MAX_QUEUE": str(args.max_queue), "DETECT_MAX_BATCH": "8"}
@@ -123,10 +132,56 @@ def main() -> int:
         "single_client_p50_after_ms": after.p50_ms,
         "after_measured_over_s": recovery_s,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    return write(args.out, report)
+
+
+def write(path: Path, report: dict[str, object]) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     return 0
+
+
+def attack(args: argparse.Namespace) -> int:
+    """The retry storm or the PNG bomb, watched for RSS and liveness while it runs."""
+    image = sample_image("bus").read_bytes()
+    env = {
+        "DETECT_MAX_QUEUE": str(args.max_queue),
+        "DETECT_MAX_BATCH": "8",
+        # The storm's requests set no deadline: the server's own is the one accepted answers
+        # must meet, and missing it is overload (503), not the client's 504.
+        "DETECT_DEFAULT_DEADLINE_MS": str(args.deadline_ms),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        server = ServerProcess.start(Path(tmp), env)
+        try:
+            capacity = asyncio.run(bench_http(server.url, [image], 16, 10, "capacity", warmup_s=5))
+            baseline = server.rss_bytes() / 2**20
+            with Watch(server) as watch:
+                if args.scenario == "storm":
+                    result = asyncio.run(retry_storm(server.url, image, args.clients, args.seconds))
+                else:
+                    answers = asyncio.run(bomb_attack(server.url, 16, 4, args.seconds))
+            report: dict[str, object] = {
+                "scenario": args.scenario,
+                "capacity_refused": capacity.errors,  # 16 polite clients should get none
+            }
+            if args.scenario == "storm":
+                report |= storm_report(
+                    capacity.images_per_s, args.seconds, args.deadline_ms, result
+                )
+            else:
+                report |= {
+                    "requests": len(answers),
+                    "statuses": dict(Counter(f"{s} {code}" for s, _, code in answers)),
+                    "slowest_answer_s": round(max(t for _, t, _ in answers), 3),
+                    "deadline_ms": args.deadline_ms,
+                }
+            report |= watch.report(baseline)
+            report["server_log_tracebacks"] = server.log().count("Traceback")
+        finally:
+            server.stop()
+    return write(args.out, report)
 
 
 if __name__ == "__main__":

@@ -16,14 +16,21 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
-from service.api import detect, health, kserve, models
+from service.api import detect, health, kserve, kserve_image, kserve_stats, models
+from service.api.kserve_pool import CodecPool
 from service.audit import PrecisionAudit
 from service.config import Settings
+from service.deps import scope_is_authorized
+from service.docs_offline import install_offline_docs
 from service.errors import install_error_handlers
-from service.limits import BodyLimitMiddleware
+from service.limits import BodyLimitMiddleware, BodyLimits
 from service.metrics import Metrics
+from service.protocol import ShutdownSignal
 from service.registry import ModelRegistry
+from service.request_id import RequestIdMiddleware
+from service.scheduler import DecodeBudget
 from service.schemas import COMMON_ERRORS
+from service.version import VERSION
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +47,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = Metrics()
     _register_gpu_metrics(metrics)
     registry = ModelRegistry(settings, metrics)
+    decoding = DecodeBudget(
+        memory_bytes=settings.decode_memory_bytes, workers=settings.decode_workers
+    )
+    v2_codec = CodecPool()
+    # uvicorn cancels what is left at the end of the grace period; uploads are cut a second
+    # earlier so their clients get a JSON 503 rather than a dropped connection.
+    shutdown = ShutdownSignal(cut_after_s=max(0.0, settings.shutdown_grace_s - 1.0))
     audit = PrecisionAudit(settings, metrics)
 
     @asynccontextmanager
@@ -47,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await run_in_threadpool(registry.load)
         registry.start()
         audit.attach(registry)
+        grpc_server = await _start_grpc(registry, settings, metrics, decoding)
         ok, reasons = registry.readiness()
         if ok:
             log.info("ready: %s", ", ".join(settings.models))
@@ -55,23 +70,35 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            if grpc_server is not None:
+                # Refuse new calls, let accepted ones finish within the grace period.
+                await grpc_server.stop(settings.shutdown_grace_s)
             await audit.close()  # shadow runs are optional: stop them before the engines go
             await registry.close(settings.shutdown_grace_s)
+            decoding.close()
+            v2_codec.close()
             log.info("drained: every accepted request was answered")
 
     app = FastAPI(
         title="detect-serve",
         summary="Detection serving with proven FP32/FP16/INT8 engines",
         description=DESCRIPTION,
-        version="0.1.0",
+        version=VERSION,
         lifespan=lifespan,
+        docs_url=None,  # served from the package instead of a CDN (service.docs_offline)
+        redoc_url=None,
     )
+    install_offline_docs(app)
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.registry = registry
+    app.state.decode_budget = decoding
+    app.state.v2_codec = v2_codec
+    app.state.shutdown = shutdown
     app.state.audit = audit
     install_error_handlers(app)
-    for module in (detect, models, health, kserve):
+    # The image model and statistics routes come before the generic /v2/models/{name} ones.
+    for module in (detect, models, health, kserve_image, kserve_stats, kserve):
         app.include_router(module.router, responses=COMMON_ERRORS)
     _use_error_shape_in_openapi(app)
     if settings.cors_origins:
@@ -79,10 +106,45 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Deadline-Ms"],
+            allow_headers=[
+                "Authorization",
+                "X-API-Key",
+                "Content-Type",
+                "X-Deadline-Ms",
+                "X-Request-ID",
+            ],
+            expose_headers=["X-Request-ID", "X-Precision", "X-Backend", "Deprecation"],
         )
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    limits = BodyLimits(
+        settings.max_body_bytes,
+        idle_timeout_s=settings.body_idle_timeout_s,
+        min_bytes_per_s=settings.body_min_bytes_per_s,
+        rate_grace_s=settings.body_rate_grace_s,
+    )
+    # The offline docs (service.docs_offline) are routes of their own, not FastAPI's docs_url.
+    docs = ("/docs", "/docs/oauth2-redirect", "/redoc", app.openapi_url)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        limits=limits,
+        shutdown=shutdown,
+        authorized=lambda scope: scope_is_authorized(scope, settings.api_keys),
+        protected_paths=[p for p in docs if p] if settings.protect_docs else [],
+    )
+    # Outermost, so even a 413 from the body limit carries (and logs) the request ID.
+    app.add_middleware(RequestIdMiddleware, log_requests=settings.log_requests)
     return app
+
+
+async def _start_grpc(
+    registry: ModelRegistry, settings: Settings, metrics: Metrics, decoding: DecodeBudget
+) -> Any:
+    """The KServe v2 gRPC endpoint on the same event loop (None when ``grpc_port`` is 0)."""
+    if settings.grpc_port == 0:
+        return None
+    from service.grpc_v2.server import start_grpc_server
+
+    return await start_grpc_server(registry, settings, metrics, decoding)
 
 
 def _use_error_shape_in_openapi(app: FastAPI) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 from service import extras
 from service.config import Settings
+from service.logs import configure_logging
 
 log = logging.getLogger("detect-serve")
 Command = Callable[[argparse.Namespace], int]
@@ -37,25 +38,18 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
+    from service import protocol
     from service.app import create_app
     from service.cli_build import require_backend
 
     settings = _settings(args)
+    configure_logging(args.log_level, settings.log_format)
     require_backend("detect-serve serve", settings.backend)
     if args.prepare:
         prepare(settings)
     app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=args.log_level,
-        server_header=False,  # no version banner
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
-        access_log=args.access_log,
-    )
+    # uvicorn with header/connection limits and upload cut-off at shutdown (service/protocol.py)
+    protocol.run(app, settings, log_level=args.log_level, access_log=args.access_log)
     return 0
 
 
@@ -67,9 +61,18 @@ def prepare(settings: Settings) -> None:
         ensure_model_source(settings.models_dir / name, progress=sys.stdout.isatty())
         if settings.prepare_precisions:
             from engines.build.builder import BuildConfig, build_model
+            from engines.precision import Precision
+            from engines.sources.repository import read_model_spec
 
+            # The model's own model.yaml `build` section wins over the global list.
+            spec = read_model_spec(settings.models_dir / name)
+            own = spec.build.resolved(settings.models_dir / name) if spec and spec.build else None
+            precisions = (own.precisions if own else None) or settings.prepare_precisions
             config = BuildConfig(
-                precisions=tuple(settings.prepare_precisions),
+                precisions=tuple(Precision(p) for p in precisions),
+                calib_dir=own.calib_dir if own else None,
+                val_dir=own.val_dir if own else None,
+                labels=own.labels if own else None,
                 backend=settings.backend,
                 max_batch=settings.max_batch,
                 providers=tuple(settings.ort_providers),
@@ -141,9 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     _add_optional_commands(sub)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.log_level)
     func: Command = args.func
     command = f"detect-serve {args.command}"
     try:
@@ -174,8 +175,10 @@ def _add_optional_commands(sub: argparse._SubParsersAction[argparse.ArgumentPars
     run: every ``--help`` works on a plain install, and running says which extra is missing."""
     from bench.cli import add_bench_command
     from service.cli_build import add_build_command
+    from service.cli_predict import add_predict_command
 
     add_build_command(sub)
+    add_predict_command(sub)
     add_bench_command(sub)
 
 

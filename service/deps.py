@@ -6,6 +6,7 @@ import hmac
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
+from starlette.types import Scope
 
 from service.audit import PrecisionAudit
 from service.config import Settings
@@ -48,19 +49,28 @@ def _presented_key(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
-def check_api_key(request: Request, settings: SettingsDep) -> None:
-    """Enforce ``DETECT_API_KEYS`` when set; constant-time comparison against every key."""
-    if not settings.api_keys:
-        return
-    presented = _presented_key(request)
+def key_is_valid(presented: str | None, keys: list[str]) -> bool:
+    """Whether ``presented`` is one of ``keys`` (always, when no keys are set)."""
+    if not keys:
+        return True
     if presented is None:
-        raise Unauthorized()
+        return False
     given = presented.encode()
     # Compare against all keys without short-circuit so timing does not reveal which matched.
     matched = False
-    for key in settings.api_keys:
+    for key in keys:
         matched |= hmac.compare_digest(given, key.encode())
-    if not matched:
+    return matched
+
+
+def scope_is_authorized(scope: Scope, keys: list[str]) -> bool:
+    """``key_is_valid`` for a raw ASGI scope (middleware runs before any ``Request``)."""
+    return not keys or key_is_valid(_presented_key(Request(scope)), keys)
+
+
+def check_api_key(request: Request, settings: SettingsDep) -> None:
+    """Enforce ``DETECT_API_KEYS`` when set; constant-time comparison against every key."""
+    if not key_is_valid(_presented_key(request), settings.api_keys):
         raise Unauthorized()
 
 

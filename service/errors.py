@@ -2,9 +2,10 @@
 
 Every error leaves the service as ``{"error": {"code": ..., "message": ...}}`` (KServe v2 routes:
 ``{"error": "<message>"}``) with the right status. Bad input is 4xx, overload is 503 with
-``Retry-After``, a missed deadline is 504, a dead engine is 503 (and readiness goes false). The
-engines and the scheduler raise errors in their own terms; ``to_service_error`` maps them here.
-Nothing internal leaks into a message.
+``Retry-After``, a deadline the client set that cannot be met is 504 with ``Retry-After`` (the
+server's own default deadline missed is overload: 503), a dead engine is 503 (and readiness goes
+false). The engines and the scheduler raise errors in their own terms; ``to_service_error`` maps
+them here. Nothing internal leaks into a message.
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from engines.errors import ImageDecodeError, ImageTooLargeError, InferenceError
+from service.request_id import current as request_id
 from service.scheduler.errors import (
     DeadlineUnmeetable,
+    DecodeBusy,
+    DecodeTooCostly,
     QueueFull,
     SchedulerError,
     ShuttingDown,
@@ -75,17 +79,47 @@ class ImageTooLarge(ServiceError):
     status, code = 413, "image_too_large"
 
 
+class RequestTimeout(ServiceError):
+    """The client sent its body too slowly (idle too long, or under the minimum rate)."""
+
+    status, code = 408, "request_timeout"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Connection": "close"})
+
+
 class UnsupportedMediaType(ServiceError):
     status, code = 415, "unsupported_media_type"
 
 
+def retry_after(seconds: float) -> dict[str, str]:
+    """``Retry-After`` in whole seconds (at least 1: 0 would invite an immediate retry)."""
+    return {"Retry-After": str(max(1, min(3600, math.ceil(seconds))))}
+
+
 class Overloaded(ServiceError):
-    """The queue is full or the server is draining: come back later."""
+    """The queue is full, load is shed or the server is draining: come back later."""
 
     status, code = 503, "overloaded"
 
     def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
-        super().__init__(message, headers={"Retry-After": str(max(1, math.ceil(retry_after_s)))})
+        super().__init__(message, headers=retry_after(retry_after_s))
+
+
+class DecodeOverloaded(Overloaded):
+    """The decode budget (memory in flight, decode workers) is spent for now."""
+
+    code = "decode_overloaded"
+
+
+class ShuttingDownError(Overloaded):
+    """The server is stopping; a request still uploading at the grace deadline is cut."""
+
+    code = "shutting_down"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retry_after_s=5)
+        self.headers["Connection"] = "close"
 
 
 class EngineUnavailable(ServiceError):
@@ -96,7 +130,12 @@ class EngineUnavailable(ServiceError):
 
 
 class DeadlineExceeded(ServiceError):
+    """The deadline the client set (header or parameter) cannot be met."""
+
     status, code = 504, "deadline_exceeded"
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message, headers=retry_after(retry_after_s))
 
 
 class ClientClosedRequest(ServiceError):
@@ -111,34 +150,47 @@ class InferenceFailed(ServiceError):
 
 
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
-    error: dict[str, Any] = {"code": code, "message": message}
+    # The request ID lets a client's bug report be matched to the server's log lines.
+    error: dict[str, Any] = {"code": code, "message": message, "request_id": request_id.get()}
     if details is not None:
         error["details"] = details
     return {"error": error}
 
 
-def _from_scheduler(exc: SchedulerError) -> ServiceError:
+def _from_scheduler(exc: SchedulerError, client_deadline: bool) -> ServiceError:
     message = str(exc)
     if isinstance(exc, QueueFull):
         return Overloaded(message, retry_after_s=exc.retry_after_s)
+    if isinstance(exc, DecodeBusy):
+        return DecodeOverloaded(message, retry_after_s=exc.retry_after_s)
+    if isinstance(exc, DecodeTooCostly):
+        return ImageTooLarge(message)
     if isinstance(exc, ShuttingDown):
         return Overloaded(message, retry_after_s=5)
     if isinstance(exc, TooManyImages):  # could never be queued: retrying will not help
         return PayloadTooLarge(message)
     if isinstance(exc, DeadlineUnmeetable):
-        return DeadlineExceeded(message)
+        if client_deadline:
+            return DeadlineExceeded(message, retry_after_s=exc.retry_after_s)
+        # The server's own default deadline: the client asked for nothing it could not have,
+        # the server is just too busy (load shedding).
+        return Overloaded(message, retry_after_s=exc.retry_after_s)
     if isinstance(exc, VariantOutOfService):
         return EngineUnavailable(message)
     log.error("unmapped scheduler error: %r", exc)
     return ServiceError("internal error")
 
 
-def to_service_error(exc: BaseException) -> ServiceError:
-    """Translate engine- and scheduler-level errors into the service taxonomy."""
+def to_service_error(exc: BaseException, *, client_deadline: bool = True) -> ServiceError:
+    """Translate engine- and scheduler-level errors into the service taxonomy.
+
+    ``client_deadline``: whether the request's deadline was set by the client (504 when it
+    cannot be met) or is the server's default (503: overload).
+    """
     if isinstance(exc, ServiceError):
         return exc
     if isinstance(exc, SchedulerError):
-        return _from_scheduler(exc)
+        return _from_scheduler(exc, client_deadline)
     if isinstance(exc, ImageTooLargeError):
         return ImageTooLarge(str(exc))
     if isinstance(exc, ImageDecodeError):
@@ -197,3 +249,23 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)
         return _json(request, to_service_error(exc))
+
+
+# gRPC status code names (``grpc.StatusCode`` members) for each HTTP status the service sends,
+# as Triton's gRPC endpoint reports the same conditions. Used by ``service.grpc_v2.server``.
+GRPC_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    404: "NOT_FOUND",
+    413: "RESOURCE_EXHAUSTED",
+    415: "INVALID_ARGUMENT",
+    422: "INVALID_ARGUMENT",
+    499: "CANCELLED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+def grpc_status_name(err: ServiceError) -> str:
+    """The gRPC status code name for ``err`` (``INTERNAL`` for anything unlisted)."""
+    return GRPC_STATUS.get(err.status, "INTERNAL")

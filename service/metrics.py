@@ -7,7 +7,16 @@ conventions: base units, ``_total`` counters, histograms for latencies.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+from service.stats import InferenceStats
 
 # From 100 us (a small GPU batch) to 30 s (a saturated CPU queue): roughly x2.5 per step so that
 # histogram_quantile() stays within ~25% anywhere in that range.
@@ -41,6 +50,12 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        # The standard process_* (CPU, memory, open fds) and python_info series, which the
+        # default global registry would carry but a custom one does not.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        # Triton-style per-variant statistics for GET /v2/models/stats (not a Prometheus metric).
+        self.inference_stats = InferenceStats()
         self.requests = Counter(
             "detect_requests",
             "Detection requests answered, by HTTP status code.",
@@ -109,7 +124,7 @@ class Metrics:
         )
         self.inflight = Gauge(
             "detect_inflight_requests",
-            "Detection requests being handled (HPA scaling signal).",
+            "Detection requests being handled, counted once their body has arrived (HPA signal).",
             ("model",),
             registry=r,
         )

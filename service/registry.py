@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from engines.artifacts.record import VariantRecord
 from engines.artifacts.variants import ServableVariant, discover_variants
@@ -20,10 +20,14 @@ from engines.model.pipeline import ModelPipeline, load_model_pipeline
 from engines.precision import Precision
 from engines.runtime.backends import open_engine
 from engines.runtime.base import Engine, EngineOptions
+from engines.sources.repository import model_fallback
+from service import speed
 from service.config import Settings
 from service.metrics import Metrics
+from service.model_serving import ModelServing, model_serving
 from service.scheduler import BatchingConfig, BatchScheduler, DeviceLoad
 from service.selection import PrecisionSelector
+from service.speed import LiveSpeed
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +61,8 @@ class ServedVariant:
     engine: Engine
     scheduler: BatchScheduler
     ready: bool = False
+    # Engine time per batch size on this host, kept current by every batch (what `auto` ranks).
+    speed: LiveSpeed = field(default_factory=LiveSpeed)
 
 
 @dataclass
@@ -66,6 +72,7 @@ class ServedModel:
     selector: PrecisionSelector
     variants: dict[Precision, ServedVariant]
     unavailable: dict[Precision, str] = field(default_factory=dict)  # why a precision is not served
+    config: ModelServing | None = None  # effective per-model defaults and batching
 
     @property
     def info(self) -> ModelInfo:
@@ -75,8 +82,9 @@ class ServedModel:
 class _VariantObserver:
     """Routes the scheduler's knowledge to metrics and to the auto-precision policy."""
 
-    def __init__(self, metrics: Metrics, model: str, precision: Precision) -> None:
+    def __init__(self, metrics: Metrics, model: str, precision: Precision, live: LiveSpeed) -> None:
         self._m = metrics
+        self._live = live
         self._labels = (model, precision.value)
         self._model = model
         self._precision = precision
@@ -97,6 +105,7 @@ class _VariantObserver:
         self._m.inference_duration.labels(*self._labels).observe(duration_s)
         if ok:
             self._m.images.labels(*self._labels).inc(size)
+            self._live.observe(size, duration_s)
 
     def rejected(self, reason: str) -> None:
         self._m.rejected.labels(self._model, reason).inc()
@@ -131,13 +140,19 @@ class ModelRegistry:
         found = discover_variants(
             s.models_dir, s.engines_dir, name, s.backend, tuple(s.ort_providers)
         )
-        pipeline = load_model_pipeline(found.source, name, max_pixels=s.max_pixels)
+        pipeline = load_model_pipeline(
+            found.source,
+            name,
+            max_pixels=s.max_pixels,
+            fallback=model_fallback(s.models_dir / name),
+        )
+        serving = model_serving(s, name, pipeline.info)
         unavailable = dict(found.refused)
         variants: dict[Precision, ServedVariant] = {}
         for servable in found.servable:
             precision = servable.record.precision
             try:
-                variants[precision] = self._load_variant(name, servable)
+                variants[precision] = self._load_variant(name, servable, pipeline.info, serving)
             except EngineError as exc:
                 unavailable[precision] = f"failed to load: {exc}"
                 log.error("%s/%s not served: %s", name, precision, exc)
@@ -148,28 +163,42 @@ class ModelRegistry:
             [v.record for v in variants.values()],
             auto_min_agreement=s.auto_min_agreement,
             queue_wait_slo_s=s.queue_wait_slo_ms / 1000,
+            speeds={p: v.speed for p, v in variants.items()},
+            saturation_batch=s.max_batch,
         )
         for variant in variants.values():
             observer = variant.scheduler.observer
             if isinstance(observer, _VariantObserver):
                 observer.selector = selector
-        return ServedModel(name, pipeline, selector, variants, unavailable)
+        return ServedModel(name, pipeline, selector, variants, unavailable, serving)
 
-    def _load_variant(self, name: str, servable: ServableVariant) -> ServedVariant:
+    def _load_variant(
+        self, name: str, servable: ServableVariant, info: ModelInfo, serving: ModelServing
+    ) -> ServedVariant:
         s = self._settings
         record = servable.record
         precision = record.precision
-        engine = engine_factory()(servable, engine_options(s))
+        options = replace(
+            engine_options(s), max_batch=serving.batching.max_batch, input_size=info.input_size
+        )
+        engine = engine_factory()(servable, options)
         engine.warmup()
-        observer = _VariantObserver(self._metrics, name, precision)
+        live = speed.first_guess(record)
+        if s.warmup_timing_runs:
+            # The manifest's figures may come from another host or a busy moment: time this one.
+            sizes = (1, min(s.max_batch, engine.max_batch))
+            timed = speed.measure_engine(engine, sizes, s.warmup_timing_runs, info.input_size)
+            live.replace(timed)
+        observer = _VariantObserver(self._metrics, name, precision, live)
         scheduler = BatchScheduler(
             engine.infer,
             BatchingConfig(
-                max_batch=min(s.max_batch, engine.max_batch),
-                max_wait_s=s.max_wait_ms / 1000,
+                max_batch=min(serving.batching.max_batch, engine.max_batch),
+                max_wait_s=serving.batching.max_wait_ms / 1000,
                 max_queue=s.max_queue,
                 concurrency=s.concurrent_batches,
-                expected_per_image_s=record.per_image_latency_s,
+                # This host's warm-up figure when there is one, not the build machine's.
+                expected_per_image_s=live.per_image_s(s.max_batch),
             ),
             observer=observer,
             on_fatal=lambda exc: self._on_fatal(name, precision, exc),
@@ -183,7 +212,7 @@ class ModelRegistry:
             1
         )
         log.info("loaded %s/%s on %s (%s)", name, precision, engine.device, engine.backend)
-        return ServedVariant(record, engine, scheduler)
+        return ServedVariant(record, engine, scheduler, speed=live)
 
     def _on_fatal(self, model: str, precision: Precision, exc: BaseException) -> None:
         served = self.models.get(model)

@@ -65,10 +65,35 @@ class VariantInfo(BaseModel):
     agreement: float | None = Field(None, description="mAP50-95 agreement with FP32")
     latency_ms: dict[int, float] = Field(default_factory=dict, description="batch size -> ms")
     latency_measured_under: str | None = Field(None, description="the load behind latency_ms")
+    live_latency_ms: dict[int, float] = Field(
+        default_factory=dict,
+        description="batch size -> ms per batch on this host now (what `auto` ranks by)",
+    )
+    live_samples: dict[int, int] = Field(
+        default_factory=dict, description="batch size -> batches behind the live figure"
+    )
+    live_measured_under: dict[int, str] = Field(
+        default_factory=dict, description="batch size -> where the live figure comes from"
+    )
     note: str = ""
     live: LiveAgreementInfo | None = Field(
         None, description="live precision audit (reduced precisions with an FP32 sibling)"
     )
+
+
+class ModelDefaults(BaseModel):
+    conf: float
+    iou: float
+    max_det: int
+    source: str = Field(
+        description="where the values come from: model.yaml, ultralytics (yolo predict's), "
+        "settings (DETECT_DEFAULT_*), '+'-joined when mixed"
+    )
+
+
+class ModelBatching(BaseModel):
+    max_batch: int = Field(description="the model's max batch (never above its own static batch)")
+    max_wait_ms: float
 
 
 class ModelEntry(BaseModel):
@@ -77,10 +102,15 @@ class ModelEntry(BaseModel):
     layout: str
     classes: list[str]
     auto_precision: str
+    auto_under_pressure: bool = Field(
+        False, description="`auto` has moved to its fastest variant (queue wait over the SLO)"
+    )
     variants: list[VariantInfo]
     unavailable: dict[str, str] = Field(
         default_factory=dict, description="precision -> why not served"
     )
+    defaults: ModelDefaults | None = Field(None, description="effective request defaults")
+    batching: ModelBatching | None = Field(None, description="effective batching")
 
 
 class ModelsResponse(BaseModel):
@@ -92,6 +122,7 @@ class ModelsResponse(BaseModel):
 class ErrorDetail(BaseModel):
     code: str
     message: str
+    request_id: str | None = Field(None, description="also in the X-Request-ID header")
 
 
 class ErrorResponse(BaseModel):

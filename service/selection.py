@@ -1,10 +1,15 @@
 """Which precision answers a request.
 
 ``fp32|fp16|int8`` name a variant explicitly (400 if the model has no accepted variant of that
-precision). ``auto`` takes the fastest accepted variant whose measured agreement with FP32 meets
-the *auto* budget (stricter than the acceptance budget), and under queueing pressure steps to a
-faster accepted variant, stepping back once pressure has fallen well below the SLO (hysteresis, so
-it does not flap).
+precision). ``auto`` serves the fastest accepted variant whose measured agreement with FP32 meets
+the *auto* budget (stricter than the acceptance budget). Under queueing pressure (the queue wait
+of the variant ``auto`` sends to stays above the SLO) it moves to the fastest accepted variant,
+when that one is clearly faster; it moves back once the wait has fallen well below the SLO, or
+once no batch has run for a while (hysteresis and a hold time, so it does not flap).
+
+"Fastest" is judged on live figures (``service.speed.LiveSpeed``: measured on this host at
+warm-up and kept current by every batch), never on the build's timings alone: a build timed on
+a busy or different machine once made INT8 look no faster than FP32, and ``auto`` never moved.
 """
 
 from __future__ import annotations
@@ -16,6 +21,11 @@ from collections.abc import Callable, Mapping, Sequence
 from engines.artifacts.record import VariantRecord
 from engines.precision import AUTO, Precision
 from service.errors import PrecisionUnavailable
+from service.speed import LiveSpeed, first_guess
+
+# Move under pressure only to a variant at least this much faster per image (noise in the live
+# figures must not send traffic to a variant that is not really faster).
+FASTER_MARGIN = 0.9
 
 
 class PrecisionSelector:
@@ -29,51 +39,81 @@ class PrecisionSelector:
         queue_wait_slo_s: float,
         recover_fraction: float = 0.5,
         hold_s: float = 2.0,
+        speeds: Mapping[Precision, LiveSpeed] | None = None,
+        saturation_batch: int = 8,
     ) -> None:
         if not variants:
             raise ValueError("a model needs at least one servable variant")
-        self._by_precision = {v.precision: v for v in variants}
-        # Unmeasured variants sort last: never move *to* something we cannot prove is faster.
-        fastest_first = sorted(
-            variants,
-            key=lambda v: v.per_image_latency_s if v.per_image_latency_s is not None else 1e9,
-        )
-        preferred = next(
-            (v for v in fastest_first if (v.agreement or 0.0) >= auto_min_agreement),
-            fastest_first[0],
-        )
-        start = fastest_first.index(preferred)
-        # The auto ladder: the preferred variant, then every faster one, slowest to fastest.
-        self._ladder = [preferred.precision] + [
-            v.precision for v in reversed(fastest_first[:start])
-        ]
-        self._level = 0
+        self._records = {v.precision: v for v in variants}
+        given = dict(speeds or {})
+        # Without live figures (tests, tools), the build's timings are the only guess there is.
+        self._speeds = {p: given.get(p) or first_guess(r) for p, r in self._records.items()}
+        self._min_agreement = auto_min_agreement
+        self._batch = saturation_batch
         self._slo_s = queue_wait_slo_s
         self._recover_s = queue_wait_slo_s * recover_fraction
         self._hold_s = hold_s
+        self._pressured = False
         self._last_move = 0.0
+        self._last_sample = 0.0
         self._wait_ewma: dict[Precision, float] = {}
         self._lock = threading.Lock()
-        # Where `auto` goes when its choice is demoted: variants within the auto budget.
-        self._proven_fastest_first = [
-            v.precision for v in fastest_first if (v.agreement or 0.0) >= auto_min_agreement
-        ]
         # Why `auto` must avoid a precision right now (the live precision audit sets this);
         # None = no objection. Explicit requests for the precision are still served.
         self.demoted: Callable[[Precision], str | None] = lambda _precision: None
 
     @property
     def available(self) -> list[Precision]:
-        return list(self._by_precision)
+        return list(self._records)
+
+    @property
+    def under_pressure(self) -> bool:
+        return self._pressured
+
+    def speed(self, precision: Precision) -> LiveSpeed:
+        return self._speeds[precision]
+
+    def _per_image_s(self, precision: Precision, batch: int) -> float:
+        # Unmeasured variants sort last: never move *to* something we cannot show is faster.
+        seconds = self._speeds[precision].per_image_s(batch)
+        return seconds if seconds is not None else float("inf")
+
+    def preferred(self) -> Precision:
+        """At rest: the fastest variant (alone, batch 1) within the auto agreement budget."""
+        within = [
+            p for p, r in self._records.items() if (r.agreement or 0.0) >= self._min_agreement
+        ]
+        return min(within or list(self._records), key=lambda p: self._per_image_s(p, 1))
+
+    def fastest(self) -> Precision:
+        """Under pressure: the accepted variant that serves the most images per second (full
+        batches), if it is clearly faster than the preferred one; else the preferred one."""
+        rest = self.preferred()
+        best = min(self._records, key=lambda p: self._per_image_s(p, self._batch))
+        faster = self._per_image_s(best, self._batch) < (
+            FASTER_MARGIN * self._per_image_s(rest, self._batch)
+        )
+        return best if faster else rest
 
     @property
     def auto_choice(self) -> Precision:
-        choice = self._ladder[self._level]
+        with self._lock:
+            now = time.monotonic()
+            # No batch for a while means no pressure: a client that comes back after a burst
+            # must not be served by the burst's choice.
+            if self._pressured and now - self._last_sample > max(self._hold_s, 1.0) * 2:
+                self._relieve(now)
+            return self._choice()
+
+    def _choice(self) -> Precision:
+        choice = self.fastest() if self._pressured else self.preferred()
         if self.demoted(choice) is None:
             return choice
-        # Step back down the ladder (slower, better proven), else the fastest one not demoted;
-        # FP32 is the audit's reference and is never demoted.
-        fallbacks = self._ladder[self._level :: -1] + self._proven_fastest_first
+        # The audit objects: the at-rest choice, else the fastest variant within the auto
+        # budget, else any, that it does not object to. FP32 (its reference) is never demoted.
+        by_speed = sorted(self._records, key=lambda p: self._per_image_s(p, self._batch))
+        proven = [p for p in by_speed if (self._records[p].agreement or 0) >= self._min_agreement]
+        fallbacks = [self.preferred(), *proven, *by_speed]
         return next((p for p in fallbacks if self.demoted(p) is None), choice)
 
     def select(self, requested: str, reasons: Mapping[Precision, str] | None = None) -> Precision:
@@ -86,9 +126,9 @@ class PrecisionSelector:
             raise PrecisionUnavailable(
                 f"unknown precision {requested[:32]!r}; use fp32, fp16, int8 or auto"
             ) from None
-        if precision not in self._by_precision:
+        if precision not in self._records:
             why = (reasons or {}).get(precision, "it was not built")
-            served = ", ".join(p.value for p in self._by_precision)
+            served = ", ".join(p.value for p in self._records)
             raise PrecisionUnavailable(
                 f"precision {precision.value} is not served for this model ({why}); "
                 f"served: {served}"
@@ -96,21 +136,25 @@ class PrecisionSelector:
         return precision
 
     def observe_queue_wait(self, precision: Precision, wait_s: float) -> None:
-        """Feed one queue-wait sample; may move the auto choice one step."""
+        """Feed one queue-wait sample (the longest wait of a batch); may move the auto choice."""
         with self._lock:
+            now = time.monotonic()
             previous = self._wait_ewma.get(precision, wait_s)
             self._wait_ewma[precision] = previous + 0.3 * (wait_s - previous)
-            if precision != self.auto_choice:
+            if precision != self._choice():
                 return
-            now = time.monotonic()
+            self._last_sample = now
             if now - self._last_move < self._hold_s:
                 return
             wait = self._wait_ewma[precision]
-            if wait > self._slo_s and self._level + 1 < len(self._ladder):
-                self._level += 1
+            if not self._pressured and wait > self._slo_s and self.fastest() != precision:
+                self._pressured = True
                 self._last_move = now
-            elif wait < self._recover_s and self._level > 0:
-                self._level -= 1
-                self._last_move = now
-                # The slower variant's old average predates the pressure: start it fresh.
-                self._wait_ewma.pop(self._ladder[self._level], None)
+            elif self._pressured and wait < self._recover_s:
+                self._relieve(now)
+
+    def _relieve(self, now: float) -> None:
+        self._pressured = False
+        self._last_move = now
+        # The preferred variant's old average predates the pressure: start it fresh.
+        self._wait_ewma.pop(self.preferred(), None)

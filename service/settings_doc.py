@@ -37,14 +37,31 @@ MEANINGS: dict[str, str] = {
     "auto_min_agreement": "`auto` serves the fastest variant with at least this mAP50-95 "
     "agreement with FP32",
     "queue_wait_slo_ms": "`auto` moves to a faster accepted variant when queue wait exceeds this",
+    "warmup_timing_runs": "batches of 1 and `max_batch` timed per variant at warm-up, so `auto` "
+    "ranks variants on this host's speed (`0`: the manifest's figures until real batches run)",
     "max_body_bytes": "largest request body (`413` above it)",
     "max_pixels": "largest decoded image, width x height (`413` above it)",
     "max_images_per_request": "most images in one request (`image` fields, KServe batch rows)",
     "max_detections": "largest `max_det` a request may ask for (`400` above it)",
+    "max_image_side": "longest image side (`413` above it: decode cost grows with rows, and "
+    "1 x 39,999,999 is under any pixel limit)",
+    "decode_memory_bytes": "per-process decode budget: memory decodes may hold at once, priced "
+    "from each image's header (an image needing more alone is `413`; a backlog that would miss "
+    "the deadline `503` `decode_overloaded`)",
+    "decode_workers": "decode threads; `0` = one per CPU",
+    "max_header_bytes": "request line plus headers (`431` above it)",
+    "max_headers": "most request headers (`431` above it)",
+    "header_timeout_s": "a request's headers, or an idle new connection's first request, must "
+    "arrive within this (`408` / closed)",
+    "body_idle_timeout_s": "longest pause while a body is sent (`408`)",
+    "body_min_bytes_per_s": "average rate a body must keep up after the grace (`408`; `0` = off)",
+    "body_rate_grace_s": "grace before the minimum body rate applies",
+    "max_connections": "open connections; more get `503` JSON with `Retry-After` at once",
     "api_keys": "when set, `Authorization: Bearer KEY` or `X-API-Key` is required on "
-    "inference routes",
+    "inference routes and v2 metadata (`401` before any limit is revealed)",
     "protect_health": "also require a key on `/health/*`",
     "protect_metrics": "also require a key on `/metrics`",
+    "protect_docs": "with keys set, `/docs`, `/redoc` and `/openapi.json` need one too",
     "cors_origins": "browser origins allowed by CORS (none by default)",
     "shutdown_grace_s": "drain time on SIGTERM",
     "audit_sample_fraction": "share of reduced-precision answers re-run in FP32 by the live "

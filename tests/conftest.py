@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import shutil
 import subprocess
@@ -10,6 +11,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import httpx
 import pytest
@@ -23,6 +25,7 @@ DEFAULT_MODEL = "yolov3-tiny-coco"
 # scripts/test.sh fills it once and every later run reuses it.
 MODELS_DIR = HomeSettings().models_dir
 DEFAULT_MODEL_DIR = MODELS_DIR / DEFAULT_MODEL
+CONFIGURED = "yolo26-e2e-configured"  # an Ultralytics fixture with a model.yaml of its own
 
 
 def _missing(what: str, install_hint: str) -> None:
@@ -145,7 +148,7 @@ def _gpu_available() -> tuple[bool, str]:
     try:
         import tensorrt  # noqa: F401
     except ImportError:
-        return False, "TensorRT is not installed (GPU hosts: pip install '.[gpu]')"
+        return False, "TensorRT is not installed (GPU hosts: scripts/gpu_check.sh installs it)"
     from engines.runtime.host import gpu_name
 
     name = gpu_name()
@@ -163,3 +166,46 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("gpu"):
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def ultralytics_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, Any]]:
+    """Every committed Ultralytics export added to one repository and built (FP32 + INT8,
+    + FP16 for half exports): (models_dir, engines_dir, name -> manifest)."""
+    from tests.ultralytics_forms import add_to_repository, build_fixture, fixture_index
+
+    root = tmp_path_factory.mktemp("ultralytics")
+    models_dir, engines_dir = root / "models", root / "engines"
+    manifests = {}
+    for name in fixture_index():
+        add_to_repository(models_dir, name)
+        manifests[name] = build_fixture(models_dir, engines_dir, name)
+    # The same export once more, with its own settings in a model.yaml (no source: a user's ONNX).
+    configured = models_dir / CONFIGURED
+    shutil.copytree(models_dir / "yolo26-e2e", configured)
+    (configured / "model.yaml").write_text(
+        f"name: {CONFIGURED}\n"
+        "defaults: {conf: 0.5, max_det: 3}\n"
+        "batching: {max_batch: 1, max_wait_ms: 1}\n"
+        "build: {precisions: [fp32]}\n"
+    )
+    manifests[CONFIGURED] = build_fixture(models_dir, engines_dir, CONFIGURED)
+    return models_dir, engines_dir, manifests
+
+
+@pytest.fixture(scope="session")
+def ultralytics_server(
+    server_factory: Callable[..., Server], ultralytics_repo: tuple[Path, Path, dict[str, Any]]
+) -> Server:
+    """One server serving every built Ultralytics export at once."""
+    models_dir, engines_dir, manifests = ultralytics_repo
+    names = sorted(manifests)
+    return server_factory(
+        {
+            "DETECT_MODELS_DIR": str(models_dir),
+            "DETECT_ENGINES_DIR": str(engines_dir),
+            "DETECT_MODELS": json.dumps(names),
+            "DETECT_DEFAULT_MODEL": names[0],
+            "DETECT_MAX_BATCH": "2",
+        }
+    )

@@ -4,8 +4,10 @@ Stored as ``{engines_dir}/{model}/manifest.json`` beside the artifacts it descri
 sidecar, never a header inside an engine file). One ``VariantRecord`` per variant.
 
 Schema history: 1 kept ``status`` as ``"rejected: <why>"`` and timings as top-level
-``latency_ms``/``images_per_s``; 2 has ``status`` + ``reason`` and ``timings``. Version 1 files are
-read (upgraded in memory); a newer version than this code knows is refused with the reason.
+``latency_ms``/``images_per_s``; 2 has ``status`` + ``reason`` and ``timings``; 3 holds one record
+per (backend, precision), the builds of several backends side by side, and adds the ``pending``
+status. Versions 1 and 2 are read (upgraded in memory); a newer version than this code knows is
+refused with the reason (an older reader would take another backend's record for its own).
 """
 
 from __future__ import annotations
@@ -21,14 +23,19 @@ from pydantic import BaseModel, Field, model_validator
 from engines.artifacts.record import VariantRecord
 from engines.errors import ArtifactMismatchError
 from engines.precision import Precision
+from engines.runtime.backends import DEFAULT_BACKEND
 
 MANIFEST = "manifest.json"
-SCHEMA_VERSION: Literal[2] = 2
+SCHEMA_VERSION: Literal[3] = 3
 
 
 def manifest_path(engines_dir: Path, model: str) -> Path:
     """Where the build of ``model`` records itself (its artifacts lie beside it)."""
     return engines_dir / model / MANIFEST
+
+
+def _slot(record: VariantRecord) -> tuple[str, Precision]:
+    return record.backend, record.precision
 
 
 def _upgrade_v1_variant(old: dict[str, Any]) -> dict[str, Any]:
@@ -43,7 +50,7 @@ def _upgrade_v1_variant(old: dict[str, Any]) -> dict[str, Any]:
 
 
 class Manifest(BaseModel):
-    schema_version: Literal[2] = SCHEMA_VERSION
+    schema_version: Literal[3] = SCHEMA_VERSION
     model: str
     source_path: str
     source_sha256: str
@@ -61,6 +68,8 @@ class Manifest(BaseModel):
         if version == 1:
             variants = [_upgrade_v1_variant(v) for v in data.get("variants", [])]
             return {**data, "schema_version": SCHEMA_VERSION, "variants": variants}
+        if version == 2:  # a subset of 3: one backend's records, none pending
+            return {**data, "schema_version": SCHEMA_VERSION}
         if isinstance(version, int) and version > SCHEMA_VERSION:
             raise ArtifactMismatchError(
                 f"manifest schema {version} is newer than this detect-serve reads "
@@ -68,13 +77,17 @@ class Manifest(BaseModel):
             )
         return data
 
-    def variant(self, precision: Precision) -> VariantRecord | None:
-        return next((v for v in self.variants if v.precision == precision), None)
+    def variant(self, precision: Precision, backend: str = DEFAULT_BACKEND) -> VariantRecord | None:
+        """``backend``'s record of ``precision``, if any."""
+        found = (v for v in self.variants if (v.backend, v.precision) == (backend, precision))
+        return next(found, None)
 
     def with_variant(self, record: VariantRecord) -> None:
-        """Record ``record``, replacing any earlier one of its precision, in precision order."""
-        kept = [v for v in self.variants if v.precision != record.precision]
-        self.variants = sorted([*kept, record], key=lambda v: list(Precision).index(v.precision))
+        """Record ``record``, replacing only the earlier one of its backend and precision; by
+        backend, then in precision order."""
+        kept = [v for v in self.variants if (v.backend, v.precision) != _slot(record)]
+        order = list(Precision)
+        self.variants = sorted([*kept, record], key=lambda v: (v.backend, order.index(v.precision)))
 
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)

@@ -61,7 +61,9 @@ class Timings(_Frozen):
         return ms / 1000 / batch
 
 
-Status = Literal["accepted", "rejected"]
+# pending: the variant ONNX passed its check, but its backend's artifact (a TensorRT plan) is
+# compiled and checked where the backend's compiler is (the GPU host); not served until then.
+Status = Literal["accepted", "rejected", "pending"]
 
 
 class VariantRecord(_Frozen):
@@ -74,7 +76,7 @@ class VariantRecord(_Frozen):
     artifact: str | None = Field(None, description="file name beside the manifest, or a path")
     artifact_sha256: str | None = None
     status: Status = "rejected"  # nothing is accepted until the build has proven it
-    reason: str = Field("", description="why it was rejected; empty when accepted")
+    reason: str = Field("", description="why it was rejected or is pending; empty when accepted")
     accuracy: Accuracy | None = None
     timings: Timings | None = None
     calibration: Calibration | None = None
@@ -108,3 +110,7 @@ class VariantRecord(_Frozen):
 
     def reject(self, reason: str) -> VariantRecord:
         return self.model_copy(update={"status": "rejected", "reason": reason})
+
+    def defer(self, reason: str) -> VariantRecord:
+        """Pending: proven as far as this host can go, compiled and judged elsewhere."""
+        return self.model_copy(update={"status": "pending", "reason": reason})

@@ -82,8 +82,9 @@ def load_servable_variants(
     """(variants to serve, precision -> why it is not served) from ``engines_dir/model``.
 
     Only accepted variants that pass ``verify_variant`` are served; the reasons for the rest
-    (rejected by the build, or refused here) come back so the server can answer a request for
-    them with the reason. Raises ``ArtifactMismatchError`` when there is no manifest at all.
+    (rejected or pending in the build, or refused here) come back so the server can answer a
+    request for them with the reason. Raises ``ArtifactMismatchError`` when there is no manifest
+    at all.
     """
     folder = engines_dir / model
     manifest = Manifest.load(folder)
@@ -92,9 +93,14 @@ def load_servable_variants(
     host = current_host(backend, providers)
     servable: list[ServableVariant] = []
     refused: dict[Precision, str] = {}
-    for variant in manifest.variants:
+    # One manifest holds every backend's builds: this host's backend first, so another
+    # backend's record of a precision never hides (or stands in for) this backend's own.
+    ordered = sorted(manifest.variants, key=lambda v: v.backend != backend)
+    for variant in ordered:
+        if variant.precision in refused.keys() | {s.record.precision for s in servable}:
+            continue
         if not variant.accepted:
-            refused[variant.precision] = f"rejected: {variant.reason}"
+            refused[variant.precision] = f"{variant.status}: {variant.reason}"  # rejected/pending
             continue
         try:
             servable.append(ServableVariant(variant, verify_variant(variant, folder, host)))

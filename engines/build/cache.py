@@ -23,10 +23,15 @@ def cache_key(inputs: dict[str, Any], host: HostInfo) -> str:
 
 
 def cached_variant(
-    manifest: Manifest | None, variant_key: str, folder: Path, precision: Precision
+    manifest: Manifest | None,
+    variant_key: str,
+    folder: Path,
+    precision: Precision,
+    backend: str,
 ) -> VariantRecord | None:
-    """The recorded variant if its key matches and its artifact still has the recorded sha256."""
-    old = manifest.variant(precision) if manifest else None
+    """``backend``'s recorded variant of ``precision`` if its key matches and its artifact still
+    has the recorded sha256."""
+    old = manifest.variant(precision, backend) if manifest else None
     if old is None or old.cache_key != variant_key:
         return None
     if old.artifact is None:

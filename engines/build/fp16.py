@@ -25,8 +25,13 @@ FP16_FRAGILE_OPS = (
 )
 
 
-def to_fp16(model: onnx.ModelProto, keep_float: Sequence[str] = ()) -> onnx.ModelProto:
-    """Float16 graph with float32 inputs/outputs; fragile ops and ``keep_float`` nodes stay fp32."""
+def to_fp16(
+    model: onnx.ModelProto,
+    keep_float: Sequence[str] = (),
+    block_ops: Sequence[str] = FP16_FRAGILE_OPS,
+) -> onnx.ModelProto:
+    """Float16 graph with float32 inputs/outputs; ``block_ops`` ops and ``keep_float`` nodes
+    stay fp32 (besides the converter's own block list)."""
     from onnxconverter_common import float16
 
     # The converter matches nodes by name and fails on unnamed ones; name them on a copy.
@@ -40,11 +45,21 @@ def to_fp16(model: onnx.ModelProto, keep_float: Sequence[str] = ()) -> onnx.Mode
     converted: onnx.ModelProto = float16.convert_float_to_float16(
         model,
         keep_io_types=True,
-        op_block_list=list(float16.DEFAULT_OP_BLOCK_LIST) + list(FP16_FRAGILE_OPS),
+        op_block_list=_block_list(block_ops),
         node_block_list=list(keep_float),
     )
     _restore_float_outputs(converted, float_outputs)
     return converted
+
+
+def _block_list(block_ops: Sequence[str]) -> list[str]:
+    from onnxconverter_common import float16
+
+    # The converter's own list blocks Resize/Upsample (for ONNX Runtime's sake); a caller whose
+    # ``block_ops`` leaves Resize out (TensorRT has FP16 resize) means it for both names.
+    resize = ("Resize", "Upsample")
+    defaults = [op for op in float16.DEFAULT_OP_BLOCK_LIST if op not in resize]
+    return defaults + list(block_ops) + (["Upsample"] if "Resize" in block_ops else [])
 
 
 def _restore_float_outputs(model: onnx.ModelProto, names: set[str]) -> None:

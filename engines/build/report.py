@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import TextIO
 
 from engines.artifacts.manifest import Manifest
+from engines.artifacts.record import VariantRecord
 
 log = logging.getLogger(__name__)
 BAR_WIDTH = 24
@@ -72,9 +73,13 @@ def _cell(value: float | None, fmt: str) -> str:
     return format(value, fmt) if value is not None else format("-", fmt.split(".")[0] + "s")
 
 
+def _status(variant: VariantRecord) -> str:
+    return variant.status if variant.accepted else variant.status.upper()
+
+
 def summary_table(manifest: Manifest) -> str:
     header = (
-        f"{'precision':<9} {'status':<10} {'mAP50-95 agr':>12} {'mAP50 agr':>9} "
+        f"{'backend':<11} {'precision':<9} {'status':<10} {'mAP50-95 agr':>12} {'mAP50 agr':>9} "
         f"{'float nodes':>11} {'ms @1':>8} {'ms @max':>8} {'img/s':>7}  artifact"
     )
     lines = [
@@ -88,7 +93,7 @@ def summary_table(manifest: Manifest) -> str:
         latency = v.latency_ms
         top = max(latency) if latency else None
         lines.append(
-            f"{v.precision.value:<9} {'accepted' if v.accepted else 'REJECTED':<10} "
+            f"{v.backend:<11} {v.precision.value:<9} {_status(v):<10} "
             f"{_cell(acc.map50_95_agreement if acc else None, '>12.4f')} "
             f"{_cell(acc.map50_agreement if acc else None, '>9.4f')} {len(v.kept_float):>11} "
             f"{_cell(latency.get(1), '>8.1f')} "
@@ -96,5 +101,5 @@ def summary_table(manifest: Manifest) -> str:
             f"{_cell(top * 1000 / latency[top] if top else None, '>7.1f')}  {v.artifact or '-'}"
         )
         if not v.accepted:
-            lines.append(f"          why: {v.reason}")
+            lines.append(f"{'':<22}why: {v.reason}")
     return "\n".join(lines)

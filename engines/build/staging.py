@@ -17,7 +17,7 @@ from pathlib import Path
 
 PREFIX = ".building-"
 # Caches a variant build reads and extends; seeded into the staging folder, moved back with it.
-REUSABLE = ("calibration-*.json", "timing.cache")
+REUSABLE = ("calibration-*.json", "timing-*.cache")  # TensorRT's: one per GPU model and version
 
 
 def _alive(pid: int) -> bool:

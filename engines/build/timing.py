@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from engines.runtime.base import Engine
+from engines.runtime.base import Engine, input_shape
 
 
 def batch_sizes(max_batch: int) -> list[int]:
@@ -24,17 +24,19 @@ def time_engine(
     engine: Engine,
     sizes: Sequence[int],
     *,
+    input_size: tuple[int, int] | None = None,
     min_runs: int = 3,
     min_seconds: float = 1.0,
     on_size: Callable[[int], None] | None = None,
 ) -> dict[int, float]:
     """Median milliseconds of ``engine.infer`` per batch size (random input of the engine's
-    shape, one warm-up call per shape first); ``on_size(1)`` after each size."""
-    _, c, h, w = (d if d is not None else 1 for d in engine.inputs[0].shape)
+    shape, symbolic height/width at ``input_size``, one warm-up call per shape first);
+    ``on_size(1)`` after each size."""
     rng = np.random.default_rng(0)
     medians: dict[int, float] = {}
     for size in sizes:
-        batch = rng.uniform(0, 1, (size, c, h, w)).astype(np.float32)
+        shape = input_shape(engine.inputs[0], size, input_size)
+        batch = rng.uniform(0, 1, shape).astype(np.float32)
         engine.infer(batch)  # warm-up for this shape
         runs: list[float] = []
         started = time.perf_counter()

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from engines.artifacts.record import Accuracy
+from engines.artifacts.record import Accuracy, VariantRecord
 from engines.build.accuracy import CANDIDATE_OPTIONS, agreement, label_map
 from engines.build.int8.calibration import ImageSet
 from engines.model.pipeline import ModelPipeline
@@ -73,3 +73,12 @@ def measure(engine: Engine, ref: Reference, budget: float, tick: Tick | None = N
         validation_hash=ref.images.content_hash,
         labelled_map50_95=labelled,
     )
+
+
+def judge(record: VariantRecord, accuracy: Accuracy) -> VariantRecord:
+    """``record`` with ``accuracy``, accepted when it meets the budget it was measured against."""
+    record = record.model_copy(update={"accuracy": accuracy})
+    score, budget = accuracy.map50_95_agreement, accuracy.budget
+    if score >= budget:
+        return record.accept()
+    return record.reject(f"mAP50-95 agreement {score:.4f} < budget {budget}")

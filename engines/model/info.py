@@ -18,7 +18,7 @@ from pathlib import Path
 import onnx
 
 from engines.errors import ModelFormatError
-from engines.model.preprocess import DEFAULT_PAD_VALUE
+from engines.model.preprocess import DEFAULT_PAD_VALUE, Resize
 from engines.runtime.base import TensorInfo
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,12 @@ class ModelInfo:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def resize(self) -> Resize:
+        """The letterbox resize the model was fed in training: OpenCV's for Ultralytics exports
+        (their ``author`` metadata), so that we answer like ``yolo predict``; else Pillow's."""
+        return "opencv" if self.metadata.get("author", "").startswith("Ultralytics") else "pillow"
 
 
 def _parse_literal(text: str) -> object:
@@ -80,29 +86,67 @@ def _tensor_infos(values: list[onnx.ValueInfoProto]) -> tuple[TensorInfo, ...]:
     return tuple(infos)
 
 
+def _pair(value: object, what: str) -> tuple[int, int]:
+    """``640`` or ``[h, w]`` -> (h, w) of positive ints, else ``ModelFormatError``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value, value)
+    if (
+        isinstance(value, list | tuple)
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    ):
+        return int(value[0]), int(value[1])
+    raise ModelFormatError(f"{what} must be a positive int or [height, width], got {value!r}")
+
+
 def _input_size(
-    meta: Mapping[str, str], inp: TensorInfo, fallback: Mapping[str, object]
+    meta: Mapping[str, str],
+    inp: TensorInfo,
+    fallback: Mapping[str, object],
+    override: tuple[int, int] | None,
 ) -> tuple[int, int]:
-    if "imgsz" in meta:
-        value = _parse_literal(meta["imgsz"])
-        if isinstance(value, int):
-            return value, value
-        if isinstance(value, list | tuple) and len(value) == 2:
-            return int(value[0]), int(value[1])
-    h, w = inp.shape[2], inp.shape[3]
-    if h is not None and w is not None:
-        return h, w
-    size = fallback.get("input_size")
-    if isinstance(size, list | tuple) and len(size) == 2:
-        return int(size[0]), int(size[1])
-    log.warning("input size unknown for a dynamic-shape model without metadata; using 640x640")
-    return 640, 640
+    """The (height, width) images are letterboxed to.
+
+    Order: an explicit size (``--imgsz``), then ``model.yaml``'s ``input_size``, then the
+    exporter's ``imgsz`` metadata, then the input's static dims. A static input admits only
+    its own size: any other would fail in the first convolution, so that is refused here, at
+    build, with both sizes named.
+    """
+    static = (inp.shape[2], inp.shape[3])
+    chosen: tuple[int, int] | None = None
+    if override is not None:
+        chosen, what = _pair(list(override), "--imgsz"), "--imgsz"
+    elif fallback.get("input_size") is not None:
+        chosen, what = _pair(fallback["input_size"], "model.yaml input_size"), "model.yaml"
+    elif "imgsz" in meta:
+        chosen, what = _pair(_parse_literal(meta["imgsz"]), "metadata imgsz"), "metadata imgsz"
+    if chosen is not None:
+        for got, fixed, axis in zip(chosen, static, ("height", "width"), strict=True):
+            if fixed is not None and got != fixed:
+                raise ModelFormatError(
+                    f"input size {chosen[0]}x{chosen[1]} from {what} does not fit the model's "
+                    f"static input {axis} {fixed} (input shape {inp.shape})"
+                )
+        return chosen
+    if static[0] is not None and static[1] is not None:
+        return static[0], static[1]
+    raise ModelFormatError(
+        f"input {inp.name!r} has symbolic height/width {inp.shape} and no imgsz metadata: give "
+        "the size with `detect-serve build ... --imgsz H,W` or input_size in model.yaml"
+    )
 
 
 def read_model_info(
-    path: Path, name: str, fallback: Mapping[str, object] | None = None
+    path: Path,
+    name: str,
+    fallback: Mapping[str, object] | None = None,
+    input_size: tuple[int, int] | None = None,
 ) -> ModelInfo:
-    """Read a model's static description; raise ``ModelFormatError`` if it is not usable ONNX."""
+    """Read a model's static description; raise ``ModelFormatError`` if it is not usable ONNX.
+
+    ``fallback`` holds the model's ``model.yaml`` values (``class_names``, ``layout``,
+    ``input_size``); ``input_size`` is an explicit size that overrides every other source.
+    """
     fallback = fallback or {}
     try:
         model = onnx.load(str(path), load_external_data=False)
@@ -129,7 +173,7 @@ def read_model_info(
     return ModelInfo(
         name=name,
         input_name=inputs[0].name,
-        input_size=_input_size(meta, inputs[0], fallback),
+        input_size=_input_size(meta, inputs[0], fallback, input_size),
         class_names=names,
         layout=str(layout) if layout else None,
         inputs=inputs,

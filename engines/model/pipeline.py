@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engines.model.draft import draft_request, full_size, stored_size, to_full_size
 from engines.model.info import ModelInfo, read_model_info
 from engines.model.layouts import OutputLayout, detect_layout
 from engines.model.postprocess import Detections, postprocess
@@ -47,14 +48,26 @@ class ModelPipeline:
     info: ModelInfo
     layout: OutputLayout
     max_pixels: int = DEFAULT_MAX_PIXELS
+    reduced_decode: bool = True  # JPEGs much larger than the input decode at 1/2..1/8 scale
 
     def prepare(self, data: bytes) -> PreparedImage:
         """Encoded image bytes (untrusted: size-checked before decoding) -> prepared image."""
-        return self.prepare_array(decode_image(data, max_pixels=self.max_pixels))
+        stored = stored_size(data) if self.reduced_decode else None
+        draft = draft_request(stored, self.info.input_size) if stored else None
+        image = decode_image(data, max_pixels=self.max_pixels, draft_size=draft)
+        prepared = self.prepare_array(image)
+        if stored is None or stored[0] * stored[1] == image.shape[0] * image.shape[1]:
+            return prepared  # decoded at full scale
+        width, height = full_size(stored, (image.shape[1], image.shape[0]))
+        transform = to_full_size(prepared.transform, (width, height))
+        return PreparedImage(prepared.tensor, transform, width=width, height=height)
 
     def prepare_array(self, image: np.ndarray) -> PreparedImage:
         """A decoded HxWx3 uint8 RGB image -> prepared image."""
-        tensor, transform = letterbox(image, self.info.input_size, pad_value=self.info.pad_value)
+        info = self.info
+        tensor, transform = letterbox(
+            image, info.input_size, pad_value=info.pad_value, resize=info.resize
+        )
         return PreparedImage(tensor, transform, width=image.shape[1], height=image.shape[0])
 
     def finish(
@@ -106,7 +119,9 @@ class ModelPipeline:
         by_name = {name: i for i, name in enumerate(self.info.class_names)}
         ids: set[int] = set()
         for token in (t.strip() for t in text.split(",")):
-            if token.isdigit() and int(token) < self.info.num_classes:
+            # ASCII digits only: str.isdigit() also accepts '٣' (int() reads it as 3) and '²'
+            # (which int() refuses), neither of which a client means as a class id.
+            if token.isascii() and token.isdigit() and int(token) < self.info.num_classes:
                 ids.add(int(token))
             elif token in by_name:
                 ids.add(by_name[token])
@@ -116,12 +131,19 @@ class ModelPipeline:
 
 
 def load_model_pipeline(
-    onnx_path: Path, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS
+    onnx_path: Path,
+    name: str,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    fallback: Mapping[str, object] | None = None,
+    input_size: tuple[int, int] | None = None,
 ) -> ModelPipeline:
     """Read a model's description and pick its output layout, once per model.
 
-    Raises ``ModelFormatError`` for a file that is not a usable detection ONNX.
+    ``fallback`` holds its model.yaml facts, ``input_size`` an explicit size (see
+    ``read_model_info``). Raises ``ModelFormatError`` for a file that is not a usable detection
+    ONNX.
     """
-    info = read_model_info(onnx_path, name)
+    info = read_model_info(onnx_path, name, fallback, input_size)
     layout = detect_layout(info.outputs, info.num_classes, info.layout)
     return ModelPipeline(info, layout, max_pixels)

@@ -8,13 +8,18 @@ only needs the protocol) imports on a machine without CUDA.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
 from engines.precision import Precision
+
+if TYPE_CHECKING:  # the INT8 quantizer's argument types are build code
+    from engines.build.int8.calibration import CalibrationSet
+    from engines.build.int8.quantize import Int8Options
 
 
 @dataclass(frozen=True)
@@ -100,12 +105,52 @@ class EngineOptions:
     max_batch: int = 8
     providers: tuple[str, ...] = ("CPUExecutionProvider",)  # ONNX Runtime execution providers
     intra_op_threads: int = 0  # 0 = the runtime's default
+    # (height, width) for warm-up batches of a model whose input height/width are symbolic
+    input_size: tuple[int, int] | None = None
+    # ONNX Runtime session config entries (the build's fake-quant check of TensorRT graphs).
+    session_config: Mapping[str, str] = field(default_factory=dict)
+
+
+class Int8Quantizer(Protocol):
+    """Writes the INT8 Q/DQ graph of ``source`` to ``target``, ``keep_float`` nodes left in
+    float; ``only`` restricts quantization to those nodes (the sensitivity probes)."""
+
+    def __call__(
+        self,
+        source: Path,
+        target: Path,
+        calibration: CalibrationSet,
+        options: Int8Options,
+        *,
+        keep_float: Sequence[str],
+        only: Sequence[str] | None = None,
+    ) -> None: ...
+
+
+def quantize_for_onnxruntime_cpu(
+    source: Path,
+    target: Path,
+    calibration: CalibrationSet,
+    options: Int8Options,
+    *,
+    keep_float: Sequence[str],
+    only: Sequence[str] | None = None,
+) -> None:
+    """ONNX Runtime's CPU recipe (``engines.build.int8.quantize.quantize_int8``). Quantizers
+    are build code: imported when a build quantizes, never by the server."""
+    from engines.build.int8.quantize import quantize_int8
+
+    quantize_int8(source, target, calibration, options, keep_float=keep_float, only=only)
 
 
 @dataclass(frozen=True)
 class Int8Recipe:
-    """How a backend wants its INT8 Q/DQ graphs quantized (the build turns it into options)."""
+    """How a backend wants its INT8 Q/DQ graphs made: the quantizer that writes them and the
+    options it needs (the build turns them into ``Int8Options``)."""
 
+    # Part of every INT8 cache key: a changed recipe never reuses graphs the old one made.
+    name: str = "onnxruntime-cpu"
+    quantize: Int8Quantizer = quantize_for_onnxruntime_cpu
     # TensorRT takes only symmetric (zero-point 0) activations; ONNX Runtime takes both, and on
     # AVX2 CPUs symmetric int8 activations are shifted to uint8 and saturate its u8s8 kernels.
     symmetric_activations: bool = False
@@ -122,6 +167,18 @@ class Backend(Protocol):
     def int8(self) -> Int8Recipe: ...
 
     @property
+    def graph_suffix(self) -> str:
+        """How this backend's variant ONNX files end (``int8.onnx``, ``int8.trt.onnx``), so the
+        builds of several backends live side by side in one model folder."""
+
+    @property
+    def accuracy_session_config(self) -> Mapping[str, str]:
+        """ONNX Runtime session config under which the build judges this backend's variant
+        ONNX against FP32 before any compile. Empty: as ONNX Runtime serves it, on the build's
+        providers. Otherwise on CPU with these entries (TensorRT: fake-quant, which computes
+        Q/DQ as TensorRT does, instead of ONNX Runtime's CPU integer kernels)."""
+
+    @property
     def revalidate_compiled(self) -> bool:
         """True when ``compile`` changes the numerics (its own kernels, fusions): the build then
         measures the compiled artifact's accuracy again instead of trusting the ONNX's."""
@@ -129,11 +186,32 @@ class Backend(Protocol):
     def open(self, artifact: Path, precision: Precision, options: EngineOptions) -> Engine:
         """Load an artifact this backend compiled (or a variant ONNX) as a runnable engine."""
 
-    def compile(self, onnx_path: Path, out_dir: Path, max_batch: int) -> Path:
-        """The artifact to serve for a variant ONNX: the ONNX itself, or a compiled plan."""
+    def compile(
+        self, onnx_path: Path, cache_dir: Path, max_batch: int, input_size: tuple[int, int]
+    ) -> Path:
+        """The artifact to serve for a variant ONNX: the ONNX itself, or a compiled plan written
+        beside it. ``cache_dir`` keeps compile caches across builds; ``input_size`` (height,
+        width) fills symbolic input dims. ``CompilerUnavailableError`` when this host cannot
+        compile (the build then records the variant as pending)."""
 
     def tool_versions(self) -> dict[str, str]:
         """Versions of the tools whose change changes what an artifact computes."""
 
     def device(self, providers: tuple[str, ...]) -> str:
         """The device an artifact is tied to on this host (part of every build's cache key)."""
+
+
+def input_shape(
+    info: TensorInfo, batch: int, input_size: tuple[int, int] | None
+) -> tuple[int, int, int, int]:
+    """A concrete NCHW shape for ``info``: ``batch`` images of ``input_size`` (height, width).
+
+    Symbolic spatial dims take ``input_size``: feeding 1 instead makes a YOLO graph fail in
+    its first Concat of upsampled and strided feature maps, and times the wrong work anyway.
+    """
+    _, c, h, w = info.shape
+    if h is None or w is None:
+        if input_size is None:
+            raise ValueError(f"input {info.name!r} {info.shape} has symbolic height/width")
+        h, w = h or input_size[0], w or input_size[1]
+    return batch, c or 3, h, w

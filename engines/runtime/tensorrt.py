@@ -1,24 +1,29 @@
 """TensorRT backend: runs a serialized plan with cuda-python (GPU hosts only).
 
 Each concurrent caller gets its own execution context, CUDA stream, pinned host buffers and
-device buffers (sized for ``max_batch``) from a small pool, so batches from several scheduler
-threads overlap on the GPU. TensorRT and cuda-python are imported when an engine is created,
-never at module import, so this module imports anywhere.
+device buffers from a small pool, so batches from several scheduler threads overlap on the GPU.
+TensorRT requires a separate optimization profile per concurrently used context, so the pool has
+one context per profile in the plan (``build_plan`` writes one per context), and the batch
+limits and buffer sizes come from those profiles, not from settings. TensorRT and cuda-python
+are imported when an engine is created, never at module import, so this module imports anywhere.
 """
 
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import json
+import logging
 import queue
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from engines.errors import EngineLoadError, InferenceError
+from engines.errors import CompilerUnavailableError, EngineLoadError, InferenceError
 from engines.precision import Precision
 from engines.runtime import onnxruntime
 from engines.runtime.base import (
@@ -31,9 +36,16 @@ from engines.runtime.base import (
 )
 from engines.runtime.host import gpu_name, module_version
 
+if TYPE_CHECKING:  # the INT8 quantizer's argument types are build code
+    from engines.build.int8.calibration import CalibrationSet
+    from engines.build.int8.quantize import Int8Options
+
 NAME = "tensorrt"
 
+log = logging.getLogger(__name__)
 _MAX_ULTRALYTICS_META = 1 << 20
+# How long close() waits for batches still running before it frees their buffers.
+CLOSE_WAIT_S = 30.0
 
 
 def split_ultralytics_engine(data: bytes) -> tuple[dict[str, Any] | None, bytes]:
@@ -65,12 +77,9 @@ def import_tensorrt() -> Any:
 
 def import_cudart() -> Any:
     try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-    except ImportError:
-        try:
-            from cuda import cudart  # older cuda-python
-        except ImportError as exc:
-            raise EngineLoadError("cuda-python is not installed (detect-serve[gpu])") from exc
+        from cuda.bindings import runtime as cudart  # cuda-python (cuda-bindings) 12.6+ / 13
+    except ImportError as exc:
+        raise EngineLoadError("cuda-python is not installed (detect-serve[gpu])") from exc
     return cudart
 
 
@@ -84,7 +93,7 @@ def _check(result: Any, what: str) -> Any:
 
 @dataclass
 class _Slot:
-    """One execution context with its own stream and buffers."""
+    """One execution context on its own optimization profile, with its stream and buffers."""
 
     context: Any
     stream: Any
@@ -93,12 +102,27 @@ class _Slot:
     host_ptrs: list[int]
 
 
+@dataclass(frozen=True)
+class _Profile:
+    """The input shape range of one optimization profile."""
+
+    min_shape: tuple[int, ...]
+    max_shape: tuple[int, ...]
+
+
 class TensorRTEngine(EngineTensors):
     backend = NAME
 
     def __init__(
-        self, plan_path: Path, precision: Precision, *, max_batch: int, concurrency: int = 2
+        self,
+        plan_path: Path,
+        precision: Precision,
+        *,
+        max_batch: int | None = None,
+        concurrency: int = 2,
     ) -> None:
+        """``max_batch`` may lower the plan's own limit (smaller buffers), never raise it;
+        ``concurrency`` contexts at most, and no more than the plan has profiles."""
         trt = import_tensorrt()
         self._cudart = import_cudart()
         meta, plan = split_ultralytics_engine(plan_path.read_bytes())
@@ -109,7 +133,6 @@ class TensorRTEngine(EngineTensors):
         if self._engine is None:
             raise EngineLoadError(f"TensorRT could not deserialize {plan_path} (version/device?)")
         self._precision = precision
-        self._max_batch = max_batch
         self._inputs: list[TensorInfo] = []
         self._outputs: list[TensorInfo] = []
         self._dtypes: dict[str, np.dtype[Any]] = {}
@@ -121,34 +144,70 @@ class TensorRTEngine(EngineTensors):
             is_input = self._engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
             (self._inputs if is_input else self._outputs).append(info)
             self._dtypes[name] = dtype
+        if len(self._inputs) != 1:
+            raise EngineLoadError(
+                f"{plan_path}: expected one input tensor, found {len(self._inputs)}"
+            )
+        contexts = max(1, min(concurrency, int(self._engine.num_optimization_profiles)))
+        self._profiles = [self._profile(i) for i in range(contexts)]
+        plan_max = min(p.max_shape[0] for p in self._profiles)
+        if max_batch is not None and max_batch > plan_max:
+            log.warning(
+                "%s: max_batch %d exceeds the plan's %d; using %d",
+                plan_path.name,
+                max_batch,
+                plan_max,
+                plan_max,
+            )
+        self._max_batch = min(plan_max, max_batch or plan_max)
+        self._min_batch = max(p.min_shape[0] for p in self._profiles)
         device_id = _check(self._cudart.cudaGetDevice(), "cudaGetDevice")
         props = _check(self._cudart.cudaGetDeviceProperties(device_id), "cudaGetDeviceProperties")
         gpu = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
         self._device = f"cuda:{device_id} ({gpu.strip()})"
         self._slots: queue.Queue[_Slot] = queue.Queue()
-        self._all: list[_Slot] = [self._make_slot() for _ in range(max(1, concurrency))]
-        for slot in self._all:
-            self._slots.put(slot)
+        self._all: list[_Slot] = []
         self._closed = False
-        self._lock = threading.Lock()
+        self._inflight = 0
+        self._idle = threading.Condition()
+        for index in range(contexts):
+            self._all.append(self._make_slot(index))
+            self._slots.put(self._all[-1])
 
-    def _make_slot(self) -> _Slot:
+    def _profile(self, index: int) -> _Profile:
+        name = self._inputs[0].name
+        low, _, high = self._engine.get_tensor_profile_shape(name, index)
+        return _Profile(tuple(int(d) for d in low), tuple(int(d) for d in high))
+
+    def _make_slot(self, index: int) -> _Slot:
+        """Context ``index`` on profile ``index``, with buffers for that profile's largest input."""
         cudart = self._cudart
         context = self._engine.create_execution_context()
         stream = _check(cudart.cudaStreamCreate(), "cudaStreamCreate")
+        # Every context starts on profile 0; each concurrent one needs its own (set before shapes).
+        if not context.set_optimization_profile_async(index, stream):
+            raise EngineLoadError(f"TensorRT refused optimization profile {index}")
+        _check(cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+        inp = self._inputs[0]
+        largest = (self._max_batch, *self._profiles[index].max_shape[1:])
+        if not context.set_input_shape(inp.name, largest):
+            raise EngineLoadError(f"TensorRT refused input shape {largest} on profile {index}")
         host: dict[str, np.ndarray] = {}
         device: dict[str, int] = {}
         ptrs: list[int] = []
         for info in [*self._inputs, *self._outputs]:
-            full = (self._max_batch, *(d or 1 for d in info.shape[1:]))
+            full = tuple(int(d) for d in context.get_tensor_shape(info.name))
+            if any(d < 0 for d in full):
+                raise EngineLoadError(f"{info.name}: shape {full} unknown at the largest input")
             dtype = self._dtypes[info.name]
-            nbytes = int(np.prod(full)) * dtype.itemsize
+            nbytes = max(1, int(np.prod(full))) * dtype.itemsize
             hptr = int(_check(cudart.cudaMallocHost(nbytes), "cudaMallocHost"))
-            buffer = (ctypes.c_byte * nbytes).from_address(hptr)
-            host[info.name] = np.frombuffer(memoryview(buffer), dtype=dtype).reshape(full)
-            device[info.name] = int(_check(cudart.cudaMalloc(nbytes), "cudaMalloc"))
-            context.set_tensor_address(info.name, device[info.name])
             ptrs.append(hptr)
+            buffer = (ctypes.c_byte * nbytes).from_address(hptr)
+            host[info.name] = np.frombuffer(memoryview(buffer), dtype=dtype)[: int(np.prod(full))]
+            device[info.name] = int(_check(cudart.cudaMalloc(nbytes), "cudaMalloc"))
+            if not context.set_tensor_address(info.name, device[info.name]):
+                raise EngineLoadError(f"TensorRT refused the address of {info.name}")
         return _Slot(context, stream, host, device, ptrs)
 
     @property
@@ -156,30 +215,39 @@ class TensorRTEngine(EngineTensors):
         return self._device
 
     def warmup(self) -> None:
-        shape = (self._max_batch, *(d or 1 for d in self._inputs[0].shape[1:]))
-        for size in sorted({1, self._max_batch}):
-            self.infer(np.zeros((size, *shape[1:]), np.float32))
+        rest = self._profiles[0].max_shape[1:]
+        for size in sorted({self._min_batch, self._max_batch}):
+            self.infer(np.zeros((size, *rest), np.float32))
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        if self._closed:
-            raise InferenceError("engine is closed", fatal=True)
         n = batch.shape[0]
-        if not 1 <= n <= self._max_batch:
-            raise InferenceError(f"batch of {n} outside 1..{self._max_batch}")
-        slot = self._slots.get()
+        if not self._min_batch <= n <= self._max_batch:
+            raise InferenceError(f"batch of {n} outside {self._min_batch}..{self._max_batch}")
+        with self._idle:
+            if self._closed:
+                raise InferenceError("engine is closed", fatal=True)
+            self._inflight += 1
         try:
-            return check_outputs(n, self._run(slot, batch))
+            slot = self._slots.get()
+            try:
+                return check_outputs(n, self._run(slot, batch))
+            finally:
+                self._slots.put(slot)
         finally:
-            self._slots.put(slot)
+            with self._idle:
+                self._inflight -= 1
+                self._idle.notify_all()
 
     def _run(self, slot: _Slot, batch: np.ndarray) -> dict[str, np.ndarray]:
-        cudart, n = self._cudart, batch.shape[0]
+        cudart = self._cudart
         h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         inp = self._inputs[0]
-        staged = slot.host[inp.name][:n]
+        if not slot.context.set_input_shape(inp.name, tuple(batch.shape)):
+            # Outside the profile (e.g. another height/width than the plan was built for).
+            raise InferenceError(f"TensorRT refused input shape {tuple(batch.shape)}")
+        staged = slot.host[inp.name][: batch.size].reshape(batch.shape)
         staged[...] = batch.astype(staged.dtype, copy=False)
-        slot.context.set_input_shape(inp.name, tuple(batch.shape))
         _check(
             cudart.cudaMemcpyAsync(
                 slot.device[inp.name], staged.ctypes.data, staged.nbytes, h2d, slot.stream
@@ -190,8 +258,8 @@ class TensorRTEngine(EngineTensors):
             raise InferenceError("TensorRT execute_async_v3 failed")
         results = {}
         for out in self._outputs:
-            shape = tuple(slot.context.get_tensor_shape(out.name))
-            view = slot.host[out.name].reshape(-1)[: int(np.prod(shape))].reshape(shape)
+            shape = tuple(int(d) for d in slot.context.get_tensor_shape(out.name))
+            view = slot.host[out.name][: int(np.prod(shape))].reshape(shape)
             _check(
                 cudart.cudaMemcpyAsync(
                     view.ctypes.data, slot.device[out.name], view.nbytes, d2h, slot.stream
@@ -204,10 +272,15 @@ class TensorRTEngine(EngineTensors):
         return {k: v.astype(np.float32) for k, v in results.items()}
 
     def close(self) -> None:
-        with self._lock:
+        """Refuse new batches, wait for those running, then free the buffers they use."""
+        with self._idle:
             if self._closed:
                 return
             self._closed = True
+            if not self._idle.wait_for(lambda: self._inflight == 0, timeout=CLOSE_WAIT_S):
+                # Freeing memory a running kernel writes to would corrupt it: leak instead.
+                log.error("TensorRT engine closed with batches still running; buffers not freed")
+                return
         for slot in self._all:
             for ptr in slot.device.values():
                 self._cudart.cudaFree(ptr)
@@ -216,30 +289,79 @@ class TensorRTEngine(EngineTensors):
             self._cudart.cudaStreamDestroy(slot.stream)
 
 
+def tensorrt_available() -> bool:
+    """TensorRT's Python package is importable here (found without importing it)."""
+    return importlib.util.find_spec("tensorrt") is not None
+
+
+def quantize_for_tensorrt(
+    source: Path,
+    target: Path,
+    calibration: CalibrationSet,
+    options: Int8Options,
+    *,
+    keep_float: Sequence[str],
+    only: Sequence[str] | None = None,
+) -> None:
+    """The TensorRT INT8 recipe (``engines.build.int8.tensorrt_recipe``), imported when a
+    build quantizes: the server never loads build code."""
+    from engines.build.int8 import tensorrt_recipe
+
+    tensorrt_recipe.quantize_for_tensorrt(
+        source, target, calibration, options, keep_float=keep_float, only=only
+    )
+
+
+# The graph TensorRT's explicit quantization wants (see engines.build.int8.tensorrt_recipe).
+# Its name is part of every TensorRT INT8 cache key: change it when the recipe changes.
+INT8_RECIPE = Int8Recipe(
+    name=(
+        "tensorrt-v1: symmetric int8, per-channel weights, no bias Q/DQ, Q/DQ at quantized-op "
+        "inputs only, opset 19, FP16 remainder, FP32 decode head"
+    ),
+    quantize=quantize_for_tensorrt,
+    symmetric_activations=True,  # the only INT8 TensorRT takes
+)
+GRAPH_SUFFIX = ".trt.onnx"
+PLAN_SUFFIX = ".plan"
+
+
 class TensorRTBackend:
     """Compiles each variant ONNX into a plan for this GPU and runs the plan."""
 
     name = NAME
-    # Symmetric activations: the only INT8 TensorRT takes. Its own recipe can replace this.
-    int8 = Int8Recipe(symmetric_activations=True)
+    int8 = INT8_RECIPE
+    graph_suffix = GRAPH_SUFFIX
+    # Judged before the compile with TensorRT's numerics: fake-quant, on CPU.
+    accuracy_session_config = onnxruntime.FAKE_QUANT
     revalidate_compiled = True  # TensorRT picks its own kernels and fusions: measure the plan
 
     def open(self, artifact: Path, precision: Precision, options: EngineOptions) -> Engine:
         engine: Engine = TensorRTEngine(artifact, precision, max_batch=options.max_batch)
         return engine
 
-    def compile(self, onnx_path: Path, out_dir: Path, max_batch: int) -> Path:
+    def compile(
+        self, onnx_path: Path, cache_dir: Path, max_batch: int, input_size: tuple[int, int]
+    ) -> Path:
+        """``int8.trt.onnx`` -> ``int8.plan`` beside it; the timing cache lives in ``cache_dir``
+        (one per GPU model and TensorRT version)."""
+        if not tensorrt_available():
+            raise CompilerUnavailableError(
+                "TensorRT is not installed here: the plan is compiled and checked against FP32 "
+                "on the GPU host at first start (detect-serve serve --prepare)"
+            )
         # The plan compiler belongs to the offline build; the server never imports it.
-        from engines.build.tensorrt_plan import build_plan
+        from engines.build.tensorrt_plan import build_plan, timing_cache_path
 
-        plan = onnx_path.with_suffix(".plan")
+        plan = onnx_path.with_name(onnx_path.name.removesuffix(GRAPH_SUFFIX) + PLAN_SUFFIX)
         build_plan(
             onnx_path,
             plan,
             opt_batch=max(1, max_batch // 2),
             max_batch=max_batch,
             workspace_bytes=2 << 30,
-            timing_cache_path=out_dir / "timing.cache",  # kept beside the plans, reused
+            timing_cache_path=timing_cache_path(cache_dir),
+            input_size=input_size,
         )
         return plan
 

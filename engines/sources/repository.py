@@ -13,7 +13,13 @@ take their ``model.yaml`` from the package (``engines.sources.catalogue``).
     pad_value: 127              # letterbox padding grey level, 0..255
     input: {color: RGB, range: [0, 1]}  # the only input the preprocessing produces
     class_names: [person, ...]  # optional; for ONNX sources without ``names`` metadata
-    source:
+    defaults: {conf: 0.25, iou: 0.7, max_det: 300}   # optional per-model request defaults
+    batching: {max_batch: 4, max_wait_ms: 2}        # optional, over DETECT_MAX_BATCH/_WAIT_MS
+    build:                      # optional: what `detect-serve build NAME` makes by default
+      precisions: [fp32, int8]
+      calib_dir: calib          # folders relative to the model's folder
+      val_dir: val
+    source:                     # omit for a user's ONNX placed at source/model.onnx
       kind: darknet             # darknet: files cfg, weights, names | onnx: file model
       files:                    # role -> a file inside a pinned registry package
         cfg:
@@ -43,6 +49,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engines.errors import ModelFormatError
+from engines.model.config import BatchingSection, BuildSection, DetectDefaults
 from engines.model.preprocess import DEFAULT_PAD_VALUE
 from engines.sources import darknet
 from engines.sources.catalogue import builtin_models, spec_path
@@ -87,7 +94,10 @@ class ModelSpec(_Strict):
     pad_value: int = Field(DEFAULT_PAD_VALUE, ge=0, le=255)
     input: InputSpec = InputSpec()
     class_names: list[str] | None = None
-    source: SourceSpec
+    defaults: DetectDefaults | None = None
+    batching: BatchingSection | None = None
+    build: BuildSection | None = None
+    source: SourceSpec | None = None  # None: a user's ONNX already at source/model.onnx
 
 
 # The repository's path names, relative to ``models/NAME/`` (spelled here only).
@@ -129,14 +139,35 @@ def read_spec(model_dir: Path) -> ModelSpec:
         raise ModelFormatError(f"{path}: {exc}") from exc
     if spec.name != model_dir.name:
         raise ModelFormatError(f"{path}: name {spec.name!r} differs from its folder's name")
+    if spec.source is None:
+        return spec
     missing = SOURCE_KINDS[spec.source.kind][0] - set(spec.source.files)
     if missing:
         raise ModelFormatError(f"{path}: source kind {spec.source.kind} needs {sorted(missing)}")
     return spec
 
 
+def read_model_spec(model_dir: Path) -> ModelSpec | None:
+    """The model's ``model.yaml``, or None for a folder without one (a user's bare ONNX)."""
+    return read_spec(model_dir) if spec_path(model_dir) is not None else None
+
+
+def model_fallback(model_dir: Path) -> dict[str, object]:
+    """``model.yaml`` facts that ``read_model_info`` uses when the ONNX metadata lacks them
+    (``input_size`` also overrides the metadata's ``imgsz``)."""
+    spec = read_model_spec(model_dir)
+    if spec is None:
+        return {}
+    return {
+        "class_names": spec.class_names,
+        "layout": spec.layout,
+        "input_size": list(spec.input_size) if spec.input_size else None,
+    }
+
+
 def _metadata(spec: ModelSpec) -> dict[str, str]:
     """metadata_props written beside the converter's own (names, imgsz, stride, layout)."""
+    assert spec.source is not None  # only specs with a source are converted
     files = spec.source.files
     meta = {
         "model_name": spec.name,
@@ -156,6 +187,7 @@ def _metadata(spec: ModelSpec) -> dict[str, str]:
 
 
 def _fingerprint(spec: ModelSpec) -> dict[str, object]:
+    assert spec.source is not None
     return {
         "kind": spec.source.kind,
         "builder": SOURCE_KINDS[spec.source.kind][1],
@@ -204,6 +236,10 @@ def ensure_model_source(model_dir: Path, *, progress: bool = False) -> Path:
             f"`detect-serve build path/to/model.onnx --name {model_dir.name}`)"
         )
     spec = read_spec(model_dir)
+    if spec.source is None:
+        if target.is_file():
+            return target
+        raise ModelFormatError(f"{model_dir}/model.yaml has no source and {SOURCE_ONNX} is missing")
     wanted = _fingerprint(spec)
     if _up_to_date(target, sidecar, wanted):
         return target

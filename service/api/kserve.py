@@ -19,17 +19,19 @@ from fastapi.responses import JSONResponse
 from engines.precision import Precision
 from service.api.kserve_codec import (
     HEADER_LENGTH,
+    InferRequest,
+    check_output_types,
     check_requested_outputs,
-    decode_inputs,
-    encode_outputs,
     requested_precision,
-    split_body,
 )
+from service.api.kserve_pool import CodecPool
+from service.api.v2_models import checked_batch, gather_rows, platform, resolve_v2
 from service.deps import AuthDep, MetricsDep, RegistryDep, SettingsDep, check_api_key_for_ops
-from service.errors import BadRequest, ModelNotFound
+from service.errors import ModelNotFound
 from service.flow import Route, serve
 from service.registry import ModelRegistry, ServedModel, ServedVariant
 from service.scheduler import ItemResult
+from service.version import VERSION
 
 router = APIRouter(prefix="/v2", tags=["kserve-v2"])
 ops = [AuthDep]
@@ -37,13 +39,12 @@ PRECISIONS = {p.value for p in Precision}
 
 
 def resolve(registry: ModelRegistry, name: str) -> tuple[ServedModel, str | None]:
-    """``model`` or ``model.precision`` -> (served model, explicit precision or None)."""
-    base, _, suffix = name.rpartition(".")
-    if base and suffix in PRECISIONS and base in registry.models:
-        return registry.models[base], suffix
-    if name in registry.models:
-        return registry.models[name], None
-    raise ModelNotFound(f"unknown v2 model {name[:64]!r}; see GET /v2/models/... or /models")
+    """``model`` or ``model.precision`` -> (served model, explicit precision or None); 404 for
+    a precision never built (see ``service.api.v2_models``)."""
+    target = resolve_v2(registry, name)
+    if target.image:  # NAME.detect has its own routes (service.api.kserve_image)
+        raise ModelNotFound(f"{name[:64]!r} is served by its own v2 routes")
+    return target.model, target.precision
 
 
 def _shape(dims: tuple[int | None, ...]) -> list[int]:
@@ -64,9 +65,13 @@ async def v2_ready(request: Request, registry: RegistryDep, settings: SettingsDe
     return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
 
-@router.get("", summary="v2 server metadata")
+@router.get("", dependencies=ops, summary="v2 server metadata")
 async def v2_server() -> dict[str, Any]:
-    return {"name": "detect-serve", "version": "2", "extensions": ["binary_tensor_data"]}
+    return {
+        "name": "detect-serve",
+        "version": VERSION,
+        "extensions": ["binary_tensor_data", "statistics"],
+    }
 
 
 @router.get("/models/{model_name}", dependencies=ops, summary="v2 model metadata")
@@ -77,7 +82,7 @@ async def v2_model(model_name: str, registry: RegistryDep) -> dict[str, Any]:
     return {
         "name": model_name,
         "versions": ["1"],
-        "platform": "onnxruntime_onnx",
+        "platform": platform(resolve_v2(registry, model_name).variant()),
         "parameters": {"precision": precision or "auto", "layout": model.pipeline.layout.name},
         "inputs": [
             {"name": t.name, "datatype": "FP32", "shape": _shape(t.shape)} for t in info.inputs
@@ -93,13 +98,14 @@ async def v2_config(
     model_name: str, registry: RegistryDep, settings: SettingsDep
 ) -> dict[str, Any]:
     model, _ = resolve(registry, model_name)
+    answering = resolve_v2(registry, model_name).variant()
 
     def dims(shape: tuple[int | None, ...]) -> list[int]:
         return _shape(shape[1:])
 
     return {
         "name": model_name,
-        "platform": "onnxruntime_onnx",
+        "platform": platform(answering),
         "max_batch_size": settings.max_batch,
         "input": [
             {"name": t.name, "data_type": "TYPE_FP32", "dims": dims(t.shape)}
@@ -132,30 +138,27 @@ class V2Route(Route[Response]):
     """Preprocessed NCHW tensors in, one per batcher item; raw engine outputs out."""
 
     def __init__(
-        self, model: ServedModel, name: str, header: dict[str, Any], binary: bytes, max_images: int
+        self,
+        model: ServedModel,
+        name: str,
+        header: InferRequest,
+        arrays: dict[str, np.ndarray],
+        max_images: int,
+        codec: CodecPool,
     ) -> None:
         self._model = model
         self._name = name
         self._header = header
-        self._binary = binary
+        self._arrays = arrays
         self._max_images = max_images
+        self._codec = codec
         self._batch = np.empty((0,), np.float32)
         self._rows: dict[int, dict[str, np.ndarray]] = {}
 
     async def read(self, variant: ServedVariant) -> int:
-        arrays = decode_inputs(self._header, self._binary)
-        expected = self._model.info.inputs[0]
-        batch = arrays.get(expected.name)
-        want = tuple(d for d in expected.shape[1:])
-        if batch is None or batch.ndim != 4 or tuple(batch.shape[1:]) != want:
-            raise BadRequest(
-                f"expected input {expected.name!r} of shape [-1, {', '.join(map(str, want))}]"
-            )
-        if not 1 <= batch.shape[0] <= self._max_images:
-            raise BadRequest(f"batch of {batch.shape[0]}; allowed 1..{self._max_images}")
         check_requested_outputs(self._header, [t.name for t in self._model.info.outputs])
-        self._batch = batch
-        return int(batch.shape[0])
+        self._batch = checked_batch(self._model, self._arrays, self._max_images)
+        return int(self._batch.shape[0])
 
     async def prepare(self, variant: ServedVariant, index: int) -> np.ndarray:
         row: np.ndarray = self._batch[index].astype(np.float32, copy=False)
@@ -164,12 +167,12 @@ class V2Route(Route[Response]):
     async def finish(self, variant: ServedVariant, index: int, result: ItemResult) -> None:
         self._rows[index] = result.outputs
 
-    def respond(self, variant: ServedVariant) -> Response:
-        rows = [self._rows[i] for i in range(len(self._rows))]
-        outputs = {n: np.concatenate([r[n] for r in rows]) for n in rows[0]}
+    async def respond(self, variant: ServedVariant) -> Response:
+        outputs = gather_rows(self._rows)
+        check_output_types(outputs)
         chosen = {"precision": variant.record.precision.value, "backend": variant.engine.backend}
         extra = {"parameters": chosen}
-        body, headers = encode_outputs(self._header, outputs, self._name, extra)
+        body, headers = await self._codec.encode(self._header, outputs, self._name, extra)
         return Response(body, headers=headers, media_type=headers["content-type"])
 
 
@@ -186,7 +189,14 @@ async def v2_infer(
 ) -> Response:
     model, precision = resolve(registry, model_name)
     deadline = time.monotonic() + settings.default_deadline_ms / 1000
-    header, binary = split_body(await request.body(), request.headers.get(HEADER_LENGTH))
+    codec: CodecPool = request.app.state.v2_codec
+    body = await request.body()
+    # Parsing, validation and tensor conversion of a body of many MB: off the event loop. No
+    # tensor can hold more values than the body had bytes (JSON or binary).
+    header, arrays = await codec.parse(
+        body, request.headers.get(HEADER_LENGTH), settings.max_body_bytes
+    )
+    del body
     requested = precision or requested_precision(header)
-    route = V2Route(model, model_name, header, binary, settings.max_images_per_request)
+    route = V2Route(model, model_name, header, arrays, settings.max_images_per_request, codec)
     return await serve(model, requested, route, deadline=deadline, metrics=metrics, request=request)

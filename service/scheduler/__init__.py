@@ -3,8 +3,11 @@
 
 from service.scheduler.admission import BatchObserver, DeviceLoad
 from service.scheduler.batcher import BatchingConfig, BatchScheduler, ItemResult, Outputs
+from service.scheduler.decoding import DecodeBudget
 from service.scheduler.errors import (
     DeadlineUnmeetable,
+    DecodeBusy,
+    DecodeTooCostly,
     QueueFull,
     SchedulerError,
     ShuttingDown,
@@ -17,6 +20,9 @@ __all__ = [
     "BatchScheduler",
     "BatchingConfig",
     "DeadlineUnmeetable",
+    "DecodeBudget",
+    "DecodeBusy",
+    "DecodeTooCostly",
     "DeviceLoad",
     "ItemResult",
     "Outputs",

@@ -4,13 +4,20 @@ What is owed (per-image batch cost learnt from the engine, the work that follows
 work of other variants on the same device) decides whether a deadline can be met. The rule is
 written once, in ``Admission.needed_s``; the door (``Admission.check``) and the batcher (dropping
 late requests from a batch about to run) both use it.
+
+The estimate is calibrated against what really happened: every queued image records what was
+estimated for it and how long it really waited, and the estimate is scaled by the median of
+actual / estimated over recent images (``Calibration``), so a request is refused when it would
+more likely than not be late. A fixed pessimism (mean plus two standard deviations, times a
+safety factor) refused requests at half the queue that would have been on time. The batcher drops
+a request that can no longer make it before its batch runs, so the door need not be pessimistic.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -22,9 +29,15 @@ from service.scheduler.errors import (
     VariantOutOfService,
 )
 
-# Batch times are an average of noisy measurements; refuse work that would need them all to be
-# at least this much better than average to meet its deadline.
+# Until enough images have been answered to measure the estimate's error: how much longer than
+# the mean estimate an image may take.
 DEADLINE_SAFETY = 1.25
+CALIBRATION_QUANTILE = 0.5  # the door refuses what would more likely than not be late
+# A batch about to run drops a request unless it is all but sure to make it: an answer after its
+# deadline is wasted engine time, and nothing has been spent on it yet.
+CALIBRATION_TAIL_QUANTILE = 0.9
+CALIBRATION_MIN_SAMPLES = 16
+CALIBRATION_FACTOR_RANGE = (0.5, 4.0)  # one odd stretch of measurements cannot run away
 
 
 class BatchObserver(Protocol):
@@ -45,17 +58,16 @@ class NullObserver:
 
 @dataclass
 class BatchTimes:
-    """Running per-image cost (EWMA and its variance), to refuse requests that cannot meet their
-    deadline.
+    """Running batch cost (EWMAs), to refuse requests that cannot meet their deadline.
 
-    Per-image cost underestimates small batches (fixed overhead is spread thin), which errs on
-    the side of running a request rather than refusing it.
+    A batch has a fixed cost as well as a per-image one, so batch times are kept per batch size
+    as measured; a size not seen yet is priced from the running per-image cost.
     """
 
     per_image_s: float = 0.0
     samples: int = 0
-    variance: float = 0.0
     _alpha: float = field(default=0.2, repr=False)
+    _by_size: dict[int, float] = field(default_factory=dict, repr=False)
 
     @property
     def known(self) -> bool:
@@ -66,20 +78,65 @@ class BatchTimes:
         if self.samples == 0:
             self.per_image_s = per_image
         else:
-            diff = per_image - self.per_image_s
-            self.per_image_s += self._alpha * diff
-            self.variance = (1 - self._alpha) * (self.variance + self._alpha * diff * diff)
+            self.per_image_s += self._alpha * (per_image - self.per_image_s)
         self.samples += 1
+        seen = self._by_size.get(size)
+        self._by_size[size] = (
+            duration_s if seen is None else seen + self._alpha * (duration_s - seen)
+        )
 
     def estimate(self, size: int) -> float:
         return self.per_image_s * size
 
-    def pessimistic(self, size: int, tail: bool = True) -> float:
-        """For deadlines, which are about the tail: at least DEADLINE_SAFETY over the mean, or
-        (``tail``) two standard deviations over it when batch times vary more (a device shared
-        with decoding, other processes, thermal limits)."""
-        spread = self.per_image_s + 2 * math.sqrt(self.variance) if tail else 0.0
-        return max(self.per_image_s * DEADLINE_SAFETY, spread) * size
+    def batch_s(self, size: int) -> float:
+        return self._by_size.get(size, self.per_image_s * size)
+
+    def queue_s(self, images: int, max_batch: int) -> float:
+        """Time to run ``images`` in batches of up to ``max_batch``: full batches, then the rest."""
+        full, rest = divmod(images, max_batch)
+        return full * self.batch_s(max_batch) + (self.batch_s(rest) if rest else 0.0)
+
+
+class Calibration:
+    """How far real waits land from the mean estimate: actual / estimated over recent images.
+
+    ``factor`` is the median of that ratio, so ``estimate * factor`` is as often early as late;
+    ``tail_factor`` its 90th percentile; before enough images were answered, both are
+    ``DEADLINE_SAFETY``.
+    """
+
+    def __init__(self, window: int = 256) -> None:
+        self._ratios: deque[float] = deque(maxlen=window)
+        self._factor = self._tail_factor = DEADLINE_SAFETY
+        self._since = 0
+
+    @property
+    def factor(self) -> float:
+        return self._factor
+
+    @property
+    def tail_factor(self) -> float:
+        return self._tail_factor
+
+    @property
+    def samples(self) -> int:
+        return len(self._ratios)
+
+    def observe(self, estimated_s: float, actual_s: float) -> None:
+        if estimated_s <= 0:
+            return
+        self._ratios.append(actual_s / estimated_s)
+        self._since += 1
+        if len(self._ratios) >= CALIBRATION_MIN_SAMPLES and self._since >= 8:
+            self._since = 0  # re-sorted every few answers, not at every admission
+            ordered = sorted(self._ratios)
+            low, high = CALIBRATION_FACTOR_RANGE
+
+            def quantile(q: float) -> float:
+                return min(max(ordered[int(q * (len(ordered) - 1))], low), high)
+
+            self._factor = quantile(CALIBRATION_QUANTILE)
+            self._tail_factor = quantile(CALIBRATION_TAIL_QUANTILE)
 
 
 class DeviceMember(Protocol):
@@ -123,6 +180,7 @@ class QueueState:
 
     ahead: int  # images queued (and, at the door, still decoding) before this request
     running: int  # images inside the engine right now
+    running_left_s: float  # mean time until the batches running now are done
     others_s: float  # engine time owed to other variants on the same device
     dead: str | None  # why the variant is out of service, if it is
     closing: bool
@@ -138,23 +196,52 @@ class Admission:
         workers: int,
         expected_per_image_s: float | None,
         observer: BatchObserver,
+        max_batch: int = 1,
     ) -> None:
         self._max_queue = max_queue
+        self._max_batch = max_batch
         self._workers = workers
         self._observer = observer
         self.batches = BatchTimes(per_image_s=expected_per_image_s or 0.0)
         # What follows the engine for each request (post-processing, waiting for a thread); the
         # deadline covers the whole answer, not just the batch.
         self.finish = BatchTimes()
+        self.calibration = Calibration()
+
+    def mean_s(
+        self,
+        images: int,
+        *,
+        workers: int = 1,
+        others_s: float = 0.0,
+        running_left_s: float = 0.0,
+    ) -> float:
+        """Mean time until the last of ``images`` queued (run by ``workers`` batch workers) is
+        out of the engine, after what is running now and ``others_s`` of other variants' work
+        on the device."""
+        per_worker = -(-images // workers)  # the workers split the queue between them
+        return running_left_s + self.batches.queue_s(per_worker, self._max_batch) + others_s
+
+    def left_s(self, size: int, started: float, now: float) -> float:
+        """Mean time still to go for a batch of ``size`` that started at ``started``."""
+        return max(0.0, self.batches.batch_s(size) - (now - started))
 
     def needed_s(
-        self, images: int, *, tail: bool, workers: int = 1, others_s: float = 0.0
+        self,
+        images: int,
+        *,
+        workers: int = 1,
+        others_s: float = 0.0,
+        running_left_s: float = 0.0,
+        tail: bool = False,
     ) -> float:
-        """The deadline rule: time to answer the last of ``images`` (run by ``workers`` batch
-        workers), after ``others_s`` of other variants' work on the device, finishing included;
-        all with the safety margins."""
-        own_s = self.batches.pessimistic(images, tail) / workers
-        return own_s + others_s * DEADLINE_SAFETY + self.finish.estimate(1)
+        """The deadline rule: the calibrated time to answer the last of ``images``, finishing
+        included (``tail``: as late as it gets 9 times in 10, for a batch about to run)."""
+        mean_s = self.mean_s(
+            images, workers=workers, others_s=others_s, running_left_s=running_left_s
+        )
+        factor = self.calibration.tail_factor if tail else self.calibration.factor
+        return mean_s * factor + self.finish.estimate(1)
 
     @staticmethod
     def misses(deadline: float, needed_s: float, now: float) -> bool:
@@ -162,7 +249,7 @@ class Admission:
 
     def wait_s(self, images: int) -> float:
         """Mean engine time for ``images`` images on this variant's workers."""
-        return self.batches.estimate(images) / self._workers
+        return self.batches.queue_s(-(-images // self._workers), self._max_batch)
 
     def check(self, images: int, deadline: float, state: QueueState) -> None:
         """Refuse what could never be answered in time, or at all; otherwise return."""
@@ -180,23 +267,21 @@ class Admission:
             self._observer.rejected("queue_full")
             raise QueueFull(
                 f"queue full ({self._max_queue} waiting)",
-                retry_after_s=self.wait_s(state.ahead + state.running + 1),
+                retry_after_s=state.running_left_s + self.wait_s(state.ahead + 1),
             )
         now = time.monotonic()
-        # The variance term is for queueing under load. On an idle device it is left out: the
-        # estimate only changes when batches run, and one slow batch's variance must not refuse
-        # every tight deadline for good.
-        others_s = state.others_s
-        idle = state.ahead == 0 and not state.running and others_s == 0
         needed_s = self.needed_s(
-            state.ahead + images + state.running,
-            tail=not idle,
+            state.ahead + images,
             workers=self._workers,
-            others_s=others_s,
+            others_s=state.others_s,
+            running_left_s=state.running_left_s,
         )
         if self.batches.known and self.misses(deadline, needed_s, now):
             self._observer.rejected("deadline")
+            left_s = max(0.0, deadline - now)
             raise DeadlineUnmeetable(
                 f"deadline cannot be met: about {needed_s * 1000:.0f} ms needed, "
-                f"{max(0.0, deadline - now) * 1000:.0f} ms left"
+                f"{left_s * 1000:.0f} ms left",
+                # By then the work ahead has drained enough for the same budget to suffice.
+                retry_after_s=needed_s - left_s,
             )

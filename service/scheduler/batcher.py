@@ -60,6 +60,9 @@ class ItemResult:
     queue_wait_s: float
     inference_s: float
     batch_size: int
+    # What admission estimated, when it was queued, for its queue wait plus engine time (the
+    # calibrated figure the deadline rule used); compare with queue_wait_s + inference_s.
+    estimated_s: float = 0.0
 
 
 @dataclass(eq=False)  # identity: comparing two requests must never compare their tensors
@@ -68,6 +71,8 @@ class _Request:
     future: asyncio.Future[ItemResult]
     enqueued_at: float
     deadline: float
+    mean_estimate_s: float  # uncalibrated, for the calibration to learn from
+    estimated_s: float  # calibrated, as the deadline rule used it
 
 
 class BatchScheduler:
@@ -103,9 +108,11 @@ class BatchScheduler:
             workers=config.concurrency,
             expected_per_image_s=config.expected_per_image_s,
             observer=self._observer,
+            max_batch=config.max_batch,
         )
         self._workers: list[asyncio.Task[None]] = []
         self._running_images = 0
+        self._running: dict[int, tuple[int, float]] = {}  # batch id -> (size, started)
         self._device = device
         if device is not None:
             device.join(self)
@@ -178,8 +185,12 @@ class BatchScheduler:
 
     def pending_work_s(self) -> float:
         """Engine time still owed to what is running or queued here."""
-        images = self._running_images + len(self._queue)
-        return self._admission.wait_s(images)
+        return self._running_left_s() + self._admission.wait_s(len(self._queue))
+
+    def _running_left_s(self) -> float:
+        now = time.monotonic()
+        left = [self._admission.left_s(size, at, now) for size, at in self._running.values()]
+        return sum(left) / self._config.concurrency
 
     def _others_s(self) -> float:
         return self._device.others_work_s(self) if self._device else 0.0
@@ -206,7 +217,14 @@ class BatchScheduler:
         self._check(images, deadline, ahead=len(self._queue) + self._incoming)
 
     def _check(self, images: int, deadline: float, ahead: int) -> None:
-        state = QueueState(ahead, self._running_images, self._others_s(), self._dead, self._closing)
+        state = QueueState(
+            ahead,
+            self._running_images,
+            self._running_left_s(),
+            self._others_s(),
+            self._dead,
+            self._closing,
+        )
         self._admission.check(images, deadline, state)
 
     async def submit(self, tensor: np.ndarray, deadline: float) -> ItemResult:
@@ -218,7 +236,14 @@ class BatchScheduler:
         self._check(1, deadline, ahead=len(self._queue))
         now = time.monotonic()
         future: asyncio.Future[ItemResult] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Request(tensor, future, now, deadline))
+        mean_s = self._admission.mean_s(
+            len(self._queue) + 1,
+            workers=self._config.concurrency,
+            others_s=self._others_s(),
+            running_left_s=self._running_left_s(),
+        )
+        estimated_s = mean_s * self._admission.calibration.factor
+        self._queue.append(_Request(tensor, future, now, deadline, mean_s, estimated_s))
         self._observer.queued(len(self._queue))
         self._wakeup.set()
         return await future
@@ -274,14 +299,19 @@ class BatchScheduler:
         # Every request must be able to wait for the whole batch: drop those that cannot (the
         # tightest deadlines first), which also shortens the batch for the others.
         now = time.monotonic()
-        tail = bool(len(batch) > 1 or self._queue or self._running_images)  # as at admission
         while batch and self._admission.misses(
-            min(r.deadline for r in batch), self._admission.needed_s(len(batch), tail=tail), now
+            min(r.deadline for r in batch), self._admission.needed_s(len(batch), tail=True), now
         ):
             late = min(batch, key=lambda r: r.deadline)
             batch.remove(late)
             self._observer.rejected("deadline")
-            self._fail(late, DeadlineUnmeetable("deadline cannot be met by the next batch"))
+            self._fail(
+                late,
+                DeadlineUnmeetable(
+                    "deadline cannot be met by the next batch",
+                    retry_after_s=self.pending_work_s(),
+                ),
+            )
         self._observer.queued(len(self._queue))
         return batch
 
@@ -292,6 +322,7 @@ class BatchScheduler:
         self._observer.batch_started(len(batch), [started - r.enqueued_at for r in batch])
         tensor = np.stack([r.tensor for r in batch])
         self._running_images += len(batch)
+        self._running[id(batch)] = (len(batch), started)
         try:
             outputs = await asyncio.get_running_loop().run_in_executor(
                 self._executor, self._run_batch, tensor
@@ -305,10 +336,13 @@ class BatchScheduler:
             return
         finally:
             self._running_images -= len(batch)
-        duration = time.monotonic() - started
+            del self._running[id(batch)]
+        finished = time.monotonic()
+        duration = finished - started
         self._admission.batches.observe(len(batch), duration)
         self._observer.batch_finished(len(batch), duration, ok=True)
         for i, req in enumerate(batch):
+            self._admission.calibration.observe(req.mean_estimate_s, finished - req.enqueued_at)
             if not req.future.done():
                 req.future.set_result(
                     ItemResult(
@@ -316,6 +350,7 @@ class BatchScheduler:
                         queue_wait_s=started - req.enqueued_at,
                         inference_s=duration,
                         batch_size=len(batch),
+                        estimated_s=req.estimated_s,
                     )
                 )
 

@@ -28,7 +28,25 @@ class TooManyImages(SchedulerError):
 
 
 class DeadlineUnmeetable(SchedulerError):
-    """The request cannot be answered before its deadline."""
+    """The request cannot be answered before its deadline; ``retry_after_s`` is about how long
+    until the work ahead of it has drained enough for the same request to fit."""
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DecodeBusy(SchedulerError):
+    """The process's decode budget (memory in flight, decode workers) cannot take this image in
+    time; ``retry_after_s`` is the estimated time to drain what is already decoding."""
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DecodeTooCostly(SchedulerError):
+    """One image needs more decode memory than the whole budget: it could never be decoded."""
 
 
 class VariantOutOfService(SchedulerError):

@@ -11,7 +11,14 @@ import yaml
 from tests.conftest import REPO
 
 K8S = REPO / "deploy" / "k8s"
-CORE = ["deployment.yaml", "service.yaml", "hpa.yaml", "prometheus-adapter-rules.yaml"]
+CORE = [
+    "deployment.yaml",
+    "service.yaml",
+    "hpa.yaml",
+    "prometheus-adapter-rules.yaml",
+    "engines-pvc.yaml",
+    "engines-build-job.yaml",
+]
 
 
 def load(name: str) -> dict[str, Any]:
@@ -78,3 +85,20 @@ def test_custom_resources_have_their_required_fields() -> None:
         "1.30.0",
         strict=True,
     )
+
+
+def test_plans_are_built_once_and_shared_by_every_replica() -> None:
+    """One RWX claim holds the plans; the build job and every pod mount it, on one GPU model."""
+    claim = load("engines-pvc.yaml")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    name = claim["metadata"]["name"]
+    deployment, job = load("deployment.yaml")["spec"]["template"], load("engines-build-job.yaml")
+    job_pod = job["spec"]["template"]
+    for pod in (deployment, job_pod):
+        volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+        assert volumes["engines"]["persistentVolumeClaim"]["claimName"] == name
+        mount = pod["spec"]["containers"][0]["volumeMounts"][0]
+        assert (mount["name"], mount["mountPath"]) == ("engines", "/var/lib/detect/engines")
+    assert deployment["spec"]["nodeSelector"] == job_pod["spec"]["nodeSelector"]
+    command = job_pod["spec"]["containers"][0]["command"]
+    assert command[:2] == ["detect-serve", "build"] and "tensorrt" in command

@@ -8,8 +8,9 @@ the host description and the server's variant loading all accept it with no othe
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import onnx
@@ -36,13 +37,17 @@ NAME = "echo"
 
 class EchoBackend:
     name = NAME
-    int8 = Int8Recipe(symmetric_activations=True)
+    int8 = Int8Recipe(name="echo-int8", symmetric_activations=True)
+    graph_suffix = ".echo.onnx"
+    accuracy_session_config: Mapping[str, str] = MappingProxyType({})  # judged as served
     revalidate_compiled = False
 
     def open(self, artifact: Path, precision: Precision, options: EngineOptions) -> Engine:
         return OnnxRuntimeEngine(artifact, precision, max_batch=options.max_batch)
 
-    def compile(self, onnx_path: Path, out_dir: Path, max_batch: int) -> Path:
+    def compile(
+        self, onnx_path: Path, cache_dir: Path, max_batch: int, input_size: tuple[int, int]
+    ) -> Path:
         return onnx_path
 
     def tool_versions(self) -> dict[str, str]:
@@ -65,9 +70,14 @@ def test_every_row_is_a_backend_named_by_its_key() -> None:
     for name, row in backends.BACKENDS.items():
         assert row.name == name
         assert isinstance(row.int8, Int8Recipe)
-    assert backends.get_backend("tensorrt").int8.symmetric_activations
-    assert backends.get_backend("tensorrt").revalidate_compiled
-    assert not backends.get_backend("onnxruntime").int8.symmetric_activations
+    trt, ort = backends.get_backend("tensorrt"), backends.get_backend("onnxruntime")
+    assert trt.int8.symmetric_activations and trt.revalidate_compiled
+    assert not ort.int8.symmetric_activations and not ort.revalidate_compiled
+    # Each row brings its own INT8 recipe, artifact names and accuracy gate numerics.
+    assert trt.int8.quantize is not ort.int8.quantize and trt.int8.name != ort.int8.name
+    assert (ort.graph_suffix, trt.graph_suffix) == (".onnx", ".trt.onnx")
+    assert dict(trt.accuracy_session_config) == {"session.disable_quant_qdq": "1"}
+    assert dict(ort.accuracy_session_config) == {}
 
 
 def test_unknown_backend_is_refused_everywhere_with_the_known_names() -> None:
@@ -91,6 +101,8 @@ def test_a_registered_backend_is_accepted_by_settings_cli_and_build(echo: EchoBa
     assert args.backend == NAME
     config = BuildConfig(backend=NAME)
     assert config.int8_options().symmetric_activations  # the backend's own INT8 recipe
+    assert config.int8_recipe() is echo.int8
+    assert config.variant_inputs(Precision.INT8)["recipe"] == "echo-int8"  # in the cache key
     host = backends.current_host(NAME)
     assert (host.backend, host.device, host.tool_versions) == (
         NAME,

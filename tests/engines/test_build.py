@@ -35,7 +35,8 @@ def test_default_build_accepts_fp32_and_int8_and_reports_fp16(built_engines: Pat
     manifest = manifest_of(built_engines)
     by = {v.precision: v for v in manifest.variants}
     assert set(by) == {Precision.FP32, Precision.FP16, Precision.INT8}
-    assert by[Precision.FP32].accepted and by[Precision.INT8].accepted
+    assert by[Precision.FP32].accepted, by[Precision.FP32].reason
+    assert by[Precision.INT8].accepted, by[Precision.INT8].reason
     int8 = by[Precision.INT8]
     assert int8.accuracy is not None and int8.accuracy.map50_95_agreement >= 0.95
     assert int8.accuracy.reference_boxes >= 20  # the agreement rests on real detections

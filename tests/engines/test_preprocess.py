@@ -214,3 +214,19 @@ def test_letterbox_content_lands_where_the_transform_says() -> None:
 def test_letterbox_rejects_what_it_cannot_represent(image: np.ndarray, pad: int) -> None:
     with pytest.raises(ValueError):
         letterbox(image, (32, 32), pad_value=pad)
+
+
+def test_opencv_letterbox_is_ultralytics_layout() -> None:
+    """cv2 bilinear resize, centred 114 padding with the odd pixel at the bottom/right, and a
+    gain per axis (Ultralytics' LetterBox and scale_boxes)."""
+    import cv2
+
+    image = np.random.default_rng(3).integers(0, 256, (101, 203, 3), dtype=np.uint8)
+    tensor, transform = letterbox(image, (64, 96), resize="opencv")
+    new_w, new_h = 96, round(101 * 96 / 203)  # 48
+    expected = np.full((64, 96, 3), 114, np.uint8)
+    top = round((64 - new_h) / 2 - 0.1)
+    expected[top : top + new_h] = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    assert np.array_equal((tensor.transpose(1, 2, 0) * 255).round().astype(np.uint8), expected)
+    corner = transform.to_original(np.array([[0, top, 96, top + new_h]], np.float32))[0]
+    assert corner.tolist() == pytest.approx([0, 0, 203, 101], abs=1e-3)

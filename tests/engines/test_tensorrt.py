@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from engines.errors import EngineLoadError
 from engines.precision import Precision
 from engines.runtime.tensorrt import split_ultralytics_engine
+from tests.conftest import MODELS_DIR
 
 
 def test_ultralytics_engine_header_is_split_off() -> None:
@@ -119,33 +120,48 @@ def test_plan_matches_onnxruntime_at_batch_1_and_max(tmp_path: Path) -> None:
         engine.close()
 
 
-@pytest.mark.gpu
-def test_built_variants_compile_and_agree(built_engines: Path, tmp_path: Path) -> None:
-    from engines.build.tensorrt_plan import build_plan
-    from engines.runtime.tensorrt import TensorRTEngine
+def test_profiles_fill_symbolic_height_and_width_and_check_the_batch_range() -> None:
+    from engines.build.tensorrt_plan import profile_shapes
 
-    folder = built_engines / "yolov3-tiny-coco"
-    session = ort.InferenceSession(str(folder / "fp32.onnx"), providers=["CPUExecutionProvider"])
-    batch = np.random.default_rng(2).uniform(0, 1, (2, 3, 416, 416)).astype(np.float32)
-    expected = session.run(None, {"images": batch})[0]
-    for precision, tol in (("fp32", 1e-2), ("fp16", 0.5), ("int8", 5.0)):
-        plan = tmp_path / f"{precision}.plan"
-        build_plan(
-            folder / f"{precision}.onnx",
-            plan,
-            opt_batch=2,
-            max_batch=4,
-            workspace_bytes=1 << 30,
-            timing_cache_path=tmp_path / "timing.cache",
-        )
-        engine = TensorRTEngine(plan, Precision(precision), max_batch=4)
-        try:
-            got = engine.infer(batch)["output0"]
-        finally:
-            engine.close()
-        assert got.shape == expected.shape
-        # scores (cols 4:) agree closely; pixel boxes within the tolerance of the precision
-        np.testing.assert_allclose(
-            got[..., 4:], expected[..., 4:], atol=0.05 if precision != "int8" else 0.15
-        )
-        assert np.median(np.abs(got[..., :4] - expected[..., :4])) < tol
+    low, opt, high = profile_shapes(
+        (-1, 3, -1, -1), min_batch=1, opt_batch=4, max_batch=8, size=(416, 320)
+    )
+    assert (low, opt, high) == ((1, 3, 416, 320), (4, 3, 416, 320), (8, 3, 416, 320))
+    assert profile_shapes((-1, 3, 32, 32), min_batch=1, opt_batch=1, max_batch=2, size=(9, 9))[
+        2
+    ] == (2, 3, 32, 32)  # fixed H/W are kept
+    with pytest.raises(ValueError, match="batch range"):
+        profile_shapes((-1, 3, 32, 32), min_batch=2, opt_batch=1, max_batch=4, size=(32, 32))
+    with pytest.raises(EngineLoadError, match="symbolic"):
+        profile_shapes((-1, -1, 32, 32), min_batch=1, opt_batch=1, max_batch=4, size=(32, 32))
+
+
+def test_timing_cache_is_keyed_by_gpu_model_and_tensorrt_version() -> None:
+    from engines.build.tensorrt_plan import timing_cache_name
+
+    l4 = timing_cache_name("NVIDIA L4 (sm_89)", "11.4.0.106")
+    assert l4 == "timing-NVIDIA-L4-sm-89-trt11.4.0.106.cache"
+    assert l4 != timing_cache_name("NVIDIA A10G (sm_86)", "11.4.0.106")
+    assert l4 != timing_cache_name("NVIDIA L4 (sm_89)", "10.16.1.11")
+
+
+@pytest.mark.gpu
+def test_tensorrt_build_accepts_plans_checked_on_the_gpu(
+    default_model_source: Path, tmp_path: Path
+) -> None:
+    """On a GPU host the build compiles the TensorRT-ready ONNX and re-checks each plan."""
+    from engines.artifacts.manifest import Manifest
+    from engines.build.builder import BuildConfig, build_model
+    from tests.conftest import DEFAULT_MODEL
+
+    model_dir = MODELS_DIR / DEFAULT_MODEL
+    config = BuildConfig(backend="tensorrt", max_batch=8)
+    build_model(model_dir, tmp_path, config, progress=False)
+    manifest = Manifest.load(tmp_path / model_dir.name)
+    assert manifest is not None
+    by = {v.precision.value: v for v in manifest.variants if v.backend == "tensorrt"}
+    for precision in ("fp32", "int8"):
+        variant = by[precision]
+        assert variant.accepted, f"{variant.status}: {variant.reason}"
+        assert variant.artifact == f"{precision}.plan" and variant.latency_ms
+        assert variant.accuracy is not None and variant.accuracy.map50_95_agreement >= 0.95

@@ -59,7 +59,9 @@ def edit(engines_dir: Path, precision: Precision, **changes: object) -> None:
     assert manifest is not None
     variant = manifest.variant(precision)
     assert variant is not None
-    manifest.with_variant(variant.model_copy(update=changes))
+    # Edited in place: a changed backend moves the record, it does not add one beside it.
+    edited = variant.model_copy(update=changes)
+    manifest.variants = [edited if v is variant else v for v in manifest.variants]
     manifest.save(engines_dir / MODEL)
 
 

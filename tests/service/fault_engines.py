@@ -8,6 +8,12 @@ before the app is built.
 ``FAULT_FAIL_BATCHES``: comma-separated batch numbers (1-based) that raise a recoverable error.
 ``FAULT_FATAL_AFTER``: after this many good batches, every batch raises a fatal error.
 ``FAULT_DELAY_S``: extra seconds per batch (makes overload and drain tests deterministic).
+``FAULT_SLOWDOWN``: each batch takes this many times its real engine time (a slower device,
+whatever the machine's load).
+``FAULT_DELAY_PRECISIONS``: comma-separated precisions the delay and slowdown apply to (default:
+all), so a stand-in FP32 can be made slow while INT8 runs at its real speed.
+The warm-up speed measurement (``service.speed.measure_engine``) runs with the delay but is not
+counted as batches, so batch numbers start at the first served batch.
 ``FAULT_GATE_FILE``: every batch waits until this file exists (a test holds requests in flight
 for as long as it needs, then releases them by creating the file).
 ``FAULT_GARBLE_BATCHES``: batch numbers whose outputs come back as complex numbers, a dtype no
@@ -27,7 +33,7 @@ import numpy as np
 
 from engines.errors import InferenceError
 from engines.runtime.base import Engine
-from service import registry
+from service import registry, speed
 
 FAULT_SERVER = "tests.service.fault_engines"
 GATE_TIMEOUT_S = 120.0
@@ -46,7 +52,11 @@ class FaultyEngine:
         self._garble = _batches("FAULT_GARBLE_BATCHES")
         fatal = os.environ.get("FAULT_FATAL_AFTER")
         self._fatal_after = int(fatal) if fatal else None
-        self._delay = float(os.environ.get("FAULT_DELAY_S", "0"))
+        delayed = os.environ.get("FAULT_DELAY_PRECISIONS", "")
+        applies = not delayed or inner.precision.value in delayed.split(",")
+        self._delay = float(os.environ.get("FAULT_DELAY_S", "0")) if applies else 0.0
+        self._slowdown = float(os.environ.get("FAULT_SLOWDOWN", "1")) if applies else 1.0
+        self.counting = True
         gate = os.environ.get("FAULT_GATE_FILE")
         self._gate = Path(gate) if gate else None
 
@@ -57,6 +67,8 @@ class FaultyEngine:
         self._inner.warmup()
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        if not self.counting:  # the warm-up speed measurement: real speed, no faults
+            return self._slow(batch)
         with self._lock:
             self._batches += 1
             n = self._batches
@@ -65,10 +77,16 @@ class FaultyEngine:
             raise InferenceError(f"injected failure in batch {n}")
         if self._fatal_after is not None and n > self._fatal_after:
             raise InferenceError("injected fatal error: device lost", fatal=True)
-        time.sleep(self._delay)
-        outputs = self._inner.infer(batch)
+        outputs = self._slow(batch)
         if n in self._garble:
             return {k: v.astype(np.complex64) for k, v in outputs.items()}
+        return outputs
+
+    def _slow(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        time.sleep(self._delay)
+        started = time.perf_counter()
+        outputs = self._inner.infer(batch)
+        time.sleep((self._slowdown - 1) * (time.perf_counter() - started))
         return outputs
 
     def _wait_for_gate(self) -> None:
@@ -92,6 +110,19 @@ def install() -> None:
         return open_faulty
 
     registry.engine_factory = with_faults  # type: ignore[assignment]
+    measure = speed.measure_engine
+
+    def measure_uncounted(engine: Engine, *args: Any, **kwargs: Any) -> dict[int, float]:
+        faulty = engine if isinstance(engine, FaultyEngine) else None
+        if faulty is not None:
+            faulty.counting = False
+        try:
+            return measure(engine, *args, **kwargs)
+        finally:
+            if faulty is not None:
+                faulty.counting = True
+
+    speed.measure_engine = measure_uncounted
 
 
 if __name__ == "__main__":

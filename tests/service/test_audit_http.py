@@ -108,6 +108,7 @@ def test_drifting_int8_falls_under_budget_alerts_and_is_demoted(
         {
             "DETECT_ENGINES_DIR": str(int8_preferred),
             "DRIFT_AFTER": str(steady),
+            "DRIFT_SLOW_OTHERS": "3",  # `auto` ranks on live speed: make INT8 clearly fastest
             "DETECT_MAX_BATCH": "1",  # one request = one INT8 batch, so DRIFT_AFTER counts them
             "DETECT_AUTO_MIN_AGREEMENT": "0.95",
             "DETECT_AUDIT_SAMPLE_FRACTION": "1",

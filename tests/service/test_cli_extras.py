@@ -49,15 +49,15 @@ def test_every_help_works_without_any_extra(command: list[str], tmp_path: Path) 
     assert result.stdout.startswith("usage: detect-serve")
 
 
-# Everything else runs on the default install (build and bench included); the tensorrt backend
-# needs the gpu extra, whether asked for by flag or by setting.
+# Everything else runs on the default install (build and bench included); serving with the
+# tensorrt backend needs the gpu extra.
 @pytest.mark.parametrize(
     ("command", "env"),
     [
-        (["build", "yolov3-tiny-coco", "--backend", "tensorrt"], {}),
         (["serve", "--prepare"], {"DETECT_BACKEND": "tensorrt"}),
+        (["serve"], {"DETECT_BACKEND": "tensorrt"}),
     ],
-    ids=["build --backend tensorrt", "serve DETECT_BACKEND=tensorrt"],
+    ids=["serve --prepare", "serve"],
 )
 def test_a_missing_extra_is_named_before_any_work(
     command: list[str], env: dict[str, str], tmp_path: Path
@@ -69,6 +69,17 @@ def test_a_missing_extra_is_named_before_any_work(
     assert "pip install 'detect-serve[gpu]'" in result.stderr
     assert "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []  # nothing fetched, built or cached (no home either)
+
+
+def test_a_tensorrt_build_needs_no_gpu_extra(tmp_path: Path) -> None:
+    """Without TensorRT a build still makes and checks the TensorRT-ready ONNX and records it
+    pending (tests/engines/test_tensorrt_build.py): the CLI goes on to the model itself."""
+    env = {"DETECT_HOME": str(tmp_path / "home")}
+    command = ["build", "no-such-model", "--backend", "tensorrt"]
+    result = run_cli(command, list(extras.EXTRA_MODULES["gpu"]), tmp_path, env)
+    assert result.returncode != 0
+    assert "no model 'no-such-model'" in result.stderr, result.stderr
+    assert "detect-serve[gpu]" not in result.stderr
 
 
 def test_a_late_optional_import_still_names_its_extra(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -63,6 +65,13 @@ def test_service_errors_pass_through_unchanged() -> None:
     assert to_service_error(err) is err
 
 
+def error_of(r: Any) -> dict[str, object]:
+    """The error object without its request ID (``-`` here: no request-ID middleware in front)."""
+    error: dict[str, object] = r.json()["error"]
+    assert error.pop("request_id", "-") == "-"
+    return error
+
+
 @pytest.fixture(scope="module")
 def client() -> TestClient:
     app = FastAPI()
@@ -87,7 +96,7 @@ def client() -> TestClient:
 def test_service_error_becomes_json_with_status_and_headers(client: TestClient) -> None:
     r = client.get("/overloaded")
     assert r.status_code == 503 and r.headers["Retry-After"] == "3"
-    assert r.json() == {"error": {"code": "overloaded", "message": "queue full"}}
+    assert error_of(r) == {"code": "overloaded", "message": "queue full"}
     v2 = client.get("/v2/overloaded")  # KServe v2 fixes its own error shape
     assert v2.status_code == 503 and v2.json() == {"error": "queue full"}
 
@@ -105,10 +114,11 @@ def test_validation_not_found_method_and_crash(client: TestClient) -> None:
     assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "method_not_allowed"
     crash = client.get("/crash")
     assert crash.status_code == 500
-    assert crash.json() == {"error": {"code": "internal_error", "message": "internal error"}}
+    assert error_of(crash) == {"code": "internal_error", "message": "internal error"}
 
 
 def test_error_body_carries_details_only_when_given() -> None:
-    assert error_body("c", "m") == {"error": {"code": "c", "message": "m"}}
-    assert error_body("c", "m", [1]) == {"error": {"code": "c", "message": "m", "details": [1]}}
+    plain = {"code": "c", "message": "m", "request_id": "-"}  # "-": outside any request
+    assert error_body("c", "m") == {"error": plain}
+    assert error_body("c", "m", [1]) == {"error": {**plain, "details": [1]}}
     assert ServiceError("x").status == 500

@@ -65,15 +65,21 @@ def test_commands_work_from_any_directory(tmp_path: Path) -> None:
         "PYTHONPATH": str(REPO),  # this checkout's code from any directory
     }
     listed = _cli("models", "list", cwd=elsewhere, env=env)
-    assert json.loads(listed.stdout) == [{"name": DEFAULT_MODEL, "fetched": False, "built": False}]
+    assert json.loads(listed.stdout) == [
+        {"name": name, "fetched": False, "built": False}
+        for name in (DEFAULT_MODEL, "yolov8n-coco")  # the built-in catalogue, sorted
+    ]
     fetched = _cli("models", "fetch", DEFAULT_MODEL, cwd=elsewhere, env=env)
     onnx = tmp_path / "home" / "models" / DEFAULT_MODEL / "source" / "model.onnx"
     assert fetched.returncode == 0, fetched.stderr
     assert fetched.stdout.strip().splitlines()[-1] == str(onnx) and onnx.is_file()
     listed = _cli("models", "list", cwd=elsewhere, env=env)
-    assert json.loads(listed.stdout)[0]["fetched"] is True
+    assert json.loads(listed.stdout)[0] == {"name": DEFAULT_MODEL, "fetched": True, "built": False}
     unknown = _cli("build", "no-such-model", cwd=elsewhere, env=env)
-    assert unknown.returncode == 2 and "built-in models: yolov3-tiny-coco" in unknown.stderr
+    assert (
+        unknown.returncode == 2
+        and "built-in models: yolov3-tiny-coco, yolov8n-coco" in unknown.stderr
+    )
     server = ServerProcess.start(tmp_path / "server", env, cwd=elsewhere)
     try:
         assert httpx.get(server.url + "/health/ready", timeout=10).status_code == 200

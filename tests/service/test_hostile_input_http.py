@@ -91,8 +91,21 @@ BAD_BODIES: list[tuple[str, dict[str, Any], int]] = [
     ),
     (
         "wrong content type",
-        {"content": b"{}", "headers": {"content-type": "application/json"}},
+        {"content": b"{}", "headers": {"content-type": "text/plain"}},
         415,
+    ),
+    (
+        "JSON without images",
+        {"content": b"{}", "headers": {"content-type": "application/json"}},
+        400,
+    ),
+    (
+        "JSON image that is not base64",
+        {
+            "content": b'{"images": [{"base64": "%%%"}]}',
+            "headers": {"content-type": "application/json"},
+        },
+        400,
     ),
     ("no content type", {"content": b"\x00\x01"}, 415),
     ("multipart without image", {"files": {"file": ("x", b"abc")}}, 400),

@@ -12,18 +12,35 @@ from service.api.kserve_codec import (
     check_requested_outputs,
     decode_inputs,
     encode_outputs,
+    parse_request,
     requested_precision,
-    split_body,
     wants_binary,
 )
 from service.errors import BadRequest, InferenceFailed
 
+X = {"name": "x", "datatype": "FP32", "shape": [1], "data": [0.0]}
+
+
+def req(body: dict[str, Any]) -> Any:
+    """A request as the server parses it (schema-validated), from a plain dict."""
+    request, _ = parse_request(json.dumps({"inputs": [X], **body}).encode(), None)
+    return request
+
+
+def split(body: bytes, length: str | None) -> tuple[dict[str, Any], bytes]:
+    request, binary = parse_request(body, length)
+    return request.model_dump(exclude_none=True), binary
+
+
+def decode(body: dict[str, Any], binary: bytes) -> dict[str, np.ndarray]:
+    return decode_inputs(req(body), binary, max_elements=1 << 20)
+
 
 def test_split_body_with_and_without_a_binary_tail() -> None:
-    head = json.dumps({"inputs": []}).encode()
-    assert split_body(head, None) == ({"inputs": []}, b"")
-    assert split_body(head + b"\x01\x02", str(len(head))) == ({"inputs": []}, b"\x01\x02")
-    assert split_body(head, str(len(head))) == ({"inputs": []}, b"")  # all header, no tail
+    head = json.dumps({"inputs": [X]}).encode()
+    assert split(head, None) == ({"inputs": [X]}, b"")
+    assert split(head + b"\x01\x02", str(len(head))) == ({"inputs": [X]}, b"\x01\x02")
+    assert split(head, str(len(head))) == ({"inputs": [X]}, b"")  # all header, no tail
 
 
 @pytest.mark.parametrize(
@@ -31,8 +48,8 @@ def test_split_body_with_and_without_a_binary_tail() -> None:
     [(b"{}", "0"), (b"{}", "3"), (b"{}", "-1"), (b"{}", "two"), (b"not json", None), (b"[", "1")],
 )
 def test_split_body_refuses_a_bad_header_length_or_header(body: bytes, length: str | None) -> None:
-    with pytest.raises(BadRequest, match="malformed v2 inference request"):
-        split_body(body, length)
+    with pytest.raises(BadRequest, match="v2 inference request"):
+        split(body, length)
 
 
 def test_json_and_binary_inputs_decode_in_order() -> None:
@@ -55,7 +72,7 @@ def test_json_and_binary_inputs_decode_in_order() -> None:
             },
         ]
     }
-    arrays = decode_inputs(request, a.tobytes() + b.tobytes())
+    arrays = decode(request, a.tobytes() + b.tobytes())
     np.testing.assert_array_equal(arrays["x"], a)
     np.testing.assert_array_equal(arrays["a"], a)  # the first slice ...
     np.testing.assert_array_equal(arrays["b"], b)  # ... and the next one after it
@@ -85,38 +102,40 @@ def test_json_and_binary_inputs_decode_in_order() -> None:
 )
 def test_bad_inputs_are_bad_requests(request_: dict[str, Any]) -> None:
     with pytest.raises(BadRequest):
-        decode_inputs(request_, b"\0" * 8)
+        decode(request_, b"\0" * 8)
 
 
 def test_requested_precision_and_outputs() -> None:
-    assert requested_precision({}) == "auto"
-    assert requested_precision({"parameters": {"precision": "int8"}}) == "int8"
-    with pytest.raises(BadRequest, match="'parameters' must be an object"):
-        requested_precision({"parameters": [1]})
-    check_requested_outputs({"outputs": [{"name": "out"}]}, ["out"])
-    check_requested_outputs({}, ["out"])
+    assert requested_precision(req({})) == "auto"
+    assert requested_precision(req({"parameters": {"precision": "int8"}})) == "int8"
+    with pytest.raises(BadRequest, match="parameters"):
+        requested_precision(req({"parameters": [1]}))
+    check_requested_outputs(req({"outputs": [{"name": "out"}]}), ["out"])
+    check_requested_outputs(req({}), ["out"])
     for bad in ({"outputs": {"a": 1}}, {"outputs": [1]}, {"outputs": [{"name": 3}]}):
         with pytest.raises(BadRequest, match="output"):
-            check_requested_outputs(bad, ["out"])
+            check_requested_outputs(req(bad), ["out"])
     with pytest.raises(BadRequest, match="unknown output 'nope'"):
-        check_requested_outputs({"outputs": [{"name": "nope"}]}, ["out"])
+        check_requested_outputs(req({"outputs": [{"name": "nope"}]}), ["out"])
     with pytest.raises(BadRequest, match="parameters"):
-        check_requested_outputs({"outputs": [{"name": "out", "parameters": 1}]}, ["out"])
+        check_requested_outputs(req({"outputs": [{"name": "out", "parameters": 1}]}), ["out"])
 
 
 def test_wants_binary_per_output_or_for_the_whole_request() -> None:
-    assert not wants_binary({}, "a")
-    assert wants_binary({"parameters": {"binary_data_output": True}}, "a")
+    assert not wants_binary(req({}), "a")
+    assert wants_binary(req({"parameters": {"binary_data_output": True}}), "a")
     per_output = {"outputs": [{"name": "a", "parameters": {"binary_data": True}}, {"name": "b"}]}
-    assert wants_binary(per_output, "a") and not wants_binary(per_output, "b")
-    assert not wants_binary({"outputs": [{"name": "a", "parameters": {"binary_data": False}}]}, "a")
+    assert wants_binary(req(per_output), "a") and not wants_binary(req(per_output), "b")
+    assert not wants_binary(
+        req({"outputs": [{"name": "a", "parameters": {"binary_data": False}}]}), "a"
+    )
 
 
 OUTPUTS = {"a": np.arange(4, dtype=np.float32).reshape(1, 4), "b": np.array([[5]], np.int64)}
 
 
 def test_json_outputs() -> None:
-    body, headers = encode_outputs({"id": "r1"}, OUTPUTS, "m.fp32", {"parameters": {"p": 1}})
+    body, headers = encode_outputs(req({"id": "r1"}), OUTPUTS, "m.fp32", {"parameters": {"p": 1}})
     assert headers == {"content-type": "application/json"}
     reply = json.loads(body)
     assert (
@@ -130,7 +149,7 @@ def test_json_outputs() -> None:
 
 def test_binary_outputs_follow_the_header_and_only_requested_ones_are_sent() -> None:
     request = {"outputs": [{"name": "a", "parameters": {"binary_data": True}}]}
-    body, headers = encode_outputs(request, OUTPUTS, "m", {})
+    body, headers = encode_outputs(req(request), OUTPUTS, "m", {})
     assert headers["content-type"] == "application/octet-stream"
     n = int(headers["Inference-Header-Content-Length"])
     header = json.loads(body[:n])
@@ -142,7 +161,7 @@ def test_binary_outputs_follow_the_header_and_only_requested_ones_are_sent() -> 
 
 def test_big_endian_outputs_are_sent_little_endian() -> None:
     big = {"a": np.arange(3, dtype=">f4").reshape(1, 3)}
-    body, headers = encode_outputs({"parameters": {"binary_data_output": True}}, big, "m", {})
+    body, headers = encode_outputs(req({"parameters": {"binary_data_output": True}}), big, "m", {})
     n = int(headers["Inference-Header-Content-Length"])
     assert json.loads(body[:n])["outputs"][0]["datatype"] == "FP32"
     assert body[n:] == np.arange(3, dtype="<f4").tobytes()
@@ -150,4 +169,4 @@ def test_big_endian_outputs_are_sent_little_endian() -> None:
 
 def test_an_output_dtype_v2_cannot_carry_is_a_server_error() -> None:
     with pytest.raises(InferenceFailed, match="not a v2 type"):
-        encode_outputs({}, {"a": np.zeros((1, 2), np.complex64)}, "m", {})
+        encode_outputs(req({}), {"a": np.zeros((1, 2), np.complex64)}, "m", {})

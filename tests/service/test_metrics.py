@@ -10,6 +10,7 @@ from engines.precision import Precision
 from service.metrics import BATCH_SIZE_BUCKETS, LATENCY_BUCKETS, Metrics
 from service.registry import _VariantObserver
 from service.selection import PrecisionSelector
+from service.speed import LiveSpeed
 from tests.service.test_selection import record
 
 LABELS = {"model": "m", "precision": "fp32"}
@@ -55,7 +56,7 @@ def test_variant_series_exist_at_zero_before_any_traffic() -> None:
 
 def observer() -> tuple[Metrics, _VariantObserver, PrecisionSelector]:
     metrics = Metrics()
-    watched = _VariantObserver(metrics, "m", Precision.FP32)
+    watched = _VariantObserver(metrics, "m", Precision.FP32, LiveSpeed())
     selector = PrecisionSelector(
         [record(Precision.FP32, 0.1, 1.0), record(Precision.INT8, 0.05, 0.9)],
         auto_min_agreement=0.99,

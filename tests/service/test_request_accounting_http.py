@@ -130,9 +130,10 @@ def test_v2_failures_are_counted_with_their_status(
     gate.touch()
     before = scrape(gated)
     # A malformed output request used to fail while encoding the reply: 500, counted as 200.
-    malformed = v2_infer(gated, tensor, outputs=[1])
+    # An unknown output name passes the v2 schema and is refused once a variant is chosen.
+    malformed = v2_infer(gated, tensor, outputs=[{"name": "no-such-output"}])
     assert malformed.status_code == 400, malformed.text
-    assert "requested output" in malformed.json()["error"]
+    assert "unknown output" in malformed.json()["error"]
     # Batch 3 comes back from the engine in a dtype v2 cannot encode: the failure happens
     # after inference, while the reply is built, and is counted as what the client got.
     garbled = v2_infer(gated, tensor)

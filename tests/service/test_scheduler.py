@@ -16,6 +16,8 @@ from service.scheduler import (
     BatchingConfig,
     BatchScheduler,
     DeadlineUnmeetable,
+    DecodeBusy,
+    DecodeTooCostly,
     DeviceLoad,
     Outputs,
     QueueFull,
@@ -23,6 +25,7 @@ from service.scheduler import (
     TooManyImages,
     VariantOutOfService,
 )
+from service.scheduler.admission import DEADLINE_SAFETY, BatchTimes, Calibration
 
 
 class StandInEngine:
@@ -358,8 +361,10 @@ def test_full_queue_is_refused_with_retry_after() -> None:
         await until(lambda: sched.queue_depth == 2)
         with pytest.raises(QueueFull) as refused:
             await sched.submit(item(3), far())
-        # Two queued and one running ahead, then this one: 4 x 1.5 s.
-        assert refused.value.retry_after_s == pytest.approx(6.0)
+        # Two queued and one running ahead, then this one: 4 x 1.5 s (less the running one's start).
+        assert refused.value.retry_after_s == pytest.approx(
+            6.0, abs=0.05
+        )  # less what the running batch has done
         assert to_service_error(refused.value).headers["Retry-After"] == "6"
         engine.gate.set()
         await asyncio.gather(running, *queued)  # accepted work still completes
@@ -463,13 +468,43 @@ def test_scheduler_refusals_map_to_http_in_one_place() -> None:
         (QueueFull("full", retry_after_s=2.5), 503, "3"),
         (ShuttingDown("closing"), 503, "5"),
         (TooManyImages("too many"), 413, None),
-        (DeadlineUnmeetable("late"), 504, None),
+        (DeadlineUnmeetable("late", retry_after_s=1.2), 504, "2"),
         (VariantOutOfService("dead"), 503, "5"),
+        (DecodeBusy("busy", retry_after_s=0.1), 503, "1"),
+        (DecodeTooCostly("huge"), 413, None),
     ]
     for error, status, retry_after in cases:
         mapped = to_service_error(error)
         assert (mapped.status, mapped.headers.get("Retry-After")) == (status, retry_after)
         assert mapped.message == str(error)
+    # The server's own default deadline missed is overload (503), not the client's 504.
+    server_set = to_service_error(
+        DeadlineUnmeetable("late", retry_after_s=3), client_deadline=False
+    )
+    assert (server_set.status, server_set.headers["Retry-After"]) == (503, "3")
+
+
+def test_queue_estimates_price_whole_batches() -> None:
+    times = BatchTimes()
+    times.observe(8, 0.4)  # 50 ms per image in a full batch
+    times.observe(1, 0.1)  # but a lone image pays the fixed cost: 100 ms
+    assert times.queue_s(9, max_batch=8) == pytest.approx(0.5)  # one full batch, then one
+    assert times.queue_s(3, max_batch=8) == pytest.approx(3 * times.per_image_s)  # not seen yet
+
+
+def test_calibration_learns_how_late_estimates_run() -> None:
+    calibration = Calibration()
+    assert calibration.factor == DEADLINE_SAFETY  # nothing measured yet
+    for i in range(100):  # answers take 1.5x the estimate, one in five 3x
+        calibration.observe(1.0, 3.0 if i % 5 == 0 else 1.5)
+    assert calibration.factor == 1.5  # the median: outliers do not make the door pessimistic
+    assert calibration.tail_factor == 3.0  # the 90th percentile, for a batch about to run
+    for _ in range(256):  # then the estimate turns out pessimistic
+        calibration.observe(1.0, 0.8)
+    assert calibration.factor == 0.8
+    for _ in range(256):  # a stretch of absurd measurements is bounded
+        calibration.observe(1.0, 100.0)
+    assert calibration.factor == 4.0
 
 
 class _Recorder:

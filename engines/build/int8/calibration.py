@@ -25,7 +25,7 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
 from engines.errors import EngineError, ImageDecodeError
-from engines.model.preprocess import decode_image, letterbox
+from engines.model.preprocess import Resize, decode_image, letterbox
 from engines.sources.sample_images import CALIBRATION_PHOTOS, VALIDATION_PHOTOS, sample_image
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
@@ -165,8 +165,14 @@ class CalibrationSet(CalibrationDataReader):  # type: ignore[misc]
         size: tuple[int, int],
         pad_value: int,
         cache_path: Path,
+        batch: int = 1,
+        resize: Resize = "pillow",
     ) -> None:
+        """``batch`` images per feed: a static-batch model takes exactly its own batch;
+        ``resize``: the model's letterbox resize."""
         self.images = images
+        self.batch = batch
+        self.resize = resize
         self.input_name = input_name
         self.size = size
         self.pad_value = pad_value
@@ -182,11 +188,17 @@ class CalibrationSet(CalibrationDataReader):  # type: ignore[misc]
         return len(self.images)
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        for image in self.images.images:
-            tensor, _ = letterbox(image, self.size, pad_value=self.pad_value)
+        images = self.images.images
+        for start in range(0, len(images), self.batch):
+            # A short last feed is filled from the start of the set (real images, not blanks).
+            chunk = [images[(start + k) % len(images)] for k in range(self.batch)]
+            tensors = [
+                letterbox(image, self.size, pad_value=self.pad_value, resize=self.resize)[0]
+                for image in chunk
+            ]
             if self.on_feed is not None:
-                self.on_feed(1)
-            yield {self.input_name: tensor[None]}
+                self.on_feed(min(self.batch, len(images) - start))
+            yield {self.input_name: np.stack(tensors)}
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self._iter is None:

@@ -23,10 +23,11 @@ from engines.artifacts.record import Accuracy, KeptFloat, VariantRecord
 from engines.build.accuracy import detection_error
 from engines.build.int8.calibration import CalibrationSet
 from engines.build.int8.graph import HEAD_REASON, compute_nodes, decode_head
-from engines.build.int8.quantize import Int8Options, quantize_int8
+from engines.build.int8.quantize import Int8Options
 from engines.build.validation import EngineLoader, Reference, detect_all, measure
 from engines.model.postprocess import Detections
 from engines.precision import Precision
+from engines.runtime.base import Int8Quantizer, quantize_for_onnxruntime_cpu
 
 Say = Callable[[str], None]
 
@@ -39,6 +40,7 @@ class Int8Search:
     mixed_precision: bool  # False: whole-graph INT8, no float-kept nodes (to show why not)
     max_fallbacks: int
     probe_images: int = 8
+    quantize: Int8Quantizer = quantize_for_onnxruntime_cpu  # the backend row's INT8 recipe
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ class _Quantizer:
 
     def write(self, target: Path, kept: Sequence[str], only: Sequence[str] | None = None) -> None:
         calibration, options = self.search.calibration, self.search.options
-        quantize_int8(self.source, target, calibration, options, keep_float=kept, only=only)
+        self.search.quantize(self.source, target, calibration, options, keep_float=kept, only=only)
 
     def accuracy(self, target: Path, kept: Sequence[str], ref: Reference) -> Accuracy:
         self.write(target, kept)
@@ -120,7 +122,12 @@ def make_int8(
     target = out_dir / "int8.onnx"
     accuracy = quantizer.accuracy(target, [k.node for k in kept], ref)
     say(f"int8: {len(kept)} nodes kept float, agreement {accuracy.map50_95_agreement:.4f}")
-    if accuracy.map50_95_agreement >= search.budget or not search.mixed_precision:
+    # No fallbacks allowed: probing sensitivities would only cost time.
+    if (
+        accuracy.map50_95_agreement >= search.budget
+        or not search.mixed_precision
+        or search.max_fallbacks < 1
+    ):
         return _made(draft, target, accuracy, kept)
     convs = compute_nodes(model)
     say(f"int8: below budget {search.budget}; probing {len(convs)} convolutions one at a time")

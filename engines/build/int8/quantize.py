@@ -9,11 +9,14 @@ float-kept set (the mixed-precision search) costs under a second, not another ca
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import onnx
 from onnxruntime.quantization import (
     CalibrationMethod,
     QuantFormat,
@@ -75,8 +78,28 @@ def quantize_int8(
     """
     activation = QuantType.QInt8 if options.symmetric_activations else QuantType.QUInt8
     calibration.rewind()  # the reader may have been consumed by an earlier calibration
+    # ONNX Runtime writes a shape-inferred copy beside its input: quantize a private copy next
+    # to the target (a build's own staging folder), never the shared source, which concurrent
+    # builds of the same model would race on.
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".quantize-") as scratch:
+        private = Path(scratch) / source.name
+        shutil.copyfile(source, private)
+        _quantize(private, target, calibration, options, activation, keep_float, only)
+
+
+def _quantize(
+    source: Path,
+    target: Path,
+    calibration: CalibrationSet,
+    options: Int8Options,
+    activation: QuantType,
+    keep_float: Sequence[str],
+    only: Sequence[str] | None,
+) -> None:
     quantize_static(
-        model_input=source,
+        # The graph, not its path: given a path, ONNX Runtime writes <name>-inferred.onnx beside
+        # the source and deletes it again, which races with any other build of the same model.
+        model_input=onnx.load(str(source)),
         model_output=target,
         calibration_data_reader=calibration,
         quant_format=QuantFormat.QDQ,

@@ -1,0 +1,47 @@
+"""The KServe v2 / Triton statistics extension: ``GET /v2/models/stats`` and
+``GET /v2/models/NAME[/versions/V]/stats``.
+
+Statistics are kept per served variant (``NAME.fp32``, ``NAME.int8``...) whatever protocol the
+requests came by. ``/v2/models/stats`` lists every variant; ``NAME.PRECISION/stats`` is that
+variant; ``NAME/stats`` and ``NAME.detect/stats`` are the sum over the model's variants (what
+ran for that name, as the variant is chosen per request).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from service.api.v2_models import resolve_v2
+from service.deps import AuthDep, MetricsDep, RegistryDep
+from service.stats import VariantStats
+
+router = APIRouter(prefix="/v2/models", tags=["kserve-v2"], dependencies=[AuthDep])
+
+
+@router.get("/stats", summary="v2 statistics of every model variant")
+async def all_stats(registry: RegistryDep, metrics: MetricsDep) -> dict[str, Any]:
+    seen = metrics.inference_stats.snapshot()
+    entries = []
+    for model in registry.models.values():
+        for precision in model.variants:
+            stats = seen.get((model.name, precision.value), VariantStats())
+            entries.append(stats.as_dict(f"{model.name}.{precision.value}"))
+    return {"model_stats": entries}
+
+
+@router.get("/{model_name}/stats", summary="v2 statistics of one model")
+@router.get("/{model_name}/versions/{version}/stats", include_in_schema=False)
+async def model_stats(
+    model_name: str, registry: RegistryDep, metrics: MetricsDep, version: str = "1"
+) -> dict[str, Any]:
+    target = resolve_v2(registry, model_name)
+    seen = metrics.inference_stats.snapshot()
+    precisions = (
+        [target.precision] if target.precision else [p.value for p in target.model.variants]
+    )
+    total = VariantStats()
+    for precision in precisions:
+        total.merge(seen.get((target.model.name, precision), VariantStats()))
+    return {"model_stats": [total.as_dict(model_name, version)]}

@@ -61,14 +61,17 @@ TARGETS: dict[str, Target] = {
     "admission": Target(
         "service/scheduler/admission.py",
         None,
-        (("tests/service/test_scheduler.py",), (HTTP + "test_overload_http.py",)),
+        (
+            ("tests/service/test_scheduler.py",),
+            (HTTP + "test_overload_semantics_http.py", HTTP + "test_overload_http.py"),
+        ),
     ),
     "batcher": Target(
         "service/scheduler/batcher.py",
         None,
         (
             ("tests/service/test_scheduler.py",),
-            (HTTP + "test_overload_http.py", HTTP + "test_reliability_http.py"),
+            (HTTP + "test_overload_semantics_http.py", HTTP + "test_reliability_http.py"),
         ),
     ),
     "errors": Target(
@@ -76,26 +79,30 @@ TARGETS: dict[str, Target] = {
         None,
         (
             ("tests/service/test_errors.py", "tests/service/test_scheduler.py"),
-            (HTTP + "test_overload_http.py", HTTP + "test_bad_input_http.py"),
+            (
+                HTTP + "test_overload_semantics_http.py",
+                HTTP + "test_overload_http.py",
+                HTTP + "test_bad_input_http.py",
+            ),
         ),
     ),
     "metrics": Target(
         "service/metrics.py",
         None,
-        (("tests/service/test_metrics.py",), (HTTP + "test_overload_http.py",)),
+        (("tests/service/test_metrics.py",), (HTTP + "test_overload_semantics_http.py",)),
     ),
     "observer": Target(  # where the scheduler's knowledge becomes metrics and feeds `auto`
         "service/registry.py",
         "_VariantObserver",
         (
             ("tests/service/test_metrics.py",),
-            (HTTP + "test_overload_http.py", HTTP + "test_auto_precision_http.py"),
+            (HTTP + "test_overload_semantics_http.py", HTTP + "test_auto_precision_http.py"),
         ),
     ),
     "accounting": Target(  # the per-request counts, durations and in-flight gauge
         "service/flow.py",
         "serve",
-        ((HTTP + "test_overload_http.py", HTTP + "test_request_accounting_http.py"),),
+        ((HTTP + "test_overload_semantics_http.py", HTTP + "test_request_accounting_http.py"),),
     ),
     "codec": Target(
         "service/api/kserve_codec.py",

@@ -114,7 +114,8 @@ def test_batch_forms_on_time() -> None:
         waited = time.monotonic() - started
         assert engine.batches == [[0, 1, 2]]
         assert waited >= 0.14
-        assert results[0].queue_wait_s >= 0.14
+        # Each waited for the window, and no longer than the test itself did.
+        assert all(0.14 <= r.queue_wait_s <= waited for r in results)
         await sched.close()
 
     run(main)

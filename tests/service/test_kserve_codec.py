@@ -170,3 +170,22 @@ def test_big_endian_outputs_are_sent_little_endian() -> None:
 def test_an_output_dtype_v2_cannot_carry_is_a_server_error() -> None:
     with pytest.raises(InferenceFailed, match="not a v2 type"):
         encode_outputs(req({}), {"a": np.zeros((1, 2), np.complex64)}, "m", {})
+
+
+@pytest.mark.parametrize(
+    ("field", "at_limit", "over"),
+    [
+        ("name", {"name": "n" * 256}, {"name": "n" * 257}),
+        ("shape", {"shape": [1] * 8, "data": [0.0]}, {"shape": [1] * 9, "data": [0.0]}),
+    ],
+)
+def test_input_limits_hold_exactly_at_their_bound(
+    field: str, at_limit: dict[str, Any], over: dict[str, Any]
+) -> None:
+    def body(changes: dict[str, Any]) -> bytes:
+        return json.dumps({"inputs": [{**X, **changes}]}).encode()
+
+    request, _ = parse_request(body(at_limit), None)  # 256 characters, 8 dimensions: accepted
+    assert request.inputs[0].name
+    with pytest.raises(BadRequest):
+        parse_request(body(over), None)

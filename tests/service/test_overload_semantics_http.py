@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import io
 import math
+import socket
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -241,3 +242,40 @@ def check_histograms(
     # least the replies' own end-to-end times (measured a hair later, from inside the handler).
     assert total <= sum(r.seconds for r in ok + failed)
     assert total >= reported("total", bodies) - 1e-3 * len(bodies)
+
+
+def test_a_client_that_leaves_has_its_queued_image_dropped(
+    server_factory: Callable[..., Server], gate: Path, photo: Callable[[str], bytes]
+) -> None:
+    """Its image never reaches the engine, and the request is counted as 499."""
+    server = gated_server(server_factory, gate, DETECT_MAX_BATCH="1")
+    bus = photo("bus")
+    before = scrape(server)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        held = hold_one(server, gate, pool, bus)
+        boundary = "leaving"
+        body = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="b"\r\n'
+                "Content-Type: application/octet-stream\r\n\r\n"
+            ).encode()
+            + bus
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=60) as sock:
+            sock.sendall(
+                b"POST /detect?deadline_ms=60000 HTTP/1.1\r\nHost: x\r\n"
+                + f"Content-Type: multipart/form-data; boundary={boundary}\r\n".encode()
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            wait_for(server, queue_depth(server), 1)
+        # The connection is closed: the server notices and cancels the queued image.
+        wait_for(server, key("detect_requests_total", status="499"), 1)
+        gate.touch()
+        assert held.result().status == 200
+    after = scrape(server)
+    assert moved(before, after, key("detect_images_total")) == 1  # only the held request's
+    assert moved(before, after, key("detect_rejected_total", reason="cancelled")) == 1
+    assert value(after, queue_depth(server)) == 0

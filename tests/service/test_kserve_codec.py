@@ -189,3 +189,21 @@ def test_input_limits_hold_exactly_at_their_bound(
     assert request.inputs[0].name
     with pytest.raises(BadRequest):
         parse_request(body(over), None)
+
+
+def test_a_zero_size_binary_input_takes_no_bytes_and_a_negative_size_is_refused() -> None:
+    """``binary_data_size`` 0 is a valid empty tensor (a 0-length dimension), and the next
+    input's slice starts where it would have; a negative size is a client error."""
+    empty = {
+        "name": "e",
+        "datatype": "FP32",
+        "shape": [0, 3],
+        "parameters": {"binary_data_size": 0},
+    }
+    after = {"name": "n", "datatype": "INT64", "shape": [1], "parameters": {"binary_data_size": 8}}
+    arrays = decode({"inputs": [empty, after]}, np.array([5], "<i8").tobytes())
+    assert arrays["e"].shape == (0, 3) and arrays["e"].dtype == np.float32
+    np.testing.assert_array_equal(arrays["n"], [5])
+    negative = {**empty, "parameters": {"binary_data_size": -1}}
+    with pytest.raises(BadRequest, match="non-negative"):
+        decode({"inputs": [negative]}, b"")

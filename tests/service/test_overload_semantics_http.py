@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
+import json
 import math
 import socket
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -160,6 +162,55 @@ def test_full_queue_is_503_with_retry_after_from_the_measured_cost(
     assert moved(before, after, key("detect_requests_total", status="503")) == 2
     assert moved(before, after, key("detect_requests_total", status="200")) == 3
     assert moved(before, after, key("detect_preprocess_duration_seconds_count")) == 3
+
+
+def v2_infer(server: Server) -> httpx.Response:
+    """A KServe v2 request (one raw FP32 tensor): these routes take no deadline from the client."""
+    raw = np.zeros((1, 3, 416, 416), "<f4").tobytes()
+    inputs = [{"name": "images", "datatype": "FP32", "shape": [1, 3, 416, 416]}]
+    head = json.dumps({"inputs": [{**inputs[0], "parameters": {"binary_data_size": len(raw)}}]})
+    return httpx.post(
+        f"{server.url}/v2/models/{MODEL}/infer",
+        content=head.encode() + raw,
+        headers={"Inference-Header-Content-Length": str(len(head.encode()))},
+        timeout=120,
+    )
+
+
+def test_an_unmeetable_server_deadline_is_overload_a_client_deadline_a_timeout(
+    server_factory: Callable[..., Server], gate: Path
+) -> None:
+    """Every batch takes >= 1 s and the server's own deadline is 0.5 s: a request that did not
+    set a deadline (KServe v2 never does; /detect without ``deadline_ms``) is shed as 503
+    ``overloaded``; the same budget set by the client is 504 ``deadline_exceeded``."""
+    server = gated_server(
+        server_factory,
+        gate,
+        DETECT_MAX_BATCH="1",
+        FAULT_DELAY_S=str(BATCH_DELAY_S),
+        DETECT_DEFAULT_DEADLINE_MS="500",
+    )
+    image = small_jpeg()
+    assert Timed(server, [image], **FAR).status == 200  # the scheduler learns a batch's cost
+    before = scrape(server)
+    v2 = v2_infer(server)
+    unset = Timed(server, [image])
+    client_set = Timed(server, [image], deadline_ms=500)
+    assert v2.status_code == 503, v2.text
+    assert "deadline cannot be met" in v2.json()["error"]  # the v2 protocol's error shape
+    assert (unset.status, client_set.status) == (503, 504), (
+        unset.reply.text,
+        client_set.reply.text,
+    )
+    assert unset.json()["error"]["code"] == "overloaded"
+    assert client_set.json()["error"]["code"] == "deadline_exceeded"
+    for reply in (v2, unset.reply, client_set.reply):
+        assert int(reply.headers["Retry-After"]) >= 1
+    after = scrape(server)
+    assert moved(before, after, key("detect_rejected_total", reason="deadline")) == 3
+    assert moved(before, after, key("detect_requests_total", status="503")) == 2
+    assert moved(before, after, key("detect_requests_total", status="504")) == 1
+    assert moved(before, after, key("detect_batch_size_count")) == 0  # nothing reached the engine
 
 
 def test_metric_values_add_up_to_the_traffic_sent(

@@ -564,3 +564,29 @@ def test_failed_batches_are_reported_as_failed() -> None:
         assert recorder.finished == [(1, True), (1, False)]  # its time is still accounted
 
     run(main)
+
+
+def test_the_device_is_idle_only_with_no_batch_running_and_nothing_waiting() -> None:
+    """Background work (the precision audit's shadow runs) may take the device only then: a
+    held slot with nothing queued is busy, and so is a queued image whose batch has not yet
+    taken the slot."""
+
+    async def main() -> None:
+        device = DeviceLoad(concurrency=1)
+        engine = StandInEngine()
+        sched = BatchScheduler(
+            engine, BatchingConfig(max_batch=1, max_wait_s=0.0), device=device, name="fp32"
+        )
+        assert device.idle()
+        async with device.slot():  # e.g. a shadow run: nothing queued anywhere
+            assert not device.idle()
+        assert device.idle()
+        queued = asyncio.create_task(sched.submit(item(7), far()))  # no worker yet: it waits
+        await until(lambda: sched.queue_depth == 1)
+        assert not device.idle()
+        sched.start()
+        assert int((await queued).outputs["ids"][0]) == 7
+        await until(device.idle)
+        await sched.close()
+
+    run(main)

@@ -94,3 +94,14 @@ def test_hold_time_prevents_flapping() -> None:
     for _ in range(10):
         policy.observe_queue_wait(Precision.INT8, 0.0)
     assert policy.auto_choice is Precision.INT8  # within the hold time: no move back yet
+
+
+def test_pressure_moves_auto_only_to_a_clearly_faster_variant() -> None:
+    """A variant 5 % faster is within the noise of live figures: ``auto`` stays; 15 % faster
+    is a real gain: it moves."""
+    for int8_s, expected in ((0.095, Precision.FP32), (0.085, Precision.INT8)):
+        policy = selector(FP32, record(Precision.INT8, int8_s, agreement=0.96))
+        assert policy.auto_choice is Precision.FP32
+        for _ in range(10):
+            policy.observe_queue_wait(Precision.FP32, 0.200)  # 4x the SLO
+        assert policy.auto_choice is expected, int8_s

@@ -360,7 +360,8 @@ def report(
     lines = [
         "# Mutation testing report",
         "",
-        "`python3 scripts/mutate.py` (see its docstring).",
+        # The exact command, so a figure can be reproduced (sample, seed and stages decide it).
+        f"`{' '.join(['python3', 'scripts/mutate.py', *sys.argv[1:]])}` (see its docstring).",
         "",
     ]
     lines += ["| target | module | mutants | killed | timeouts | survived | kill rate |"]

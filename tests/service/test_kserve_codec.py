@@ -207,3 +207,15 @@ def test_a_zero_size_binary_input_takes_no_bytes_and_a_negative_size_is_refused(
     negative = {**empty, "parameters": {"binary_data_size": -1}}
     with pytest.raises(BadRequest, match="non-negative"):
         decode({"inputs": [negative]}, b"")
+
+
+def test_json_data_that_overflows_to_infinity_is_refused() -> None:
+    """``1e999`` is valid JSON that parses as an infinite float: a client error, never a tensor
+    of infinities sent to the engine."""
+    body = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1.0, 1e999]}]}'
+    request, binary = parse_request(body, None)
+    with pytest.raises(BadRequest, match="finite"):
+        decode_inputs(request, binary, max_elements=16)
+    whole = b'{"inputs": [{"name": "x", "datatype": "INT32", "shape": [2], "data": [1, 2]}]}'
+    request, binary = parse_request(whole, None)
+    np.testing.assert_array_equal(decode_inputs(request, binary, max_elements=16)["x"], [1, 2])

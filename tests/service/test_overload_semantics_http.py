@@ -182,6 +182,13 @@ def v2_infer(server: Server) -> httpx.Response:
     )
 
 
+def v2_stats(server: Server) -> dict[str, int]:
+    """Successful and failed requests in the KServe v2 statistics of the FP32 variant."""
+    reply = httpx.get(f"{server.url}/v2/models/{MODEL}.fp32/stats", timeout=30)
+    stats = reply.json()["model_stats"][0]["inference_stats"]
+    return {outcome: int(stats[outcome]["count"]) for outcome in ("success", "fail")}
+
+
 def test_an_unmeetable_server_deadline_is_overload_a_client_deadline_a_timeout(
     server_factory: Callable[..., Server], gate: Path
 ) -> None:
@@ -303,10 +310,12 @@ def check_histograms(
 def test_a_client_that_leaves_has_its_queued_image_dropped(
     server_factory: Callable[..., Server], gate: Path, photo: Callable[[str], bytes]
 ) -> None:
-    """Its image never reaches the engine, and the request is counted as 499."""
+    """Its image never reaches the engine, and the request is counted as 499 (and, in the v2
+    statistics, as neither a success nor a failure, as Triton counts it)."""
     server = gated_server(server_factory, gate, DETECT_MAX_BATCH="1")
     bus = photo("bus")
     before = scrape(server)
+    stats_before = v2_stats(server)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         held = hold_one(server, gate, pool, bus)
         boundary = "leaving"
@@ -335,3 +344,6 @@ def test_a_client_that_leaves_has_its_queued_image_dropped(
     assert moved(before, after, key("detect_images_total")) == 1  # only the held request's
     assert moved(before, after, key("detect_rejected_total", reason="cancelled")) == 1
     assert value(after, queue_depth(server)) == 0
+    stats_after = v2_stats(server)
+    assert stats_after["success"] - stats_before["success"] == 1  # the held request
+    assert stats_after["fail"] - stats_before["fail"] == 0

@@ -25,7 +25,14 @@ from service.scheduler import (
     TooManyImages,
     VariantOutOfService,
 )
-from service.scheduler.admission import DEADLINE_SAFETY, BatchTimes, Calibration
+from service.scheduler.admission import (
+    DEADLINE_SAFETY,
+    Admission,
+    BatchTimes,
+    Calibration,
+    NullObserver,
+    QueueState,
+)
 
 
 class StandInEngine:
@@ -590,3 +597,28 @@ def test_the_device_is_idle_only_with_no_batch_running_and_nothing_waiting() -> 
         await sched.close()
 
     run(main)
+
+
+def test_one_slow_batch_moves_the_running_cost_a_fifth_of_the_way() -> None:
+    """Deadlines and ``Retry-After`` follow a running average: one outlier does not swing them."""
+    times = BatchTimes()
+    times.observe(1, 1.0)
+    times.observe(1, 2.0)
+    times.observe(1, 2.0)
+    assert times.estimate(1) == pytest.approx(1.0 + 0.2 * 1.0 + 0.2 * 0.8)
+
+
+def test_a_refused_deadline_says_when_the_same_budget_would_suffice() -> None:
+    """Four images' work (1 s each) before a 1 s budget: refused, with a retry time equal to the
+    time needed minus the time the request had left."""
+    admission = Admission(
+        max_queue=16, workers=1, expected_per_image_s=1.0, observer=NullObserver(), max_batch=1
+    )
+    state = QueueState(
+        ahead=3, running=0, running_left_s=0.0, others_s=0.0, dead=None, closing=False
+    )
+    needed_s = 4 * 1.0 * DEADLINE_SAFETY  # nothing measured yet: the safety factor applies
+    with pytest.raises(DeadlineUnmeetable, match=r"ms needed, \d+ ms left") as refused:
+        admission.check(1, time.monotonic() + 1.0, state)
+    assert refused.value.retry_after_s == pytest.approx(needed_s - 1.0, abs=0.05)
+    admission.check(1, time.monotonic() + needed_s + 1.0, state)  # a budget that suffices

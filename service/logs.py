@@ -39,3 +39,7 @@ def configure_logging(level: str, fmt: Literal["text", "json"] = "text") -> None
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # httpx logs every request at INFO: the bench's load generator and URL fetching would drown
+    # the service's own lines. Their warnings still show; --log-level debug shows everything.
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel("DEBUG" if level.upper() == "DEBUG" else "WARNING")

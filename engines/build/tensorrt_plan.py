@@ -10,14 +10,24 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engines.errors import EngineLoadError
+from engines.build.tensorrt_support import plan_request
+from engines.errors import CompilerUnavailableError, EngineLoadError
 from engines.runtime.host import gpu_name
-from engines.runtime.tensorrt import import_tensorrt
+from engines.runtime.tensorrt import GRAPH_SUFFIX, PLAN_SUFFIX, import_tensorrt, tensorrt_available
+from engines.runtime.tensorrt_shapes import profile_shapes
+
+__all__ = [
+    "PlanInfo",
+    "build_plan",
+    "compile_plan",
+    "profile_shapes",
+    "timing_cache_name",
+    "timing_cache_path",
+]
 
 log = logging.getLogger(__name__)
 
@@ -55,26 +65,6 @@ def timing_cache_path(folder: Path) -> Path:
     return folder / timing_cache_name(gpu_name() or "unknown-gpu", str(trt.__version__))
 
 
-def profile_shapes(
-    shape: Sequence[int], *, min_batch: int, opt_batch: int, max_batch: int, size: tuple[int, int]
-) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-    """(min, opt, max) shapes of an NCHW input: the batch range, and the model's input size
-    wherever the ONNX left height/width symbolic (-1); a profile takes no -1."""
-    if not 1 <= min_batch <= opt_batch <= max_batch:
-        raise ValueError(
-            f"batch range must be 1 <= min <= opt <= max: {min_batch}/{opt_batch}/{max_batch}"
-        )
-    rest = list(shape[1:])
-    if len(rest) == 3:
-        rest[1] = rest[1] if rest[1] > 0 else size[0]
-        rest[2] = rest[2] if rest[2] > 0 else size[1]
-    if any(d < 0 for d in rest):
-        raise EngineLoadError(
-            f"input shape {tuple(shape)} has a symbolic dimension besides N, H, W"
-        )
-    return (min_batch, *rest), (opt_batch, *rest), (max_batch, *rest)
-
-
 def _load_timing_cache(trt: Any, config: Any, path: Path | None) -> None:
     """Use the cache at ``path`` if TensorRT accepts it; one made on another GPU or TensorRT
     version (the engines volume outlives the image) is ignored with a log line, never fatal."""
@@ -101,9 +91,12 @@ def build_plan(
 ) -> PlanInfo:
     """Parse ``onnx_path`` into a strongly typed network and serialize a plan to ``plan_path``.
 
-    The plan gets ``contexts`` identical optimization profiles (min/opt/max batch), one per
-    execution context the runtime runs concurrently. The timing cache at ``timing_cache_path``
-    is read if it matches this GPU and TensorRT, and written back, which makes rebuilds fast.
+    A network with dynamic inputs gets ``contexts`` identical optimization profiles, one per
+    execution context the runtime runs concurrently: batch ``min_batch``..``max_batch`` (a
+    static batch stays as it is) and symbolic height/width pinned to ``input_size``
+    (``engines.runtime.tensorrt_shapes``). A fully static network gets none. The timing cache
+    at ``timing_cache_path`` is read if it matches this GPU and TensorRT, and written back,
+    which makes rebuilds fast.
     """
     trt = import_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
@@ -112,26 +105,38 @@ def build_plan(
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise EngineLoadError(f"TensorRT cannot parse {onnx_path}: {errors}")
+        raise EngineLoadError(f"TensorRT cannot parse {onnx_path.name}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
-    for _ in range(max(1, contexts)):
+    inputs = [network.get_input(i) for i in range(network.num_inputs)]
+    shapes = {
+        tensor.name: profile_shapes(
+            tuple(int(d) for d in tensor.shape),
+            min_batch=min_batch,
+            opt_batch=opt_batch,
+            max_batch=max_batch,
+            size=input_size,
+        )
+        for tensor in inputs
+    }
+    # A fully static network needs no profile, and its contexts may share the implicit one
+    # (one profile per concurrent context is a rule of dynamic shapes only).
+    dynamic = any(d < 0 for tensor in inputs for d in tensor.shape)
+    for _ in range(max(1, contexts) if dynamic else 0):
         profile = builder.create_optimization_profile()
-        for i in range(network.num_inputs):
-            tensor = network.get_input(i)
-            shapes = profile_shapes(
-                tuple(tensor.shape),
-                min_batch=min_batch,
-                opt_batch=opt_batch,
-                max_batch=max_batch,
-                size=input_size,
-            )
-            profile.set_shape(tensor.name, *shapes)
+        for name, (low, opt, high) in shapes.items():
+            profile.set_shape(name, low, opt, high)
         config.add_optimization_profile(profile)
     _load_timing_cache(trt, config, timing_cache_path)
-    serialized = builder.build_serialized_network(network, config)
+    try:
+        serialized = builder.build_serialized_network(network, config)
+    except (RuntimeError, TypeError, ValueError) as exc:  # pybind11's translations
+        failed = f"TensorRT failed to build a plan from {onnx_path.name}"
+        raise EngineLoadError(f"{failed}: {exc}") from exc
     if serialized is None:
-        raise EngineLoadError(f"TensorRT failed to build a plan from {onnx_path} (see its log)")
+        raise EngineLoadError(
+            f"TensorRT failed to build a plan from {onnx_path.name} (its log above says why)"
+        )
     data = bytes(serialized)
     plan_path.write_bytes(data)
     if timing_cache_path is not None:
@@ -142,3 +147,33 @@ def build_plan(
         sha256=hashlib.sha256(data).hexdigest(),
         path=plan_path,
     )
+
+
+def compile_plan(
+    onnx_path: Path, cache_dir: Path, max_batch: int, input_size: tuple[int, int]
+) -> Path:
+    """The TensorRT backend's ``compile``: ``int8.trt.onnx`` -> ``int8.plan`` beside it.
+
+    What TensorRT cannot take is refused first, from the ONNX alone and on any host
+    (``ModelFormatError`` naming it); then, where TensorRT is missing, the variant is left
+    pending (``CompilerUnavailableError``). The plan's batch range is 1..``max_batch`` with the
+    optimum at the max, or the model's own static batch; H/W are pinned to ``input_size``.
+    The timing cache lives in ``cache_dir`` (one per GPU model and TensorRT version).
+    """
+    request = plan_request(onnx_path, max_batch, input_size)
+    if not tensorrt_available():
+        raise CompilerUnavailableError(
+            "TensorRT is not installed here: the plan is compiled and checked against FP32 "
+            "on the GPU host at first start (detect-serve serve --prepare)"
+        )
+    plan = onnx_path.with_name(onnx_path.name.removesuffix(GRAPH_SUFFIX) + PLAN_SUFFIX)
+    build_plan(
+        onnx_path,
+        plan,
+        opt_batch=request.max_batch,
+        max_batch=request.max_batch,
+        workspace_bytes=2 << 30,
+        timing_cache_path=timing_cache_path(cache_dir),
+        input_size=input_size,
+    )
+    return plan

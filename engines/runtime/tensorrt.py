@@ -2,10 +2,13 @@
 
 Each concurrent caller gets its own execution context, CUDA stream, pinned host buffers and
 device buffers from a small pool, so batches from several scheduler threads overlap on the GPU.
-TensorRT requires a separate optimization profile per concurrently used context, so the pool has
-one context per profile in the plan (``build_plan`` writes one per context), and the batch
-limits and buffer sizes come from those profiles, not from settings. TensorRT and cuda-python
-are imported when an engine is created, never at module import, so this module imports anywhere.
+TensorRT requires a separate optimization profile per concurrently used context of a plan with
+dynamic shapes, so the pool has one context per profile in such a plan (``build_plan`` writes
+one per context); a fully static plan has none and its contexts share the implicit one. The
+batch limits, pinned height/width and buffer sizes come from the plan, not from settings
+(``engines.runtime.tensorrt_shapes``), and each tensor is bound with its own dtype. TensorRT
+and cuda-python are imported when an engine is created, never at module import, so this module
+imports anywhere.
 """
 
 from __future__ import annotations
@@ -18,11 +21,11 @@ import queue
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from engines.errors import CompilerUnavailableError, EngineLoadError, InferenceError
+from engines.errors import EngineLoadError, InferenceError
 from engines.precision import Precision
 from engines.runtime import onnxruntime
 from engines.runtime.base import (
@@ -35,9 +38,7 @@ from engines.runtime.base import (
     lazy_quantizer,
 )
 from engines.runtime.host import gpu_name, module_version
-
-if TYPE_CHECKING:  # the INT8 quantizer's argument types are build code
-    pass
+from engines.runtime.tensorrt_shapes import binding_dtype, fill_batch, serving_limits
 
 NAME = "tensorrt"
 
@@ -121,7 +122,8 @@ class TensorRTEngine(EngineTensors):
         concurrency: int = 2,
     ) -> None:
         """``max_batch`` may lower the plan's own limit (smaller buffers), never raise it;
-        ``concurrency`` contexts at most, and no more than the plan has profiles."""
+        ``concurrency`` contexts at most, and no more than a dynamic plan has profiles (a
+        static plan's contexts share its implicit one)."""
         trt = import_tensorrt()
         self._cudart = import_cudart()
         meta, plan = split_ultralytics_engine(plan_path.read_bytes())
@@ -132,24 +134,15 @@ class TensorRTEngine(EngineTensors):
         if self._engine is None:
             raise EngineLoadError(f"TensorRT could not deserialize {plan_path} (version/device?)")
         self._precision = precision
-        self._inputs: list[TensorInfo] = []
-        self._outputs: list[TensorInfo] = []
-        self._dtypes: dict[str, np.dtype[Any]] = {}
-        for i in range(self._engine.num_io_tensors):
-            name = self._engine.get_tensor_name(i)
-            dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(name)))
-            shape = tuple(d if d >= 0 else None for d in self._engine.get_tensor_shape(name))
-            info = TensorInfo(name, (None, *shape[1:]), str(dtype))
-            is_input = self._engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-            (self._inputs if is_input else self._outputs).append(info)
-            self._dtypes[name] = dtype
-        if len(self._inputs) != 1:
-            raise EngineLoadError(
-                f"{plan_path}: expected one input tensor, found {len(self._inputs)}"
-            )
-        contexts = max(1, min(concurrency, int(self._engine.num_optimization_profiles)))
-        self._profiles = [self._profile(i) for i in range(contexts)]
-        plan_max = min(p.max_shape[0] for p in self._profiles)
+        self._inputs, self._outputs, self._dtypes = self._io_tensors(trt, plan_path)
+        shape = tuple(int(d) for d in self._engine.get_tensor_shape(self._inputs[0].name))
+        # Static plans have no profile to keep apart: their contexts share the implicit one.
+        self._dynamic = any(d < 0 for d in shape)
+        profiles = int(self._engine.num_optimization_profiles)
+        contexts = max(1, min(concurrency, profiles) if self._dynamic else concurrency)
+        self._profiles = [self._profile(i) for i in range(contexts)] if self._dynamic else []
+        ranges = [(p.min_shape, p.max_shape) for p in self._profiles]
+        plan_max = serving_limits(shape, ranges, None).max_batch
         if max_batch is not None and max_batch > plan_max:
             log.warning(
                 "%s: max_batch %d exceeds the plan's %d; using %d",
@@ -158,8 +151,15 @@ class TensorRTEngine(EngineTensors):
                 plan_max,
                 plan_max,
             )
-        self._max_batch = min(plan_max, max_batch or plan_max)
-        self._min_batch = max(p.min_shape[0] for p in self._profiles)
+        limits = serving_limits(shape, ranges, max_batch)
+        # Batches smaller than the plan's smallest are filled up to it (copies of the last
+        # image), so a static batch-4 plan still answers a single request.
+        self._min_batch = limits.min_batch
+        self._max_batch = limits.max_batch
+        c, h, w = limits.image
+        self._image = (c or 3, h, w)
+        first = self._inputs[0]
+        self._inputs[0] = TensorInfo(first.name, (limits.static_batch, c, h, w), first.dtype)
         device_id = _check(self._cudart.cudaGetDevice(), "cudaGetDevice")
         props = _check(self._cudart.cudaGetDeviceProperties(device_id), "cudaGetDeviceProperties")
         gpu = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
@@ -173,6 +173,26 @@ class TensorRTEngine(EngineTensors):
             self._all.append(self._make_slot(index))
             self._slots.put(self._all[-1])
 
+    def _io_tensors(
+        self, trt: Any, plan_path: Path
+    ) -> tuple[list[TensorInfo], list[TensorInfo], dict[str, np.dtype[Any]]]:
+        """Inputs and outputs by name, with the dtype each is bound with (FP16 for FP16
+        tensors: ``half=True`` exports take and give float16)."""
+        inputs: list[TensorInfo] = []
+        outputs: list[TensorInfo] = []
+        dtypes: dict[str, np.dtype[Any]] = {}
+        for i in range(self._engine.num_io_tensors):
+            name = self._engine.get_tensor_name(i)
+            dtype = binding_dtype(name, str(self._engine.get_tensor_dtype(name).name))
+            shape = tuple(d if d >= 0 else None for d in self._engine.get_tensor_shape(name))
+            is_input = self._engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+            (inputs if is_input else outputs).append(TensorInfo(name, shape, str(dtype)))
+            dtypes[name] = dtype
+        if len(inputs) != 1 or len(inputs[0].shape) != 4:
+            found = [(t.name, t.shape) for t in inputs]
+            raise EngineLoadError(f"{plan_path}: expected one NCHW image input, found {found}")
+        return inputs, outputs, dtypes
+
     def _profile(self, index: int) -> _Profile:
         name = self._inputs[0].name
         low, _, high = self._engine.get_tensor_profile_shape(name, index)
@@ -183,21 +203,25 @@ class TensorRTEngine(EngineTensors):
         cudart = self._cudart
         context = self._engine.create_execution_context()
         stream = _check(cudart.cudaStreamCreate(), "cudaStreamCreate")
-        # Every context starts on profile 0; each concurrent one needs its own (set before shapes).
-        if not context.set_optimization_profile_async(index, stream):
-            raise EngineLoadError(f"TensorRT refused optimization profile {index}")
-        _check(cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
         inp = self._inputs[0]
-        largest = (self._max_batch, *self._profiles[index].max_shape[1:])
-        if not context.set_input_shape(inp.name, largest):
-            raise EngineLoadError(f"TensorRT refused input shape {largest} on profile {index}")
+        largest = self._shape(max(self._max_batch, self._min_batch))
+        if self._dynamic:
+            # Every context starts on profile 0; each concurrent one needs its own (set first).
+            if not context.set_optimization_profile_async(index, stream):
+                raise EngineLoadError(f"TensorRT refused optimization profile {index}")
+            _check(cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+            if not context.set_input_shape(inp.name, largest):
+                raise EngineLoadError(f"TensorRT refused input shape {largest} on profile {index}")
         host: dict[str, np.ndarray] = {}
         device: dict[str, int] = {}
         ptrs: list[int] = []
         for info in [*self._inputs, *self._outputs]:
             full = tuple(int(d) for d in context.get_tensor_shape(info.name))
             if any(d < 0 for d in full):
-                raise EngineLoadError(f"{info.name}: shape {full} unknown at the largest input")
+                raise EngineLoadError(
+                    f"output {info.name!r} has a data-dependent shape {full} in the plan; the "
+                    "service binds fixed-size outputs only (export with NMS padded to max_det)"
+                )
             dtype = self._dtypes[info.name]
             nbytes = max(1, int(np.prod(full))) * dtype.itemsize
             hptr = int(_check(cudart.cudaMallocHost(nbytes), "cudaMallocHost"))
@@ -213,15 +237,20 @@ class TensorRTEngine(EngineTensors):
     def device(self) -> str:
         return self._device
 
+    def _shape(self, batch: int) -> tuple[int, int, int, int]:
+        """The input shape of ``batch`` images: H/W as the plan pins them, else its largest."""
+        c, h, w = self._image
+        largest = self._profiles[0].max_shape if self._profiles else (0, c, 0, 0)
+        return batch, c, h or int(largest[2]), w or int(largest[3])
+
     def warmup(self) -> None:
-        rest = self._profiles[0].max_shape[1:]
-        for size in sorted({self._min_batch, self._max_batch}):
-            self.infer(np.zeros((size, *rest), np.float32))
+        for size in sorted({1, self._max_batch}):
+            self.infer(np.zeros(self._shape(size), np.float32))
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         n = batch.shape[0]
-        if not self._min_batch <= n <= self._max_batch:
-            raise InferenceError(f"batch of {n} outside {self._min_batch}..{self._max_batch}")
+        if not 1 <= n <= self._max_batch:
+            raise InferenceError(f"batch of {n} outside 1..{self._max_batch}")
         with self._idle:
             if self._closed:
                 raise InferenceError("engine is closed", fatal=True)
@@ -229,7 +258,8 @@ class TensorRTEngine(EngineTensors):
         try:
             slot = self._slots.get()
             try:
-                return check_outputs(n, self._run(slot, batch))
+                outputs = self._run(slot, fill_batch(batch, self._min_batch))
+                return check_outputs(n, {k: v[:n] for k, v in outputs.items()})
             finally:
                 self._slots.put(slot)
         finally:
@@ -242,9 +272,11 @@ class TensorRTEngine(EngineTensors):
         h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         inp = self._inputs[0]
-        if not slot.context.set_input_shape(inp.name, tuple(batch.shape)):
+        if self._dynamic and not slot.context.set_input_shape(inp.name, tuple(batch.shape)):
             # Outside the profile (e.g. another height/width than the plan was built for).
             raise InferenceError(f"TensorRT refused input shape {tuple(batch.shape)}")
+        if not self._dynamic and tuple(batch.shape) != self._shape(batch.shape[0]):
+            raise InferenceError(f"input shape {tuple(batch.shape)} does not fit the static plan")
         staged = slot.host[inp.name][: batch.size].reshape(batch.shape)
         staged[...] = batch.astype(staged.dtype, copy=False)
         _check(
@@ -267,8 +299,11 @@ class TensorRTEngine(EngineTensors):
             )
             results[out.name] = view
         _check(cudart.cudaStreamSynchronize(slot.stream), "cudaStreamSynchronize")
-        # Copy out of the pinned buffers: the slot is reused by the next batch.
-        return {k: v.astype(np.float32) for k, v in results.items()}
+        # Copy out of the pinned buffers (the slot is reused by the next batch); floats as
+        # float32, as the decoders want them (FP16 outputs of half exports included).
+        return {
+            k: v.astype(np.float32) if v.dtype.kind == "f" else v.copy() for k, v in results.items()
+        }
 
     def close(self) -> None:
         """Refuse new batches, wait for those running, then free the buffers they use."""
@@ -303,7 +338,7 @@ quantize_for_tensorrt = lazy_quantizer(
 # Its name is part of every TensorRT INT8 cache key: change it when the recipe changes.
 INT8_RECIPE = Int8Recipe(
     name=(
-        "tensorrt-v1: symmetric int8, per-channel weights, no bias Q/DQ, Q/DQ at quantized-op "
+        "tensorrt-v2: symmetric int8, per-channel weights, no bias Q/DQ, Q/DQ at quantized-op "
         "inputs only, opset 19, FP16 remainder, FP32 decode head"
     ),
     quantize=quantize_for_tensorrt,
@@ -330,27 +365,11 @@ class TensorRTBackend:
     def compile(
         self, onnx_path: Path, cache_dir: Path, max_batch: int, input_size: tuple[int, int]
     ) -> Path:
-        """``int8.trt.onnx`` -> ``int8.plan`` beside it; the timing cache lives in ``cache_dir``
-        (one per GPU model and TensorRT version)."""
-        if not tensorrt_available():
-            raise CompilerUnavailableError(
-                "TensorRT is not installed here: the plan is compiled and checked against FP32 "
-                "on the GPU host at first start (detect-serve serve --prepare)"
-            )
+        """``int8.trt.onnx`` -> ``int8.plan`` beside it (``engines.build.tensorrt_plan``)."""
         # The plan compiler belongs to the offline build; the server never imports it.
-        from engines.build.tensorrt_plan import build_plan, timing_cache_path
+        from engines.build.tensorrt_plan import compile_plan
 
-        plan = onnx_path.with_name(onnx_path.name.removesuffix(GRAPH_SUFFIX) + PLAN_SUFFIX)
-        build_plan(
-            onnx_path,
-            plan,
-            opt_batch=max(1, max_batch // 2),
-            max_batch=max_batch,
-            workspace_bytes=2 << 30,
-            timing_cache_path=timing_cache_path(cache_dir),
-            input_size=input_size,
-        )
-        return plan
+        return compile_plan(onnx_path, cache_dir, max_batch, input_size)
 
     def tool_versions(self) -> dict[str, str]:
         # The ONNX a plan is compiled from is made (quantized) with onnx + onnxruntime.

@@ -109,9 +109,62 @@ def mixed_fp16(model: onnx.ModelProto, fp32_nodes: Sequence[str]) -> onnx.ModelP
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < TENSORRT_OPSET:
         model = version_converter.convert_version(model, TENSORRT_OPSET)
+    _drop_float_identity_casts(model)
+    _free_converter_names(model)
     converted = to_fp16(model, keep_float=fp32_nodes, block_ops=TENSORRT_FP32_OPS)
     _float32_resize_scales(converted)
     return converted
+
+
+# Names the FP16 converter gives the casts it inserts at graph inputs and outputs.
+_CONVERTER_PREFIXES = ("graph_input_cast", "graph_output_cast")
+
+
+def _drop_float_identity_casts(model: onnx.ModelProto) -> None:
+    """Remove float32 -> float32 casts (what a half export's input cast becomes in its float32
+    upcast). The converter leaves a Cast's target type alone, so such a cast would keep feeding
+    float32 into the FP16 Q/DQ behind it: an invalid graph. Casts writing graph outputs stay."""
+    graph = model.graph
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.value_info, *graph.input]}
+    types |= {t.name: t.data_type for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    drop = [
+        node
+        for node in graph.node
+        if node.op_type == "Cast"
+        and any(a.name == "to" and a.i == TensorProto.FLOAT for a in node.attribute)
+        and types.get(node.input[0]) == TensorProto.FLOAT
+        and node.output[0] not in outputs
+    ]
+    for cast in drop:
+        for node in graph.node:
+            node.input[:] = [cast.input[0] if i == cast.output[0] else i for i in node.input]
+        graph.node.remove(cast)
+
+
+def _free_converter_names(model: onnx.ModelProto) -> None:
+    """Rename tensors and nodes that already carry the converter's cast names.
+
+    A ``half=True`` export was itself made by that converter (float32 I/O around a float16
+    body), so its float32 upcast still has a ``graph_input_cast_0`` tensor; converting it again
+    would add a second tensor of that name with another type, an invalid graph.
+    """
+    graph = model.graph
+    taken = {o for n in graph.node for o in n.output} | {t.name for t in graph.initializer}
+    io = {v.name for v in [*graph.input, *graph.output]}
+    renamed = {
+        name: f"{name}_src"
+        for name in taken
+        if name.startswith(_CONVERTER_PREFIXES) and name not in io
+    }
+    for node in graph.node:
+        if node.name.startswith(_CONVERTER_PREFIXES):
+            node.name = f"{node.name}_src"
+        node.input[:] = [renamed.get(i, i) for i in node.input]
+        node.output[:] = [renamed.get(o, o) for o in node.output]
+    for item in [*graph.initializer, *graph.value_info]:
+        item.name = renamed.get(item.name, item.name)
 
 
 def _float32_resize_scales(model: onnx.ModelProto) -> None:

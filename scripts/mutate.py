@@ -118,6 +118,7 @@ TARGETS: dict[str, Target] = {
         (
             (
                 "tests/service/test_selection.py",
+                "tests/service/test_speed.py",  # the selector on live figures
                 "tests/service/test_metrics.py",
                 "tests/service/test_audit.py",  # demotion: where auto goes instead
             ),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
 from collections.abc import Callable
@@ -606,6 +607,8 @@ def test_one_slow_batch_moves_the_running_cost_a_fifth_of_the_way() -> None:
     times.observe(1, 2.0)
     times.observe(1, 2.0)
     assert times.estimate(1) == pytest.approx(1.0 + 0.2 * 1.0 + 0.2 * 0.8)
+    # The same for the cost kept per batch size (what a running batch's remaining time uses).
+    assert times.batch_s(1) == pytest.approx(times.estimate(1))
 
 
 def test_a_refused_deadline_says_when_the_same_budget_would_suffice() -> None:
@@ -622,3 +625,28 @@ def test_a_refused_deadline_says_when_the_same_budget_would_suffice() -> None:
         admission.check(1, time.monotonic() + 1.0, state)
     assert refused.value.retry_after_s == pytest.approx(needed_s - 1.0, abs=0.05)
     admission.check(1, time.monotonic() + needed_s + 1.0, state)  # a budget that suffices
+
+
+def test_a_closed_scheduler_leaves_no_engine_thread_behind() -> None:
+    """Unloading a model closes its schedulers: their engine threads end (a load/unload cycle
+    must not leak one each), while an executor the caller lent is left running."""
+
+    def threads(prefix: str) -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name.startswith(prefix)]
+
+    async def main() -> None:
+        sched = BatchScheduler(StandInEngine(), BatchingConfig(), name="leak-check")
+        sched.start()
+        await sched.submit(item(1), far())
+        assert threads("leak-check")
+        await sched.close()
+        assert sched.dead_reason is None  # a clean close is no crash
+        await until(lambda: not threads("leak-check"))
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lent") as lent:
+            borrower = BatchScheduler(StandInEngine(), BatchingConfig(), executor=lent)
+            borrower.start()
+            await borrower.submit(item(2), far())
+            await borrower.close()
+            assert lent.submit(lambda: 3).result(timeout=10) == 3  # still usable
+
+    run(main)

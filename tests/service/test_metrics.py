@@ -106,3 +106,12 @@ def test_observer_keeps_the_live_speed_current_with_every_good_batch() -> None:
     watched.batch_finished(4, 5.0, ok=False)
     assert live.per_image_s(4) == pytest.approx(0.05)
     assert live.figures()[4].samples == 1
+
+
+def test_the_registry_carries_the_standard_process_series() -> None:
+    """A custom registry has no process_* series unless asked: the service's has them (memory
+    and CPU of the server, what a capacity dashboard plots next to the request rates)."""
+    metrics = Metrics()
+    resident = sample(metrics, "process_resident_memory_bytes")
+    assert resident is not None and resident > 0
+    assert sample(metrics, "process_cpu_seconds_total") is not None

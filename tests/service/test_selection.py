@@ -133,3 +133,16 @@ def test_auto_moves_back_after_the_default_two_second_hold() -> None:
     time.sleep(max(0.0, moved + 2.1 - time.monotonic()))
     policy.observe_queue_wait(Precision.INT8, 0.0)
     assert policy.auto_choice is Precision.FP16
+
+
+def test_auto_comes_back_only_below_the_recovery_wait_not_at_it() -> None:
+    """Recovery is at half the SLO (25 ms here): a wait of exactly 25 ms is not yet "well under"
+    the SLO; one just below it is."""
+    policy = selector(FP32, FP16, INT8)
+    for _ in range(10):
+        policy.observe_queue_wait(Precision.FP16, 0.200)
+    assert policy.auto_choice is Precision.INT8
+    policy.observe_queue_wait(Precision.INT8, 0.025)  # the first sample is the average itself
+    assert policy.auto_choice is Precision.INT8
+    policy.observe_queue_wait(Precision.INT8, 0.0)
+    assert policy.auto_choice is Precision.FP16

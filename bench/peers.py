@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -114,6 +116,7 @@ def _peer(module: str, onnx: Path, workdir: Path) -> tuple[str, subprocess.Popen
         [sys.executable, "-m", module, str(onnx), "--port", str(port)],
         stdout=log,
         stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: _stop ends its workers too
     )
     url = f"http://127.0.0.1:{port}"
     give_up = time.monotonic() + 180
@@ -126,8 +129,20 @@ def _peer(module: str, onnx: Path, workdir: Path) -> tuple[str, subprocess.Popen
         except httpx.HTTPError:
             pass
         time.sleep(0.3)
-    process.kill()
+    _stop(process)
     raise RuntimeError(f"{module} not ready after 180 s")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """End a peer server and every process it started. LitServe's inference workers are
+    processes of their own that outlived a plain terminate() and kept spinning on the cores."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(30)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # whatever is left of the group
+    process.wait()
 
 
 def _sweep(
@@ -187,8 +202,7 @@ def run(duration: float, clients: list[int], out: Path) -> dict[str, object]:
             try:
                 points += _sweep(name, url, "/detect", photo, clients, duration)
             finally:
-                process.terminate()
-                process.wait(30)
+                _stop(process)
     return _report(raw, points, reference, pipeline.info.num_classes, duration, out)
 
 

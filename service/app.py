@@ -16,15 +16,25 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
-from service.api import detect, health, kserve, kserve_image, kserve_stats, models
+from service.api import (
+    detect,
+    health,
+    kserve,
+    kserve_image,
+    kserve_repository,
+    kserve_stats,
+    models,
+)
 from service.api.kserve_pool import CodecPool
 from service.audit import PrecisionAudit
 from service.config import Settings
 from service.deps import scope_is_authorized
 from service.docs_offline import install_offline_docs
 from service.errors import install_error_handlers
+from service.leases import LeaseMiddleware
 from service.limits import BodyLimitMiddleware, BodyLimits
 from service.metrics import Metrics
+from service.model_control import ModelControl
 from service.protocol import ShutdownSignal
 from service.registry import ModelRegistry
 from service.request_id import RequestIdMiddleware
@@ -55,13 +65,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # earlier so their clients get a JSON 503 rather than a dropped connection.
     shutdown = ShutdownSignal(cut_after_s=max(0.0, settings.shutdown_grace_s - 1.0))
     audit = PrecisionAudit(settings, metrics)
+    control = ModelControl(registry, settings, audit)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(registry.load)
         registry.start()
         audit.attach(registry)
-        grpc_server = await _start_grpc(registry, settings, metrics, decoding)
+        grpc_server = await _start_grpc(registry, settings, metrics, decoding, control)
         ok, reasons = registry.readiness()
         if ok:
             log.info("ready: %s", ", ".join(settings.models))
@@ -73,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if grpc_server is not None:
                 # Refuse new calls, let accepted ones finish within the grace period.
                 await grpc_server.stop(settings.shutdown_grace_s)
+            await control.close()  # versions retired by a reload finish their drain
             await audit.close()  # shadow runs are optional: stop them before the engines go
             await registry.close(settings.shutdown_grace_s)
             decoding.close()
@@ -96,11 +108,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.v2_codec = v2_codec
     app.state.shutdown = shutdown
     app.state.audit = audit
+    app.state.model_control = control
     install_error_handlers(app)
     # The image model and statistics routes come before the generic /v2/models/{name} ones.
-    for module in (detect, models, health, kserve_image, kserve_stats, kserve):
+    for module in (detect, models, health, kserve_image, kserve_stats, kserve_repository, kserve):
         app.include_router(module.router, responses=COMMON_ERRORS)
     _use_error_shape_in_openapi(app)
+    # Innermost: a request holds the model version it looked up until its reply is sent.
+    app.add_middleware(LeaseMiddleware)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -113,7 +128,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "X-Deadline-Ms",
                 "X-Request-ID",
             ],
-            expose_headers=["X-Request-ID", "X-Precision", "X-Backend", "Deprecation"],
+            expose_headers=[
+                "X-Request-ID",
+                "X-Precision",
+                "X-Backend",
+                "X-Model-Version",
+                "Deprecation",
+            ],
         )
     limits = BodyLimits(
         settings.max_body_bytes,
@@ -137,14 +158,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 async def _start_grpc(
-    registry: ModelRegistry, settings: Settings, metrics: Metrics, decoding: DecodeBudget
+    registry: ModelRegistry,
+    settings: Settings,
+    metrics: Metrics,
+    decoding: DecodeBudget,
+    control: ModelControl,
 ) -> Any:
     """The KServe v2 gRPC endpoint on the same event loop (None when ``grpc_port`` is 0)."""
     if settings.grpc_port == 0:
         return None
     from service.grpc_v2.server import start_grpc_server
 
-    return await start_grpc_server(registry, settings, metrics, decoding)
+    return await start_grpc_server(registry, settings, metrics, decoding, control)
 
 
 def _use_error_shape_in_openapi(app: FastAPI) -> None:

@@ -18,6 +18,9 @@ from engines.runtime.backends import DEFAULT_BACKEND, BackendName
 from engines.sources.home import HomeSettings
 
 DEFAULT_MODEL = "yolov3-tiny-coco"
+# Batches in flight on ONNX Runtime's CPU provider when `concurrent_batches` is 0 (see
+# Settings.batches_in_flight).
+CPU_BATCHES_IN_FLIGHT = 4
 
 
 class Settings(HomeSettings):
@@ -63,7 +66,9 @@ class Settings(HomeSettings):
     max_batch: int = Field(8, ge=1, le=256)
     max_wait_ms: float = Field(4.0, ge=0.0, le=10_000.0)
     max_queue: int = Field(64, ge=1)
-    concurrent_batches: int = Field(1, ge=1, le=16)
+    concurrent_batches: int = Field(
+        0, ge=0, le=64, json_schema_extra={"shown_default": "`0` (CPU: 4, GPU: 1)"}
+    )
     default_deadline_ms: float = Field(10_000.0, gt=0.0)
     # `auto` prefers the fastest variant at least this close to FP32 (mAP50-95 agreement).
     auto_min_agreement: float = Field(0.99, ge=0.0, le=1.0)
@@ -133,6 +138,9 @@ class Settings(HomeSettings):
     )
 
     shutdown_grace_s: float = Field(25.0, ge=0.0)
+    # Load/unload/reload while serving (the v2 repository extension). Off by default, like
+    # Triton's --model-control-mode=none: it changes what every client is served.
+    model_control: bool = False
 
     # Live precision audit (service/audit/): re-run a fraction of reduced-precision requests in
     # FP32 off the request path and track their agreement. 0 turns it off.
@@ -149,6 +157,21 @@ class Settings(HomeSettings):
     audit_keep_dir: Path | None = None
     audit_keep_max_files: int = Field(500, ge=1)
     audit_keep_max_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+
+    def batches_in_flight(self) -> int:
+        """Batches the device runs at once: ``concurrent_batches``, or for 0 the host's default.
+
+        On ONNX Runtime's CPU provider several small runs side by side get more images through
+        the cores than one large run (one run's parallel loops wait on each other and on the
+        decoding threads; separate runs fill those gaps): the README's benchmarks measure it.
+        On a GPU one batch at a time keeps the device busy and batches grow instead.
+        """
+        if self.concurrent_batches:
+            return self.concurrent_batches
+        on_cpu = self.backend == "onnxruntime" and self.ort_providers[:1] == [
+            "CPUExecutionProvider"
+        ]
+        return CPU_BATCHES_IN_FLIGHT if on_cpu else 1
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

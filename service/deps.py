@@ -98,11 +98,13 @@ def resolve_model(
     name: Annotated[str, Depends(_model_name_param)], registry: RegistryDep
 ) -> ServedModel:
     """Look a model name up in the registry (never used as a path); 404 names what exists."""
-    served = registry.models.get(name)
+    served = registry.get(name)  # held by this request until it is answered
     if served is None:
         known = ", ".join(sorted(registry.models)) or "none"
         why = registry.failed.get(name)
         detail = f" (failed to load: {why})" if why else ""
+        if name in registry.unloaded:
+            detail = " (unloaded; POST /v2/repository/models/NAME/load serves it again)"
         raise ModelNotFound(f"unknown model {name[:64]!r}{detail}; served models: {known}")
     return served
 

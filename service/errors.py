@@ -256,6 +256,7 @@ def install_error_handlers(app: FastAPI) -> None:
 GRPC_STATUS = {
     400: "INVALID_ARGUMENT",
     401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
     404: "NOT_FOUND",
     413: "RESOURCE_EXHAUSTED",
     415: "INVALID_ARGUMENT",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -21,7 +22,7 @@ from engines.precision import Precision
 from engines.runtime.backends import open_engine
 from engines.runtime.base import Engine, EngineOptions
 from engines.sources.repository import model_fallback
-from service import speed
+from service import leases, speed
 from service.config import Settings
 from service.metrics import Metrics
 from service.model_serving import ModelServing, model_serving
@@ -73,6 +74,9 @@ class ServedModel:
     variants: dict[Precision, ServedVariant]
     unavailable: dict[Precision, str] = field(default_factory=dict)  # why a precision is not served
     config: ModelServing | None = None  # effective per-model defaults and batching
+    # Each (re)load is a new version; requests hold the one they started on (service.leases).
+    version: int = 1
+    holds: leases.Holds = field(default_factory=leases.Holds)
 
     @property
     def info(self) -> ModelInfo:
@@ -119,10 +123,36 @@ class ModelRegistry:
         self._metrics = metrics
         self.models: dict[str, ServedModel] = {}
         # One process serves from one device; its batches, whatever the variant, take turns.
-        self._device = DeviceLoad(settings.concurrent_batches)
+        self._device = DeviceLoad(settings.batches_in_flight())
         self.failed: dict[str, str] = {}  # model -> why it could not load
+        self.unloaded: set[str] = set()  # taken out of service by model control
         self.loaded = False
         self.draining = False
+        # Guards the lookup-and-hold of a request against the swap of a reload.
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> ServedModel | None:
+        """The served version of ``name``, held by the current request until it ends."""
+        with self._lock:
+            served = self.models.get(name)
+            if served is not None:
+                leases.hold(served.holds)
+        return served
+
+    def swap(self, name: str, new: ServedModel | None) -> ServedModel | None:
+        """Serve ``new`` (None: nothing) under ``name``; the old version, retired, is returned
+        (no request finds it from now on; those that hold it keep it)."""
+        with self._lock:
+            old = self.models.pop(name, None)
+            if new is not None:
+                self.models[name] = new
+                self.unloaded.discard(name)
+            else:
+                self.unloaded.add(name)
+            self.failed.pop(name, None)
+        if old is not None:
+            old.holds.retire()
+        return old
 
     # -- loading (worker thread) ---------------------------------------------------------------
 
@@ -135,7 +165,11 @@ class ModelRegistry:
                 log.error("model %s not served: %s", name, exc)
         self.loaded = True
 
-    def _load_model(self, name: str) -> ServedModel:
+    def load_version(self, name: str, version: int) -> ServedModel:
+        """Load and warm ``name`` as ``version`` (worker thread); not served until swapped in."""
+        return self._load_model(name, version)
+
+    def _load_model(self, name: str, version: int = 1) -> ServedModel:
         s = self._settings
         found = discover_variants(
             s.models_dir, s.engines_dir, name, s.backend, tuple(s.ort_providers)
@@ -170,7 +204,7 @@ class ModelRegistry:
             observer = variant.scheduler.observer
             if isinstance(observer, _VariantObserver):
                 observer.selector = selector
-        return ServedModel(name, pipeline, selector, variants, unavailable, serving)
+        return ServedModel(name, pipeline, selector, variants, unavailable, serving, version)
 
     def _load_variant(
         self, name: str, servable: ServableVariant, info: ModelInfo, serving: ModelServing
@@ -190,18 +224,21 @@ class ModelRegistry:
             timed = speed.measure_engine(engine, sizes, s.warmup_timing_runs, info.input_size)
             live.replace(timed)
         observer = _VariantObserver(self._metrics, name, precision, live)
+        # The variant this scheduler serves: a fatal error takes out this one, not whichever
+        # version of the model is served when it happens.
+        cell: list[ServedVariant] = []
         scheduler = BatchScheduler(
             engine.infer,
             BatchingConfig(
                 max_batch=min(serving.batching.max_batch, engine.max_batch),
                 max_wait_s=serving.batching.max_wait_ms / 1000,
                 max_queue=s.max_queue,
-                concurrency=s.concurrent_batches,
+                concurrency=s.batches_in_flight(),
                 # This host's warm-up figure when there is one, not the build machine's.
                 expected_per_image_s=live.per_image_s(s.max_batch),
             ),
             observer=observer,
-            on_fatal=lambda exc: self._on_fatal(name, precision, exc),
+            on_fatal=lambda exc: self._on_fatal(name, cell, exc),
             name=f"{name}-{precision.value}",
             device=self._device,
         )
@@ -212,29 +249,64 @@ class ModelRegistry:
             1
         )
         log.info("loaded %s/%s on %s (%s)", name, precision, engine.device, engine.backend)
-        return ServedVariant(record, engine, scheduler, speed=live)
+        cell.append(ServedVariant(record, engine, scheduler, speed=live))
+        return cell[0]
 
-    def _on_fatal(self, model: str, precision: Precision, exc: BaseException) -> None:
+    def _on_fatal(self, model: str, cell: list[ServedVariant], exc: BaseException) -> None:
+        variant = cell[0]
+        variant.ready = False
+        precision = variant.record.precision
         served = self.models.get(model)
-        if served and precision in served.variants:
-            served.variants[precision].ready = False
+        if served and served.variants.get(precision) is variant:
             served.unavailable[precision] = f"engine failed: {exc}"
-        self._metrics.engine_ready.labels(model, precision.value).set(0)
+            self._metrics.engine_ready.labels(model, precision.value).set(0)
 
     # -- serving (event loop) ------------------------------------------------------------------
 
     def start(self) -> None:
         for model in self.models.values():
-            for precision, variant in model.variants.items():
-                variant.scheduler.start()
-                variant.ready = True
-                self._metrics.engine_ready.labels(model.name, precision.value).set(1)
+            self.start_model(model)
+
+    def start_model(self, model: ServedModel) -> None:
+        for precision, variant in model.variants.items():
+            variant.scheduler.start()
+            variant.ready = True
+            self._metrics.engine_ready.labels(model.name, precision.value).set(1)
+
+    async def retire(self, old: ServedModel, timeout_s: float) -> None:
+        """Drain a version ``swap`` took out: wait until no request holds it (bounded), then
+        close its batchers (finishing anything queued); its engines are closed by the caller."""
+        if not await old.holds.wait_idle(timeout_s):
+            log.warning(
+                "%s version %d: %d requests still running after %.0f s; closing its batchers",
+                old.name,
+                old.version,
+                old.holds.count,
+                timeout_s,
+            )
+        await asyncio.gather(*(v.scheduler.close(timeout_s) for v in old.variants.values()))
+        current = self.models.get(old.name)
+        for precision, variant in old.variants.items():
+            variant.ready = False
+            now = current.variants.get(precision) if current is not None else None
+            if now is None:
+                # Nothing serves this (model, precision) now: its series must not say ready.
+                self._metrics.engine_ready.labels(old.name, precision.value).set(0)
+            engine = variant.engine
+            if now is None or (now.engine.backend, now.engine.device) != (
+                engine.backend,
+                engine.device,
+            ):
+                info = (old.name, precision.value, engine.backend, engine.device)
+                self._metrics.engine_info.labels(*info).set(0)
 
     def readiness(self) -> tuple[bool, list[str]]:
         """Ready when every configured model serves at least one healthy variant."""
         if not self.loaded:
             return False, ["models are still loading"]
         reasons = [f"{name}: {why}" for name, why in self.failed.items()]
+        if not self.models and not self.failed:
+            reasons.append("no model is served (all unloaded)")
         for model in self.models.values():
             if not any(v.ready for v in model.variants.values()):
                 why = {p.value: reason for p, reason in model.unavailable.items()}

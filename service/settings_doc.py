@@ -31,7 +31,9 @@ MEANINGS: dict[str, str] = {
     "max_batch": "largest batch; a batch runs when this many images wait...",
     "max_wait_ms": "...or this long after its first image (a lone request never waits)",
     "max_queue": "images queued per variant before `503` + `Retry-After`",
-    "concurrent_batches": "batches in flight on the device (all variants take turns)",
+    "concurrent_batches": "batches in flight on the device, shared by every variant; each takes "
+    "its share of the queue. `0`: 4 on ONNX Runtime's CPU provider (small runs side by side use "
+    "the cores better than one large run), 1 on a GPU",
     "default_deadline_ms": "per-request deadline when none is given (`deadline_ms`, "
     "`X-Deadline-Ms`)",
     "auto_min_agreement": "`auto` serves the fastest variant with at least this mAP50-95 "
@@ -64,6 +66,9 @@ MEANINGS: dict[str, str] = {
     "protect_docs": "with keys set, `/docs`, `/redoc` and `/openapi.json` need one too",
     "cors_origins": "browser origins allowed by CORS (none by default)",
     "shutdown_grace_s": "drain time on SIGTERM",
+    "model_control": "allow `POST /v2/repository/models/NAME/load` and `/unload` (and gRPC "
+    "`RepositoryModelLoad`/`Unload`): reload after `detect-serve build`, unload, load without "
+    "a restart; off by default (it changes what every client is served; use API keys)",
     "audit_sample_fraction": "share of reduced-precision answers re-run in FP32 by the live "
     "precision audit (`0` = off)",
     "audit_budget": "share of device time the audit's shadow runs may use",

@@ -345,6 +345,7 @@ async def detect(
     headers = {
         "X-Precision": body.precision,
         "X-Backend": body.backend,
+        "X-Model-Version": str(model.version),  # the version that answered (model control)
         "Server-Timing": route.server_timing(),
     }
     return await detect_json.reply(

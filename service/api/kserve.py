@@ -37,10 +37,12 @@ ops = [AuthDep]
 PRECISIONS = {p.value for p in Precision}
 
 
-def resolve(registry: ModelRegistry, name: str) -> tuple[ServedModel, str | None]:
+def resolve(
+    registry: ModelRegistry, name: str, version: str | None = None
+) -> tuple[ServedModel, str | None]:
     """``model`` or ``model.precision`` -> (served model, explicit precision or None); 404 for
-    a precision never built (see ``service.api.v2_models``)."""
-    target = resolve_v2(registry, name)
+    a precision never built or a version not served (see ``service.api.v2_models``)."""
+    target = resolve_v2(registry, name, version)
     if target.image:  # NAME.detect has its own routes (service.api.kserve_image)
         raise ModelNotFound(f"{name[:64]!r} is served by its own v2 routes")
     return target.model, target.precision
@@ -69,18 +71,18 @@ async def v2_server() -> dict[str, Any]:
     return {
         "name": "detect-serve",
         "version": VERSION,
-        "extensions": ["binary_tensor_data", "statistics"],
+        "extensions": ["binary_tensor_data", "statistics", "model_repository"],
     }
 
 
 @router.get("/models/{model_name}", dependencies=ops, summary="v2 model metadata")
 @router.get("/models/{model_name}/versions/{version}", dependencies=ops, include_in_schema=False)
-async def v2_model(model_name: str, registry: RegistryDep) -> dict[str, Any]:
-    model, precision = resolve(registry, model_name)
+async def v2_model(model_name: str, request: Request, registry: RegistryDep) -> dict[str, Any]:
+    model, precision = resolve(registry, model_name, request.path_params.get("version"))
     info = model.info
     return {
         "name": model_name,
-        "versions": ["1"],
+        "versions": [str(model.version)],
         "platform": platform(resolve_v2(registry, model_name).variant()),
         "parameters": {"precision": precision or "auto", "layout": model.pipeline.layout.name},
         "inputs": [
@@ -122,8 +124,8 @@ async def v2_config(
 @router.get(
     "/models/{model_name}/versions/{version}/ready", dependencies=ops, include_in_schema=False
 )
-async def v2_model_ready(model_name: str, registry: RegistryDep) -> JSONResponse:
-    model, precision = resolve(registry, model_name)
+async def v2_model_ready(model_name: str, request: Request, registry: RegistryDep) -> JSONResponse:
+    model, precision = resolve(registry, model_name, request.path_params.get("version"))
     variants = (
         model.variants.values()
         if precision is None
@@ -158,7 +160,7 @@ class V2Route(TensorRows[Response]):
         outputs = self.outputs()
         check_output_types(outputs)
         chosen = {"precision": variant.record.precision.value, "backend": variant.engine.backend}
-        extra = {"parameters": chosen}
+        extra = {"model_version": str(self._model.version), "parameters": chosen}
         body, headers = await self._codec.encode(self._header, outputs, self._name, extra)
         return Response(body, headers=headers, media_type=headers["content-type"])
 
@@ -174,7 +176,7 @@ async def v2_infer(
     settings: SettingsDep,
     metrics: MetricsDep,
 ) -> Response:
-    model, precision = resolve(registry, model_name)
+    model, precision = resolve(registry, model_name, request.path_params.get("version"))
     deadline = time.monotonic() + settings.default_deadline_ms / 1000
     codec: CodecPool = request.app.state.v2_codec
     body = await request.body()

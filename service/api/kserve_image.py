@@ -175,14 +175,16 @@ def encode_http(
 
 @router.get("/{base}.detect", summary="v2 metadata of the image-in model")
 @router.get("/{base}.detect/versions/{version}", include_in_schema=False)
-async def image_model_metadata(base: str, registry: RegistryDep) -> dict[str, Any]:
-    return metadata(resolve_v2(registry, f"{base}.detect"))
+async def image_model_metadata(
+    base: str, request: Request, registry: RegistryDep
+) -> dict[str, Any]:
+    return metadata(resolve_v2(registry, f"{base}.detect", request.path_params.get("version")))
 
 
 @router.get("/{base}.detect/ready", summary="v2 readiness of the image-in model")
 @router.get("/{base}.detect/versions/{version}/ready", include_in_schema=False)
-async def image_model_ready(base: str, registry: RegistryDep) -> JSONResponse:
-    target = resolve_v2(registry, f"{base}.detect")
+async def image_model_ready(base: str, request: Request, registry: RegistryDep) -> JSONResponse:
+    target = resolve_v2(registry, f"{base}.detect", request.path_params.get("version"))
     ready = is_ready(target)
     return JSONResponse({"name": target.name, "ready": ready}, status_code=200 if ready else 400)
 
@@ -209,7 +211,7 @@ async def image_model_config(
 async def image_model_infer(
     base: str, request: Request, registry: RegistryDep, settings: SettingsDep, metrics: MetricsDep
 ) -> Response:
-    target = resolve_v2(registry, f"{base}.detect")
+    target = resolve_v2(registry, f"{base}.detect", request.path_params.get("version"))
     deadline = time.monotonic() + settings.default_deadline_ms / 1000
     body = await request.body()
     # Parsing and validating a body of many MB: off the event loop (as /v2 infer does).
@@ -224,4 +226,5 @@ async def image_model_infer(
     arrays, chosen = await run_image_model(
         target, blobs, parameters, settings, metrics, decoding, deadline=deadline, request=request
     )
-    return encode_http(header, arrays, target.name, {"parameters": chosen})
+    extra = {"model_version": str(target.model.version), "parameters": chosen}
+    return encode_http(header, arrays, target.name, extra)

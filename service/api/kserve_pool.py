@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -34,6 +37,19 @@ def parse_and_decode(
     # The JSON data is now in ``arrays``: do not carry (or pickle back) the lists as well.
     bare = [spec.model_copy(update={"data": None}) for spec in request.inputs]
     return request.model_copy(update={"inputs": bare}), arrays
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Worker initializer: end this worker when the server is gone. A pool worker blocks on its
+    task queue, whose write end its siblings also hold, so a server killed outright (SIGKILL,
+    OOM) would otherwise leave it waiting forever, holding its memory."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 class CodecPool:
@@ -68,7 +84,12 @@ class CodecPool:
             # spawn, not fork: the server process runs engine threads that a fork would copy
             # half-way through their work.
             context = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=context)
+            self._pool = ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=context,
+                initializer=_exit_with_parent,
+                initargs=(os.getpid(),),
+            )
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, func, *args)
         except BrokenProcessPool:  # the worker died (killed for memory?): a fresh one next time

@@ -55,21 +55,39 @@ class V2Target:
         return self.model.variants[self.model.selector.auto_choice]
 
 
-def resolve_v2(registry: ModelRegistry, name: str) -> V2Target:
+def resolve_v2(registry: ModelRegistry, name: str, version: str | None = None) -> V2Target:
     """``NAME``, ``NAME.PRECISION`` or ``NAME.detect``; 404 for anything not served, including
-    a precision that was never built for the model."""
+    a precision that was never built for the model, and a version that is not the served one.
+    The current request holds the served version until it is answered (``service.leases``)."""
     base, _, suffix = name.rpartition(".")
-    if base in registry.models and suffix == IMAGE_SUFFIX:
-        return V2Target(name, registry.models[base], None, image=True)
-    if base in registry.models and suffix in PRECISIONS:
-        model = registry.models[base]
-        if Precision(suffix) not in model.variants:
-            why = model.unavailable.get(Precision(suffix), "it was not built")
-            raise ModelNotFound(f"v2 model {name[:80]!r} is not served: {why}")
-        return V2Target(name, model, suffix, image=False)
-    if name in registry.models:
-        return V2Target(name, registry.models[name], None, image=False)
+    if suffix in PRECISIONS or suffix == IMAGE_SUFFIX:
+        model = registry.get(base)
+        if model is not None:
+            _check_version(name, model, version)
+            if suffix == IMAGE_SUFFIX:
+                return V2Target(name, model, None, image=True)
+            if Precision(suffix) not in model.variants:
+                why = model.unavailable.get(Precision(suffix), "it was not built")
+                raise ModelNotFound(f"v2 model {name[:80]!r} is not served: {why}")
+            return V2Target(name, model, suffix, image=False)
+    model = registry.get(name)
+    if model is not None:
+        _check_version(name, model, version)
+        return V2Target(name, model, None, image=False)
+    if name in registry.unloaded or base in registry.unloaded:
+        raise ModelNotFound(
+            f"v2 model {name[:80]!r} is unloaded; POST /v2/repository/models/"
+            f"{(base if base in registry.unloaded else name)[:64]}/load serves it again"
+        )
     raise ModelNotFound(f"unknown v2 model {name[:64]!r}; see GET /models")
+
+
+def _check_version(name: str, model: ServedModel, version: str | None) -> None:
+    if version and version != str(model.version):
+        raise ModelNotFound(
+            f"version {version[:16]!r} of v2 model {name[:80]!r} is not served; "
+            f"it serves version {model.version}"
+        )
 
 
 def platform(variant: ServedVariant) -> str:
@@ -108,7 +126,7 @@ def metadata(target: V2Target) -> dict[str, Any]:
         kind = platform(target.variant())
     return {
         "name": target.name,
-        "versions": ["1"],
+        "versions": [str(target.model.version)],
         "platform": kind,
         "parameters": {
             "precision": target.precision or "auto",

@@ -12,7 +12,7 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -89,6 +89,7 @@ class PrecisionAudit:
         )
         # One thread: shadow work is serial by design, and never competes with itself.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit")
+        self._started = False
         self._shadow: ShadowQueue[_Sample, Outputs] = ShadowQueue(
             self._infer, self._finish, self._drop, max_pending=max_pending, max_wait_s=max_wait_s
         )
@@ -97,32 +98,46 @@ class PrecisionAudit:
 
     def attach(self, registry: ModelRegistry) -> None:
         """Audit every served reduced-precision variant that has an FP32 sibling."""
-        s = self._settings
         for model in registry.models.values():
-            model.selector.demoted = functools.partial(self.demoted, model.name)
-            reference = model.variants.get(Precision.FP32)
-            if reference is None or s.audit_sample_fraction <= 0:
+            self.attach_model(model)
+
+    def attach_model(self, model: ServedModel) -> None:
+        """Audit ``model`` (a new version replaces the targets of the one before)."""
+        s = self._settings
+        self.detach(model.name)
+        model.selector.demoted = functools.partial(self.demoted, model.name)
+        reference = model.variants.get(Precision.FP32)
+        if reference is None or s.audit_sample_fraction <= 0:
+            return
+        for precision, variant in model.variants.items():
+            if precision is Precision.FP32:
                 continue
-            for precision, variant in model.variants.items():
-                if precision is Precision.FP32:
-                    continue
-                window = RollingAgreement(
-                    s.audit_window, s.audit_min_samples, model.info.num_classes
-                )
-                # The budget the build accepted it with (strict 1.0 if it recorded none).
-                accuracy = variant.record.accuracy
-                budget = accuracy.budget if accuracy is not None else 1.0
-                self._targets[(model.name, precision)] = _Target(
-                    model, precision, reference, budget, window
-                )
-                self._initialise_metrics(model.name, precision.value, budget)
-        if self._targets:
-            self._shadow.start()
+            window = RollingAgreement(s.audit_window, s.audit_min_samples, model.info.num_classes)
+            # The budget the build accepted it with (strict 1.0 if it recorded none).
+            accuracy = variant.record.accuracy
+            budget = accuracy.budget if accuracy is not None else 1.0
+            self._targets[(model.name, precision)] = _Target(
+                model, precision, reference, budget, window
+            )
+            self._initialise_metrics(model.name, precision.value, budget)
             log.info(
-                "auditing %s against fp32 on %.2f%% of their requests",
-                ", ".join(f"{m}/{p.value}" for m, p in self._targets),
+                "auditing %s/%s against fp32 on %.2f%% of its requests",
+                model.name,
+                precision.value,
                 s.audit_sample_fraction * 100,
             )
+        if self._targets and not self._started:
+            self._started = True
+            self._shadow.start()
+
+    def detach(self, model: str) -> None:
+        """Stop auditing ``model`` (unloaded, or replaced by a new version)."""
+        for key in [k for k in self._targets if k[0] == model]:
+            del self._targets[key]
+
+    async def after_shadow(self, work: Callable[[], None]) -> None:
+        """Run ``work`` after the shadow run in progress, if any (closing engines it may use)."""
+        await asyncio.get_running_loop().run_in_executor(self._executor, work)
 
     def _initialise_metrics(self, model: str, precision: str, budget: float) -> None:
         m = self._metrics
@@ -145,6 +160,8 @@ class PrecisionAudit:
     ) -> None:
         """One answered image; maybe queue its FP32 re-run. Never waits, never raises."""
         target = self._targets.get((model.name, variant.record.precision))
+        if target is not None and target.model is not model:
+            return  # answered by a version being retired: its FP32 reference is not this one's
         if target is None or self._rng.random() >= self._settings.audit_sample_fraction:
             return
         sample = _Sample(target, image, outputs)

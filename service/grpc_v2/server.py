@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 
-from service import request_id
+from service import leases, request_id
 from service.api.kserve_image import run_image_model
 from service.api.v2_models import (
     IMAGE_INPUT,
@@ -34,10 +34,11 @@ from service.api.v2_models import (
 from service.config import Settings
 from service.errors import BadRequest, Unauthorized, grpc_status_name, to_service_error
 from service.flow import serve
-from service.grpc_v2 import codec
+from service.grpc_v2 import codec, repository
 from service.grpc_v2 import grpc_predict_v2_pb2 as pb
 from service.grpc_v2 import grpc_predict_v2_pb2_grpc as pb_grpc
 from service.metrics import Metrics
+from service.model_control import ModelControl
 from service.registry import ModelRegistry
 from service.scheduler import DecodeBudget
 from service.version import VERSION
@@ -45,7 +46,7 @@ from service.version import VERSION
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Context = Any  # grpc.aio.ServicerContext (grpcio ships no type information)
-EXTENSIONS = ["binary_tensor_data", "statistics"]  # as GET /v2 reports them
+EXTENSIONS = ["binary_tensor_data", "statistics", "model_repository"]  # as GET /v2 reports them
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -55,8 +56,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         settings: Settings,
         metrics: Metrics,
         decoding: DecodeBudget,
+        control: ModelControl,
     ) -> None:
         self._registry = registry
+        self._control = control
         self._settings = settings
         self._metrics = metrics
         self._decoding = decoding  # the app's decode budget, shared with the HTTP routes
@@ -64,7 +67,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _call(
         self, context: Context, work: Callable[[], Awaitable[T]], *, health: bool = False
     ) -> T:
-        """Request ID, API key, and every error as a gRPC status (never a stack trace)."""
+        """Request ID, API key, the model versions the call holds (``service.leases``), and
+        every error as a gRPC status (never a stack trace)."""
         metadata = {k.lower(): v for k, v in context.invocation_metadata() or ()}
         rid = request_id.accept(_text(metadata.get(request_id.HEADER)))
         token = request_id.current.set(rid)
@@ -72,7 +76,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             if not health or self._settings.protect_health:
                 self._check_key(metadata)
-            return await work()
+            with leases.request_scope():
+                return await work()
         except Exception as exc:
             err = to_service_error(exc)
             if err.status >= 500:
@@ -114,7 +119,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Context) -> Any:
         async def work() -> pb.ModelReadyResponse:
-            return pb.ModelReadyResponse(ready=is_ready(self._target(request.name)))
+            target = self._target(request.name, request.version)
+            return pb.ModelReadyResponse(ready=is_ready(target))
 
         return await self._call(context, work)
 
@@ -128,7 +134,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Context) -> Any:
         async def work() -> pb.ModelMetadataResponse:
-            meta = metadata(self._target(request.name))
+            meta = metadata(self._target(request.name, request.version))
             response = pb.ModelMetadataResponse(
                 name=meta["name"], versions=meta["versions"], platform=meta["platform"]
             )
@@ -143,13 +149,43 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> Any:
         async def work() -> pb.ModelInferResponse:
-            target = self._target(request.model_name)
-            return await self._infer(target, request, self._deadline(context))
+            target = self._target(request.model_name, request.model_version)
+            response = await self._infer(target, request, self._deadline(context))
+            response.model_version = str(target.model.version)  # the version that answered
+            return response
 
         return await self._call(context, work)
 
-    def _target(self, name: str) -> V2Target:
-        return resolve_v2(self._registry, name)
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Context) -> Any:
+        async def work() -> pb.ModelStatisticsResponse:
+            return repository.model_statistics(self._registry, self._metrics, request)
+
+        return await self._call(context, work)
+
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Context) -> Any:
+        async def work() -> pb.RepositoryIndexResponse:
+            return repository.repository_index(self._control, request)
+
+        return await self._call(context, work)
+
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Context
+    ) -> Any:
+        async def work() -> pb.RepositoryModelLoadResponse:
+            return await repository.load(self._control, request)
+
+        return await self._call(context, work)
+
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Context
+    ) -> Any:
+        async def work() -> pb.RepositoryModelUnloadResponse:
+            return await repository.unload(self._control, request)
+
+        return await self._call(context, work)
+
+    def _target(self, name: str, version: str = "") -> V2Target:
+        return resolve_v2(self._registry, name, version or None)
 
     def _deadline(self, context: Context) -> float:
         budget = self._settings.default_deadline_ms / 1000
@@ -193,7 +229,11 @@ def _text(value: str | bytes | None) -> str | None:
 
 
 async def start_grpc_server(
-    registry: ModelRegistry, settings: Settings, metrics: Metrics, decoding: DecodeBudget
+    registry: ModelRegistry,
+    settings: Settings,
+    metrics: Metrics,
+    decoding: DecodeBudget,
+    control: ModelControl,
 ) -> grpc.aio.Server | None:
     """Bind and start the gRPC endpoint on ``settings.grpc_port`` (0: no gRPC endpoint).
 
@@ -209,7 +249,7 @@ async def start_grpc_server(
             ("grpc.max_send_message_length", max(limit, 64 * 1024 * 1024)),
         ]
     )
-    servicer = InferenceServicer(registry, settings, metrics, decoding)
+    servicer = InferenceServicer(registry, settings, metrics, decoding, control)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     address = f"{settings.host}:{settings.grpc_port}"
     try:

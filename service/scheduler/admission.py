@@ -155,8 +155,8 @@ class DeviceLoad:
 
     def __init__(self, concurrency: int = 1) -> None:
         self._members: list[DeviceMember] = []
-        # On a CPU, two sessions running at once just split the cores (and each batch then takes
-        # twice as long as any estimate says); on a GPU, a bounded number of streams overlap.
+        # Batches in flight at once (Settings.batches_in_flight): on a CPU several small runs
+        # share the cores (each takes longer, more finish per second); on a GPU one at a time.
         self._slots = asyncio.Semaphore(concurrency)
 
     def slot(self) -> asyncio.Semaphore:

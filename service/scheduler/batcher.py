@@ -290,7 +290,8 @@ class BatchScheduler:
 
     def _take(self) -> list[_Request]:
         batch: list[_Request] = []
-        while self._queue and len(batch) < self._config.max_batch:
+        limit = self._batch_limit()
+        while self._queue and len(batch) < limit:
             req = self._queue.popleft()
             if req.future.done():  # cancelled: the client went away
                 self._observer.rejected("cancelled")
@@ -314,6 +315,15 @@ class BatchScheduler:
             )
         self._observer.queued(len(self._queue))
         return batch
+
+    def _batch_limit(self) -> int:
+        """With several batches allowed in flight, a batch takes its share of the queue (split
+        between the workers not running one) so the others start theirs at once: on a CPU,
+        small runs side by side beat one large run. With one in flight it takes up to
+        ``max_batch``."""
+        free = max(1, self._config.concurrency - len(self._running))
+        share = -(-len(self._queue) // free)  # ceiling division
+        return max(1, min(self._config.max_batch, share))
 
     async def _run(self, batch: list[_Request]) -> None:
         if not batch:

@@ -16,6 +16,7 @@ The warm-up speed measurement (``service.speed.measure_engine``) runs with the d
 counted as batches, so batch numbers start at the first served batch.
 ``FAULT_GATE_FILE``: every batch waits until this file exists (a test holds requests in flight
 for as long as it needs, then releases them by creating the file).
+``DETECT_CONCURRENT_BATCHES`` defaults to 1 here (one batch at a time on the stand-in device).
 ``FAULT_GARBLE_BATCHES``: batch numbers whose outputs come back as complex numbers, a dtype no
 protocol carries (a failure that only shows after inference).
 """
@@ -128,5 +129,8 @@ def install() -> None:
 if __name__ == "__main__":
     from service.cli import main
 
+    # The stand-in device runs one batch at a time unless a test says otherwise: the overload,
+    # drain and deadline tests reason about one slot (the CPU default is several).
+    os.environ.setdefault("DETECT_CONCURRENT_BATCHES", "1")
     install()
     raise SystemExit(main())

@@ -199,3 +199,14 @@ def test_proto_is_wire_compatible_with_tritons() -> None:
     methods = {m.name: m for m in theirs.service[0].method}
     for method in ours.service[0].method:
         assert methods[method.name].input_type == method.input_type
+
+
+def test_repository_index_answers_and_model_control_is_refused_by_default(
+    grpc: grpcclient.InferenceServerClient,
+) -> None:
+    index = grpc.get_model_repository_index(as_json=True)["models"]
+    assert {"name": MODEL, "version": "1", "state": "READY"} in index
+    for change in (grpc.load_model, grpc.unload_model):
+        with pytest.raises(InferenceServerException, match="PERMISSION_DENIED"):
+            change(MODEL)
+    assert grpc.is_model_ready(MODEL)

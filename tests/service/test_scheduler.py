@@ -600,6 +600,25 @@ def test_the_device_is_idle_only_with_no_batch_running_and_nothing_waiting() -> 
     run(main)
 
 
+def test_batches_in_flight_share_the_queue() -> None:
+    """Two batches allowed in flight: eight queued images run as two batches of four side by
+    side, not one of eight with the second worker idle."""
+
+    async def main() -> None:
+        engine = StandInEngine()
+        engine.gate.clear()  # both batches stay inside the engine until released
+        sched = make(engine, max_batch=8, max_wait_s=0.0, max_queue=16, concurrency=2)
+        tasks = [asyncio.create_task(sched.submit(item(i), far())) for i in range(8)]
+        await until(lambda: engine.entered == 2)
+        engine.gate.set()
+        results = await asyncio.wait_for(asyncio.gather(*tasks), NOT_AN_HOUR)
+        assert sorted(sorted(b) for b in engine.batches) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+        assert [r.batch_size for r in results] == [4] * 8
+        await sched.close()
+
+    run(main)
+
+
 def test_one_slow_batch_moves_the_running_cost_a_fifth_of_the_way() -> None:
     """Deadlines and ``Retry-After`` follow a running average: one outlier does not swing them."""
     times = BatchTimes()
@@ -648,5 +667,22 @@ def test_a_closed_scheduler_leaves_no_engine_thread_behind() -> None:
             await borrower.submit(item(2), far())
             await borrower.close()
             assert lent.submit(lambda: 3).result(timeout=10) == 3  # still usable
+
+    run(main)
+
+
+def test_one_batch_in_flight_takes_everything_queued() -> None:
+    async def main() -> None:
+        engine = StandInEngine()
+        engine.gate.clear()
+        sched = make(engine, max_batch=8, max_wait_s=0.0, max_queue=16, concurrency=1)
+        first = asyncio.create_task(sched.submit(item(0), far()))
+        await until(lambda: engine.entered == 1)  # item 0 runs alone; the rest queue behind it
+        rest = [asyncio.create_task(sched.submit(item(i), far())) for i in range(1, 7)]
+        await until(lambda: sched.queue_depth == 6)
+        engine.gate.set()
+        await asyncio.wait_for(asyncio.gather(first, *rest), NOT_AN_HOUR)
+        assert engine.batches == [[0], [1, 2, 3, 4, 5, 6]]
+        await sched.close()
 
     run(main)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import ast
 import concurrent.futures
+import functools
 import json
 import os
 import queue
@@ -30,7 +31,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,14 +61,17 @@ TARGETS: dict[str, Target] = {
     "admission": Target(
         "service/scheduler/admission.py",
         None,
-        (("tests/service/test_scheduler.py",), (HTTP + "test_overload_http.py",)),
+        (
+            ("tests/service/test_scheduler.py",),
+            (HTTP + "test_overload_semantics_http.py", HTTP + "test_overload_http.py"),
+        ),
     ),
     "batcher": Target(
         "service/scheduler/batcher.py",
         None,
         (
             ("tests/service/test_scheduler.py",),
-            (HTTP + "test_overload_http.py", HTTP + "test_reliability_http.py"),
+            (HTTP + "test_overload_semantics_http.py", HTTP + "test_reliability_http.py"),
         ),
     ),
     "errors": Target(
@@ -75,26 +79,30 @@ TARGETS: dict[str, Target] = {
         None,
         (
             ("tests/service/test_errors.py", "tests/service/test_scheduler.py"),
-            (HTTP + "test_overload_http.py", HTTP + "test_bad_input_http.py"),
+            (
+                HTTP + "test_overload_semantics_http.py",
+                HTTP + "test_overload_http.py",
+                HTTP + "test_bad_input_http.py",
+            ),
         ),
     ),
     "metrics": Target(
         "service/metrics.py",
         None,
-        (("tests/service/test_metrics.py",), (HTTP + "test_overload_http.py",)),
+        (("tests/service/test_metrics.py",), (HTTP + "test_overload_semantics_http.py",)),
     ),
     "observer": Target(  # where the scheduler's knowledge becomes metrics and feeds `auto`
         "service/registry.py",
         "_VariantObserver",
         (
             ("tests/service/test_metrics.py",),
-            (HTTP + "test_overload_http.py", HTTP + "test_auto_precision_http.py"),
+            (HTTP + "test_overload_semantics_http.py", HTTP + "test_auto_precision_http.py"),
         ),
     ),
     "accounting": Target(  # the per-request counts, durations and in-flight gauge
         "service/flow.py",
         "serve",
-        ((HTTP + "test_overload_http.py", HTTP + "test_request_accounting_http.py"),),
+        ((HTTP + "test_overload_semantics_http.py", HTTP + "test_request_accounting_http.py"),),
     ),
     "codec": Target(
         "service/api/kserve_codec.py",
@@ -108,7 +116,12 @@ TARGETS: dict[str, Target] = {
         "service/selection.py",
         None,
         (
-            ("tests/service/test_selection.py", "tests/service/test_metrics.py"),
+            (
+                "tests/service/test_selection.py",
+                "tests/service/test_speed.py",  # the selector on live figures
+                "tests/service/test_metrics.py",
+                "tests/service/test_audit.py",  # demotion: where auto goes instead
+            ),
             (HTTP + "test_auto_precision_http.py",),
         ),
     ),
@@ -250,8 +263,15 @@ def _scope_lines(tree: ast.Module, scope: str | None) -> tuple[int, int]:
     raise SystemExit(f"no top-level {scope} in the target")
 
 
+@functools.cache
+def source_of(path: str) -> str:
+    """The module's text as it was when first read: editing the tree during a run (a merge)
+    must not shift the mutants, which are found by their position in this text."""
+    return (REPO / path).read_text()
+
+
 def mutants(name: str, target: Target) -> list[Mutant]:
-    tree = ast.parse((REPO / target.path).read_text())
+    tree = ast.parse(source_of(target.path))
     first, last = _scope_lines(tree, target.scope)
     skip = _skipped(tree)
     found = []
@@ -266,7 +286,7 @@ def mutants(name: str, target: Target) -> list[Mutant]:
 
 def mutated_source(target: Target, mutant: Mutant | None) -> str:
     """The module as the tests will import it (unparsed, so the unmutated one is a baseline)."""
-    tree = ast.parse((REPO / target.path).read_text())
+    tree = ast.parse(source_of(target.path))
     if mutant is not None:
         nodes = list(ast.walk(tree))
         victim = nodes[mutant.index]
@@ -320,6 +340,8 @@ def _run_stages(work: Path, target: Target, timeout_s: float) -> tuple[str, str 
 def run_one(work: Path, target: Target, mutant: Mutant | None, timeout_s: float) -> Outcome:
     path = work / target.path
     original = path.read_text()
+    if original != source_of(target.path):
+        raise SystemExit(f"{target.path} in the copy differs from the one mutated")
     for stale in path.parent.glob(f"__pycache__/{path.stem}.*.pyc"):
         stale.unlink()
     path.write_text(mutated_source(target, mutant))
@@ -329,7 +351,7 @@ def run_one(work: Path, target: Target, mutant: Mutant | None, timeout_s: float)
     finally:
         path.write_text(original)
     dummy = Mutant("baseline", -1, 0, 0, "none")
-    line = "" if mutant is None else (REPO / target.path).read_text().splitlines()[mutant.line - 1]
+    line = "" if mutant is None else source_of(target.path).splitlines()[mutant.line - 1]
     return Outcome(mutant or dummy, status, stage, time.monotonic() - started, line.strip())
 
 
@@ -339,7 +361,8 @@ def report(
     lines = [
         "# Mutation testing report",
         "",
-        "`python3 scripts/mutate.py` (see its docstring).",
+        # The exact command, so a figure can be reproduced (sample, seed and stages decide it).
+        f"`{' '.join(['python3', 'scripts/mutate.py', *sys.argv[1:]])}` (see its docstring).",
         "",
     ]
     lines += ["| target | module | mutants | killed | timeouts | survived | kill rate |"]
@@ -396,8 +419,13 @@ def main() -> int:
         "--sample", type=int, default=0, help="run this many mutants per target, drawn at random"
     )
     parser.add_argument("--seed", type=int, default=18, help="of the --sample draw")
+    parser.add_argument(
+        "--stages", type=int, default=0, help="run only the first N test stages (0: all)"
+    )
     args = parser.parse_args()
     chosen = {n: TARGETS[n] for n in (args.only or TARGETS)}
+    if args.stages:  # a lower bound on the kill rate: slower tests might kill more
+        chosen = {n: replace(t, stages=t.stages[: args.stages]) for n, t in chosen.items()}
     todo, planned = [], 0
     for name, target in chosen.items():
         found = mutants(name, target)

@@ -85,3 +85,47 @@ def test_iou_boundary_against_boxes_kept_in_an_earlier_block() -> None:
     everything = list(range(len(boxes)))
     assert nms(boxes, scores, 0.5).tolist() == everything
     assert nms(boxes, scores, JUST_UNDER).tolist() == everything[:-1]
+
+
+def test_disjoint_and_touching_boxes_overlap_not_at_all() -> None:
+    from engines.model.postprocess import pairwise_iou
+
+    unit = np.asarray([[0.0, 0.0, 1.0, 1.0]])
+    others = np.asarray(
+        [
+            [2.0, 2.0, 3.0, 3.0],  # apart on both axes
+            [2.0, 0.0, 3.0, 1.0],  # beside: overlapping rows, apart columns
+            [0.0, 2.0, 1.0, 3.0],  # below: overlapping columns, apart rows
+            [1.0, 0.0, 2.0, 1.0],  # touching
+            [0.0, 0.0, 0.5, 1.0],  # half of it
+        ]
+    )
+    np.testing.assert_array_equal(pairwise_iou(unit, others), [[0.0, 0.0, 0.0, 0.0, 0.5]])
+    # Two 1-pixel boxes a pixel apart never suppress each other, however low the threshold.
+    for apart in ([2.0, 0.0, 3.0, 1.0], [0.0, 2.0, 1.0, 3.0]):
+        boxes = np.asarray([[0.0, 0.0, 1.0, 1.0], apart], np.float32)
+        assert nms(boxes, np.asarray([0.9, 0.8], np.float32), 0.0).tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("axis", ["x", "y"])
+def test_a_box_wholly_in_the_padding_is_dropped_one_pixel_inside_is_kept(axis: str) -> None:
+    from engines.model.layouts import Candidates
+    from engines.model.postprocess import postprocess
+    from engines.model.preprocess import LetterboxTransform
+
+    # A 100x50 image letterboxed into 100x100: 25 rows of padding above and below it.
+    transform = LetterboxTransform(1.0, 0.0, 25.0, 100, 50)
+    boxes = np.asarray([[10, 0, 30, 20], [10, 0, 30, 26]], np.float32)  # padding; 1 px inside
+    expected = [[10, 0, 30, 1]]
+    if axis == "x":  # the same, turned: a 50x100 image with padding left and right
+        transform = LetterboxTransform(1.0, 25.0, 0.0, 50, 100)
+        boxes, expected = boxes[:, [1, 0, 3, 2]], [[0, 10, 1, 30]]
+    candidates = Candidates(
+        boxes=boxes,
+        scores=np.asarray([0.9, 0.8], np.float32),
+        class_ids=np.asarray([0, 1]),
+        nms_done=False,
+    )
+    result = postprocess(candidates, transform, iou=0.5, max_det=10)
+    assert result.class_ids.tolist() == [1]
+    np.testing.assert_allclose(result.boxes, expected)

@@ -79,6 +79,22 @@ def test_postprocess_maps_to_original_pixels_clips_and_caps() -> None:
     assert capped.scores.tolist() == [pytest.approx(0.9)]
 
 
+@pytest.mark.parametrize("count", [0, 1])
+def test_an_image_with_no_or_one_candidate(count: int) -> None:
+    """No candidate: no detection (and no error); a lone candidate is kept as it is."""
+    transform = LetterboxTransform(1.0, 0.0, 0.0, 100, 100)
+    candidates = Candidates(
+        boxes=np.array([[10, 10, 30, 30]] * count, np.float32).reshape(count, 4),
+        scores=np.array([0.9] * count, np.float32),
+        class_ids=np.array([3] * count, np.int64),
+        nms_done=False,
+    )
+    result = postprocess(candidates, transform, iou=0.5, max_det=10)
+    assert len(result) == count
+    if count:
+        np.testing.assert_allclose(result.boxes[0], [10, 10, 30, 30])
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_nms_across_blocks_matches_brute_force(seed: int) -> None:
     """More boxes than one block, so suppression by earlier blocks' boxes is exercised."""

@@ -122,3 +122,38 @@ def test_error_body_carries_details_only_when_given() -> None:
     assert error_body("c", "m") == {"error": plain}
     assert error_body("c", "m", [1]) == {"error": {**plain, "details": [1]}}
     assert ServiceError("x").status == 500
+
+
+# The documented contract: each machine-readable error code has one HTTP status (and gRPC code).
+DOCUMENTED: dict[str, tuple[int, str | None]] = {
+    "bad_request": (400, "INVALID_ARGUMENT"),
+    "invalid_image": (400, "INVALID_ARGUMENT"),
+    "precision_unavailable": (400, "INVALID_ARGUMENT"),
+    "unauthorized": (401, "UNAUTHENTICATED"),
+    "model_not_found": (404, "NOT_FOUND"),
+    "payload_too_large": (413, "RESOURCE_EXHAUSTED"),
+    "image_too_large": (413, "RESOURCE_EXHAUSTED"),
+    "unsupported_media_type": (415, "INVALID_ARGUMENT"),
+    "overloaded": (503, "UNAVAILABLE"),
+    "decode_overloaded": (503, "UNAVAILABLE"),
+    "shutting_down": (503, "UNAVAILABLE"),
+    "request_timeout": (408, None),  # HTTP only: a body sent too slowly (gRPC has no such case)
+    "engine_unavailable": (503, "UNAVAILABLE"),
+    "deadline_exceeded": (504, "DEADLINE_EXCEEDED"),
+    "client_closed_request": (499, "CANCELLED"),
+    "inference_failed": (500, "INTERNAL"),
+}
+
+
+@pytest.mark.parametrize("code", sorted(DOCUMENTED))
+def test_each_error_code_has_its_documented_status(code: str) -> None:
+    from service import errors
+
+    classes = [c for c in vars(errors).values() if isinstance(c, type)]
+    (cls,) = [c for c in classes if issubclass(c, ServiceError) and c.code == code]
+    err = cls.__new__(cls)
+    ServiceError.__init__(err, "x")
+    status, grpc_code = DOCUMENTED[code]
+    assert cls.status == status
+    if grpc_code is not None:
+        assert errors.grpc_status_name(err) == grpc_code

@@ -170,3 +170,52 @@ def test_big_endian_outputs_are_sent_little_endian() -> None:
 def test_an_output_dtype_v2_cannot_carry_is_a_server_error() -> None:
     with pytest.raises(InferenceFailed, match="not a v2 type"):
         encode_outputs(req({}), {"a": np.zeros((1, 2), np.complex64)}, "m", {})
+
+
+@pytest.mark.parametrize(
+    ("field", "at_limit", "over"),
+    [
+        ("name", {"name": "n" * 256}, {"name": "n" * 257}),
+        ("shape", {"shape": [1] * 8, "data": [0.0]}, {"shape": [1] * 9, "data": [0.0]}),
+    ],
+)
+def test_input_limits_hold_exactly_at_their_bound(
+    field: str, at_limit: dict[str, Any], over: dict[str, Any]
+) -> None:
+    def body(changes: dict[str, Any]) -> bytes:
+        return json.dumps({"inputs": [{**X, **changes}]}).encode()
+
+    request, _ = parse_request(body(at_limit), None)  # 256 characters, 8 dimensions: accepted
+    assert request.inputs[0].name
+    with pytest.raises(BadRequest):
+        parse_request(body(over), None)
+
+
+def test_a_zero_size_binary_input_takes_no_bytes_and_a_negative_size_is_refused() -> None:
+    """``binary_data_size`` 0 is a valid empty tensor (a 0-length dimension), and the next
+    input's slice starts where it would have; a negative size is a client error."""
+    empty = {
+        "name": "e",
+        "datatype": "FP32",
+        "shape": [0, 3],
+        "parameters": {"binary_data_size": 0},
+    }
+    after = {"name": "n", "datatype": "INT64", "shape": [1], "parameters": {"binary_data_size": 8}}
+    arrays = decode({"inputs": [empty, after]}, np.array([5], "<i8").tobytes())
+    assert arrays["e"].shape == (0, 3) and arrays["e"].dtype == np.float32
+    np.testing.assert_array_equal(arrays["n"], [5])
+    negative = {**empty, "parameters": {"binary_data_size": -1}}
+    with pytest.raises(BadRequest, match="non-negative"):
+        decode({"inputs": [negative]}, b"")
+
+
+def test_json_data_that_overflows_to_infinity_is_refused() -> None:
+    """``1e999`` is valid JSON that parses as an infinite float: a client error, never a tensor
+    of infinities sent to the engine."""
+    body = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1.0, 1e999]}]}'
+    request, binary = parse_request(body, None)
+    with pytest.raises(BadRequest, match="finite"):
+        decode_inputs(request, binary, max_elements=16)
+    whole = b'{"inputs": [{"name": "x", "datatype": "INT32", "shape": [2], "data": [1, 2]}]}'
+    request, binary = parse_request(whole, None)
+    np.testing.assert_array_equal(decode_inputs(request, binary, max_elements=16)["x"], [1, 2])

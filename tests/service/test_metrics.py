@@ -94,3 +94,24 @@ def test_observer_feeds_the_longest_wait_of_a_batch_to_auto() -> None:
     assert selector.auto_choice is Precision.FP32
     watched.batch_started(2, [0.001, 0.5])  # one image waited 10x the SLO
     assert selector.auto_choice is Precision.INT8
+
+
+def test_observer_keeps_the_live_speed_current_with_every_good_batch() -> None:
+    """What ``auto`` ranks variants by and ``GET /models`` shows: a good batch's engine time
+    becomes this host's figure for its size; a failed batch is no measure of speed."""
+    live = LiveSpeed({4: 999.0}, "build manifest")
+    watched = _VariantObserver(Metrics(), "m", Precision.FP32, live)
+    watched.batch_finished(4, 0.2, ok=True)
+    assert live.per_image_s(4) == pytest.approx(0.05)
+    watched.batch_finished(4, 5.0, ok=False)
+    assert live.per_image_s(4) == pytest.approx(0.05)
+    assert live.figures()[4].samples == 1
+
+
+def test_the_registry_carries_the_standard_process_series() -> None:
+    """A custom registry has no process_* series unless asked: the service's has them (memory
+    and CPU of the server, what a capacity dashboard plots next to the request rates)."""
+    metrics = Metrics()
+    resident = sample(metrics, "process_resident_memory_bytes")
+    assert resident is not None and resident > 0
+    assert sample(metrics, "process_cpu_seconds_total") is not None

@@ -3,14 +3,17 @@ values that add up to the traffic sent.
 
 The engine is held at a gate (a file the test creates; see ``fault_engines``), so the queue holds
 exactly the requests the test put there; every wait is on a metric the server exports, never on
-a sleep.
+a sleep (the one sleep holds a batch past its estimated time on purpose: the time passing is
+what is tested).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import io
+import json
 import math
+import socket
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -132,6 +136,10 @@ def test_full_queue_is_503_with_retry_after_from_the_measured_cost(
     before = scrape(server)
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         running = hold_one(server, gate, pool, image)
+        # Held past its estimate (plus the 10 % the test's copy may be off), the running batch
+        # counts as about to finish: the wait is then exactly the queue's, whatever the delay
+        # between the refusals on a loaded machine.
+        time.sleep(per_image * 1.5)
         queued = [pool.submit(Timed, server, [image], **FAR)]
         wait_for(server, queue_depth(server), 1)
         # Two more images do not fit beside the one queued: shed at the door, before decoding.
@@ -145,11 +153,11 @@ def test_full_queue_is_503_with_retry_after_from_the_measured_cost(
     for refused, ahead in ((pair, 1), (single, 2)):
         assert refused.status == 503, refused.reply.text
         assert refused.json()["error"]["code"] == "overloaded"
-        # The wait for what is ahead (queued + the one running) and this request, in seconds.
-        # The server's own per-image figure also follows warm-up and live batch times, so the
-        # test's EWMA is a close, not exact, copy of it: within 10 %.
-        low = expected_retry_after(per_image * (ahead + 2) * 0.9)
-        high = expected_retry_after(per_image * (ahead + 2) * 1.1)
+        # The wait for what is queued ahead and this request, in seconds (the running batch is
+        # overdue, so it adds nothing). The server's own per-image figure also follows warm-up
+        # and live batch times, so the test's EWMA is a close, not exact, copy of it: within 10 %.
+        low = expected_retry_after(per_image * (ahead + 1) * 0.9)
+        high = expected_retry_after(per_image * (ahead + 1) * 1.1)
         got = int(refused.reply.headers["Retry-After"])
         assert min(map(int, low)) <= got <= max(map(int, high)), (ahead, per_image, got)
     # A batch costs >= 1 s, so one more image ahead always means a later Retry-After.
@@ -159,6 +167,62 @@ def test_full_queue_is_503_with_retry_after_from_the_measured_cost(
     assert moved(before, after, key("detect_requests_total", status="503")) == 2
     assert moved(before, after, key("detect_requests_total", status="200")) == 3
     assert moved(before, after, key("detect_preprocess_duration_seconds_count")) == 3
+
+
+def v2_infer(server: Server) -> httpx.Response:
+    """A KServe v2 request (one raw FP32 tensor): these routes take no deadline from the client."""
+    raw = np.zeros((1, 3, 416, 416), "<f4").tobytes()
+    inputs = [{"name": "images", "datatype": "FP32", "shape": [1, 3, 416, 416]}]
+    head = json.dumps({"inputs": [{**inputs[0], "parameters": {"binary_data_size": len(raw)}}]})
+    return httpx.post(
+        f"{server.url}/v2/models/{MODEL}/infer",
+        content=head.encode() + raw,
+        headers={"Inference-Header-Content-Length": str(len(head.encode()))},
+        timeout=120,
+    )
+
+
+def v2_stats(server: Server) -> dict[str, int]:
+    """Successful and failed requests in the KServe v2 statistics of the FP32 variant."""
+    reply = httpx.get(f"{server.url}/v2/models/{MODEL}.fp32/stats", timeout=30)
+    stats = reply.json()["model_stats"][0]["inference_stats"]
+    return {outcome: int(stats[outcome]["count"]) for outcome in ("success", "fail")}
+
+
+def test_an_unmeetable_server_deadline_is_overload_a_client_deadline_a_timeout(
+    server_factory: Callable[..., Server], gate: Path
+) -> None:
+    """Every batch takes >= 1 s and the server's own deadline is 0.5 s: a request that did not
+    set a deadline (KServe v2 never does; /detect without ``deadline_ms``) is shed as 503
+    ``overloaded``; the same budget set by the client is 504 ``deadline_exceeded``."""
+    server = gated_server(
+        server_factory,
+        gate,
+        DETECT_MAX_BATCH="1",
+        FAULT_DELAY_S=str(BATCH_DELAY_S),
+        DETECT_DEFAULT_DEADLINE_MS="500",
+    )
+    image = small_jpeg()
+    assert Timed(server, [image], **FAR).status == 200  # the scheduler learns a batch's cost
+    before = scrape(server)
+    v2 = v2_infer(server)
+    unset = Timed(server, [image])
+    client_set = Timed(server, [image], deadline_ms=500)
+    assert v2.status_code == 503, v2.text
+    assert "deadline cannot be met" in v2.json()["error"]  # the v2 protocol's error shape
+    assert (unset.status, client_set.status) == (503, 504), (
+        unset.reply.text,
+        client_set.reply.text,
+    )
+    assert unset.json()["error"]["code"] == "overloaded"
+    assert client_set.json()["error"]["code"] == "deadline_exceeded"
+    for reply in (v2, unset.reply, client_set.reply):
+        assert int(reply.headers["Retry-After"]) >= 1
+    after = scrape(server)
+    assert moved(before, after, key("detect_rejected_total", reason="deadline")) == 3
+    assert moved(before, after, key("detect_requests_total", status="503")) == 2
+    assert moved(before, after, key("detect_requests_total", status="504")) == 1
+    assert moved(before, after, key("detect_batch_size_count")) == 0  # nothing reached the engine
 
 
 def test_metric_values_add_up_to_the_traffic_sent(
@@ -241,3 +305,45 @@ def check_histograms(
     # least the replies' own end-to-end times (measured a hair later, from inside the handler).
     assert total <= sum(r.seconds for r in ok + failed)
     assert total >= reported("total", bodies) - 1e-3 * len(bodies)
+
+
+def test_a_client_that_leaves_has_its_queued_image_dropped(
+    server_factory: Callable[..., Server], gate: Path, photo: Callable[[str], bytes]
+) -> None:
+    """Its image never reaches the engine, and the request is counted as 499 (and, in the v2
+    statistics, as neither a success nor a failure, as Triton counts it)."""
+    server = gated_server(server_factory, gate, DETECT_MAX_BATCH="1")
+    bus = photo("bus")
+    before = scrape(server)
+    stats_before = v2_stats(server)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        held = hold_one(server, gate, pool, bus)
+        boundary = "leaving"
+        body = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="b"\r\n'
+                "Content-Type: application/octet-stream\r\n\r\n"
+            ).encode()
+            + bus
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=60) as sock:
+            sock.sendall(
+                b"POST /detect?deadline_ms=60000 HTTP/1.1\r\nHost: x\r\n"
+                + f"Content-Type: multipart/form-data; boundary={boundary}\r\n".encode()
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            wait_for(server, queue_depth(server), 1)
+        # The connection is closed: the server notices and cancels the queued image.
+        wait_for(server, key("detect_requests_total", status="499"), 1)
+        gate.touch()
+        assert held.result().status == 200
+    after = scrape(server)
+    assert moved(before, after, key("detect_images_total")) == 1  # only the held request's
+    assert moved(before, after, key("detect_rejected_total", reason="cancelled")) == 1
+    assert value(after, queue_depth(server)) == 0
+    stats_after = v2_stats(server)
+    assert stats_after["success"] - stats_before["success"] == 1  # the held request
+    assert stats_after["fail"] - stats_before["fail"] == 0

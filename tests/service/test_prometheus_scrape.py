@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -122,12 +123,18 @@ def prometheus(served: Server, tmp_path_factory: pytest.TempPathFactory) -> Iter
         process.wait(30)
 
 
-@pytest.fixture(scope="module")
-def traffic(served: Server, prometheus: str, photo: Callable[[str], bytes]) -> float:
-    """Requests at two precisions, a few bad ones and a deadline rejection, then 2+ scrapes.
+@dataclass(frozen=True)
+class Moments:
+    quiet: float  # before any traffic, after a few scrapes: a healthy, idle moment
+    # Just after the traffic: the queries are evaluated here, since evaluated "now" rate() over
+    # a 30 s window drops to 0/0 once the tests have run longer than that.
+    after: float
 
-    Returns a Unix time from before any traffic, after a few scrapes: a healthy, idle moment.
-    """
+
+@pytest.fixture(scope="module")
+def traffic(served: Server, prometheus: str, photo: Callable[[str], bytes]) -> Moments:
+    """Requests at two precisions, a few bad ones and a deadline rejection, then a few scrapes;
+    returns a quiet moment before the traffic and the moment just after it."""
     # Counters must be stored at zero before traffic, or rate() sees no increase.
     wait_until(lambda: stored_total(prometheus) == 0, 30, "Prometheus never scraped the service")
     before = scrapes(prometheus)
@@ -158,7 +165,8 @@ def traffic(served: Server, prometheus: str, photo: Callable[[str], bytes]) -> f
     # A few scrapes after the traffic, so rate() and the alert windows have samples on both sides.
     after = scrapes(prometheus)
     wait_until(lambda: scrapes(prometheus) >= after + 5, 30, "Prometheus stopped scraping")
-    return quiet
+    after_traffic = float(query(prometheus, 'timestamp(up{job="detect"})')[0]["value"][1])
+    return Moments(quiet, after_traffic)
 
 
 def dashboard_queries() -> list[tuple[str, str]]:
@@ -223,6 +231,7 @@ def expected_precisions(selection: str, expr: str) -> set[str]:
 
 
 def query(prometheus: str, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+    """``expr`` evaluated now, or at the instant ``at`` (Unix seconds)."""
     params: dict[str, Any] = {"query": expr} if at is None else {"query": expr, "time": at}
     r = httpx.get(f"{prometheus}/api/v1/query", params=params, timeout=10)
     body = r.json()
@@ -246,9 +255,9 @@ def query_cases() -> list[tuple[str, str, str]]:
     ids=lambda v: v if isinstance(v, str) and len(v) < 60 else None,
 )
 def test_every_query_returns_finite_data(
-    traffic: float, prometheus: str, gpu_exported: bool, where: str, expr: str, selection: str
+    traffic: Moments, prometheus: str, gpu_exported: bool, where: str, expr: str, selection: str
 ) -> None:
-    result = query(prometheus, substitute(expr, SELECTIONS[selection]))
+    result = query(prometheus, substitute(expr, SELECTIONS[selection]), traffic.after)
     if GPU_ONLY in expr and not gpu_exported:
         # The one allowed exception: NVML metrics exist only on a host with a GPU.
         assert result == [], f"{where}: data for GPU metrics the service does not export?"
@@ -277,7 +286,7 @@ def _panel(title: str) -> dict[str, Any]:
     return next(p for p in board["panels"] if p["title"] == title)
 
 
-def test_error_ratios_read_zero_on_a_healthy_server(traffic: float, prometheus: str) -> None:
+def test_error_ratios_read_zero_on_a_healthy_server(traffic: Moments, prometheus: str) -> None:
     """Before any bad request the error ratios are 0 (not "No data"); after, one ratio in [0, 1].
 
     (Not "> 0" after: each error status is a new series whose first sample rate() cannot see,
@@ -286,14 +295,16 @@ def test_error_ratios_read_zero_on_a_healthy_server(traffic: float, prometheus: 
     assert [t["legendFormat"] for t in targets] == ["5xx ratio", "4xx ratio"]
     for target in targets:
         expr = substitute(target["expr"], SELECTIONS["all"])
-        healthy = query(prometheus, expr, at=traffic)
+        healthy = query(prometheus, expr, at=traffic.quiet)
         assert [float(s["value"][1]) for s in healthy] == [0.0], (expr, healthy)
     for target in targets:
         after = query(prometheus, substitute(target["expr"], SELECTIONS["all"]))
         assert len(after) == 1 and 0.0 <= float(after[0]["value"][1]) <= 1.0, after
 
 
-def test_datasource_and_instance_variables(traffic: float, prometheus: str, served: Server) -> None:
+def test_datasource_and_instance_variables(
+    traffic: Moments, prometheus: str, served: Server
+) -> None:
     """The board names no datasource uid of its own, and $instance picks one replica."""
     board = json.loads(DASHBOARD.read_text())
     variables = {v["name"]: v for v in board["templating"]["list"]}
@@ -312,7 +323,7 @@ def test_datasource_and_instance_variables(traffic: float, prometheus: str, serv
     assert mine and not other
 
 
-def test_alert_rules_evaluate_cleanly(traffic: float, prometheus: str) -> None:
+def test_alert_rules_evaluate_cleanly(traffic: Moments, prometheus: str) -> None:
     """Prometheus itself loaded alerts.yml and evaluates every rule without error."""
     groups = httpx.get(f"{prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
     rules = {r["name"]: r for g in groups for r in g["rules"]}
@@ -321,13 +332,13 @@ def test_alert_rules_evaluate_cleanly(traffic: float, prometheus: str) -> None:
         assert rule["health"] == "ok", (name, rule.get("lastError"))
         # The full expression, comparison too: an instant vector of finite values (a rule that
         # compared NaNs or returned a scalar would never fire).
-        r = httpx.get(f"{prometheus}/api/v1/query", params={"query": rule["query"]}, timeout=10)
-        data = r.json()["data"]
+        params = {"query": rule["query"], "time": traffic.after}
+        data = httpx.get(f"{prometheus}/api/v1/query", params=params, timeout=10).json()["data"]
         assert data["resultType"] == "vector", (name, data)
         assert all(math.isfinite(float(s["value"][1])) for s in data["result"]), (name, data)
 
 
-def test_every_metric_named_is_exported(traffic: float, served: Server) -> None:
+def test_every_metric_named_is_exported(traffic: Moments, served: Server) -> None:
     exported = httpx.get(f"{served.url}/metrics").text
     text = DASHBOARD.read_text() + ALERTS.read_text()
     named = set(re.findall(r"\b(detect_[a-z_]+?)(?:_bucket|_sum|_count)?\b", text))
@@ -341,7 +352,7 @@ def test_every_metric_named_is_exported(traffic: float, served: Server) -> None:
         )
 
 
-def test_promtool_check_metrics_is_clean(traffic: float, served: Server) -> None:
+def test_promtool_check_metrics_is_clean(traffic: Moments, served: Server) -> None:
     promtool = require_tool("promtool", PROMETHEUS_HINT)
     exported = httpx.get(f"{served.url}/metrics").text
     done = subprocess.run(

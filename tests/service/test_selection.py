@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from engines.artifacts.record import Timings, VariantRecord
@@ -94,3 +96,53 @@ def test_hold_time_prevents_flapping() -> None:
     for _ in range(10):
         policy.observe_queue_wait(Precision.INT8, 0.0)
     assert policy.auto_choice is Precision.INT8  # within the hold time: no move back yet
+
+
+def test_pressure_moves_auto_only_to_a_clearly_faster_variant() -> None:
+    """A variant 5 % faster is within the noise of live figures: ``auto`` stays; 15 % faster
+    is a real gain: it moves."""
+    for int8_s, expected in ((0.095, Precision.FP32), (0.085, Precision.INT8)):
+        policy = selector(FP32, record(Precision.INT8, int8_s, agreement=0.96))
+        assert policy.auto_choice is Precision.FP32
+        for _ in range(10):
+            policy.observe_queue_wait(Precision.FP32, 0.200)  # 4x the SLO
+        assert policy.auto_choice is expected, int8_s
+
+
+def test_a_demoted_choice_falls_back_to_the_fastest_variant_within_the_auto_budget() -> None:
+    """FP16 (the at-rest choice) demoted by the audit: ``auto`` goes to FP32, the fastest left
+    that meets the auto agreement budget, not to the faster INT8 that does not."""
+    policy = selector(FP32, FP16, INT8)
+    policy.demoted = lambda p: "drifted" if p is Precision.FP16 else None
+    assert policy.select("auto") is Precision.FP32
+    assert policy.select("int8") is Precision.INT8  # explicit requests are still served
+
+
+def test_auto_moves_back_after_the_default_two_second_hold() -> None:
+    """Relief inside the hold time does not move ``auto`` back; once 2 s have passed since the
+    move, it does (the time passing is what is tested: a sleep, not a hope)."""
+    policy = PrecisionSelector([FP32, FP16, INT8], auto_min_agreement=0.99, queue_wait_slo_s=0.05)
+    for _ in range(10):
+        policy.observe_queue_wait(Precision.FP16, 0.2)
+    moved = time.monotonic()
+    assert policy.auto_choice is Precision.INT8
+    for _ in range(20):
+        policy.observe_queue_wait(Precision.INT8, 0.0)
+    if time.monotonic() - moved < 2.0:  # a stalled machine may already be past the hold
+        assert policy.auto_choice is Precision.INT8
+    time.sleep(max(0.0, moved + 2.1 - time.monotonic()))
+    policy.observe_queue_wait(Precision.INT8, 0.0)
+    assert policy.auto_choice is Precision.FP16
+
+
+def test_auto_comes_back_only_below_the_recovery_wait_not_at_it() -> None:
+    """Recovery is at half the SLO (25 ms here): a wait of exactly 25 ms is not yet "well under"
+    the SLO; one just below it is."""
+    policy = selector(FP32, FP16, INT8)
+    for _ in range(10):
+        policy.observe_queue_wait(Precision.FP16, 0.200)
+    assert policy.auto_choice is Precision.INT8
+    policy.observe_queue_wait(Precision.INT8, 0.025)  # the first sample is the average itself
+    assert policy.auto_choice is Precision.INT8
+    policy.observe_queue_wait(Precision.INT8, 0.0)
+    assert policy.auto_choice is Precision.FP16

@@ -45,6 +45,7 @@ class Settings(HomeSettings):
     backend: BackendName = DEFAULT_BACKEND
     ort_providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
     intra_op_threads: int = Field(0, ge=0, description="0 = ONNX Runtime's default")
+    ort_session_config: dict[str, str] = Field(default_factory=dict)
 
     # Request defaults (a model's model.yaml `defaults`, or its family's, come first: Ultralytics
     # models answer like `yolo predict`, iou 0.7).

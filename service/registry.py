@@ -51,6 +51,7 @@ def engine_options(settings: Settings) -> EngineOptions:
         max_batch=settings.max_batch,
         providers=tuple(settings.ort_providers),
         intra_op_threads=settings.intra_op_threads,
+        session_config=dict(settings.ort_session_config),
     )
 
 

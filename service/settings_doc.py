@@ -31,6 +31,8 @@ MEANINGS: dict[str, str] = {
     "max_batch": "largest batch; a batch runs when this many images wait...",
     "max_wait_ms": "...or this long after its first image (a lone request never waits)",
     "max_queue": "images queued per variant before `503` + `Retry-After`",
+    "ort_session_config": "ONNX Runtime session config entries for served engines, as JSON, e.g. "
+    '`{"session.intra_op.allow_spinning": "0"}`',
     "concurrent_batches": "batches in flight on the device (all variants take turns)",
     "default_deadline_ms": "per-request deadline when none is given (`deadline_ms`, "
     "`X-Deadline-Ms`)",

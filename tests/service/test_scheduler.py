@@ -650,3 +650,14 @@ def test_a_closed_scheduler_leaves_no_engine_thread_behind() -> None:
             assert lent.submit(lambda: 3).result(timeout=10) == 3  # still usable
 
     run(main)
+
+
+def test_calibration_factors_are_the_exact_median_and_90th_percentile_ranks() -> None:
+    """16 distinct ratios 1.0 .. 2.5, seen out of order: the median rank (7 of 0..15) is 1.7 and
+    the 90th percentile rank (13) is 2.3; a quantile one rank off reads a different ratio."""
+    ratios = [1.0 + i / 10 for i in range(16)]
+    calibration = Calibration()
+    for i in (5, 12, 0, 9, 15, 3, 7, 11, 1, 14, 6, 10, 2, 13, 4, 8):
+        calibration.observe(1.0, ratios[i])
+    assert calibration.factor == pytest.approx(1.7)
+    assert calibration.tail_factor == pytest.approx(2.3)

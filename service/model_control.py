@@ -53,14 +53,6 @@ class IndexEntry:
     state: str
     reason: str
 
-    def as_dict(self) -> dict[str, str]:
-        return {
-            "name": self.name,
-            "version": self.version,
-            "state": self.state,
-            "reason": self.reason,
-        }
-
 
 class ModelControl:
     def __init__(self, registry: ModelRegistry, settings: Settings, audit: PrecisionAudit) -> None:

@@ -160,7 +160,7 @@ class ModelRegistry:
     def load(self) -> None:
         for name in self._settings.models:
             try:
-                self.models[name] = self._load_model(name)
+                self.models[name] = self.load_version(name, 1)
             except (EngineError, OSError, ValueError) as exc:
                 self.failed[name] = str(exc)
                 log.error("model %s not served: %s", name, exc)
@@ -168,9 +168,6 @@ class ModelRegistry:
 
     def load_version(self, name: str, version: int) -> ServedModel:
         """Load and warm ``name`` as ``version`` (worker thread); not served until swapped in."""
-        return self._load_model(name, version)
-
-    def _load_model(self, name: str, version: int = 1) -> ServedModel:
         s = self._settings
         found = discover_variants(
             s.models_dir, s.engines_dir, name, s.backend, tuple(s.ort_providers)

@@ -15,6 +15,7 @@ when keys are set.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -58,7 +59,7 @@ async def _json_body(request: Request) -> Any:
 @router.post("/index", summary="v2 repository index: every model, served or not")
 async def repository_index(request: Request) -> list[dict[str, str]]:
     ready_only = ready_only_flag(await _json_body(request))
-    return [e.as_dict() for e in _control(request).index(ready_only)]
+    return [asdict(e) for e in _control(request).index(ready_only)]
 
 
 @router.post(

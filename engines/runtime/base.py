@@ -223,3 +223,12 @@ def input_shape(
             raise ValueError(f"input {info.name!r} {info.shape} has symbolic height/width")
         h, w = h or input_size[0], w or input_size[1]
     return batch, c or 3, h, w
+
+
+def fill_batch(batch: np.ndarray, size: int) -> np.ndarray:
+    """``batch`` filled up to ``size`` images with copies of its last image (copies, not zeros,
+    keep an in-graph NMS honest); the caller drops the extra outputs."""
+    if batch.shape[0] >= size:
+        return batch
+    fill = np.repeat(batch[-1:], size - batch.shape[0], axis=0)
+    return np.concatenate([batch, fill])

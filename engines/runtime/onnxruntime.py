@@ -21,6 +21,7 @@ from engines.runtime.base import (
     Int8Recipe,
     TensorInfo,
     check_outputs,
+    fill_batch,
     input_shape,
     quantize_for_onnxruntime_cpu,
 )
@@ -142,10 +143,8 @@ class OnnxRuntimeEngine(EngineTensors):
             raise InferenceError(f"batch of {batch.shape[0]} exceeds max_batch {self._max_batch}")
         count = batch.shape[0]
         if self._fixed_batch is not None and count < self._fixed_batch:
-            # A static-batch graph takes exactly its batch: fill it with copies of the last
-            # image and drop their outputs (copies, not zeros, keep any in-graph NMS honest).
-            fill = np.repeat(batch[-1:], self._fixed_batch - count, axis=0)
-            batch = np.concatenate([batch, fill])
+            # A static-batch graph takes exactly its batch; the extra outputs are dropped below.
+            batch = fill_batch(batch, self._fixed_batch)
         feed = {self._input_name: np.ascontiguousarray(batch, dtype=self._input_dtype)}
         try:
             values = self._session.run(None, feed)

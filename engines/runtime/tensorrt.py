@@ -35,10 +35,11 @@ from engines.runtime.base import (
     Int8Recipe,
     TensorInfo,
     check_outputs,
+    fill_batch,
     lazy_quantizer,
 )
 from engines.runtime.host import gpu_name, module_version
-from engines.runtime.tensorrt_shapes import binding_dtype, fill_batch, serving_limits
+from engines.runtime.tensorrt_shapes import binding_dtype, serving_limits
 
 NAME = "tensorrt"
 

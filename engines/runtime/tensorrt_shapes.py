@@ -9,7 +9,8 @@ One rule set serves the plan builder and the runtime, so the two cannot drift ap
   dim, and such graphs often bake the batch into Reshape constants anyway).
 - **Serving limits** (``serving_limits``): the largest batch the scheduler may hand the engine
   is the plan's (never above a static batch), and smaller batches than the plan's smallest are
-  filled up with copies of the last image (``fill_batch``), as the ONNX Runtime engine does.
+  filled up with copies of the last image (``engines.runtime.base.fill_batch``, as on ONNX
+  Runtime).
 - **Binding dtypes** (``binding_dtype``): each input/output tensor is bound with the NumPy
   dtype of its TensorRT type (FP16 inputs of ``half=True`` exports get FP16 buffers); types the
   host cannot hold or convert (BF16, FP8, FP4, INT4, E8M0) are refused by name.
@@ -147,12 +148,3 @@ def serving_limits(
     static = int(engine_shape[0]) if engine_shape[0] >= 0 else None
     top = high if requested_max is None else max(low, min(high, requested_max))
     return ServingLimits(low, top, static, (image[0], image[1], image[2]))
-
-
-def fill_batch(batch: np.ndarray, size: int) -> np.ndarray:
-    """``batch`` filled up to ``size`` images with copies of its last image (copies, not zeros,
-    keep an in-graph NMS honest); the caller drops the extra outputs."""
-    if batch.shape[0] >= size:
-        return batch
-    fill = np.repeat(batch[-1:], size - batch.shape[0], axis=0)
-    return np.concatenate([batch, fill])

@@ -23,8 +23,9 @@ from engines.build.int8.tensorrt_recipe import TENSORRT_OPSET, quantize_for_tens
 from engines.build.tensorrt_support import plan_request, tensorrt_problems
 from engines.build.upcast import is_float16, upcast_to_float32
 from engines.errors import CompilerUnavailableError, EngineLoadError, ModelFormatError
+from engines.runtime.base import fill_batch
 from engines.runtime.tensorrt import BACKEND, tensorrt_available
-from engines.runtime.tensorrt_shapes import binding_dtype, fill_batch, serving_limits
+from engines.runtime.tensorrt_shapes import binding_dtype, serving_limits
 from tests.engines.build_fixtures import write_photos
 from tests.engines.tensorrt_graph_rules import qdq_problems
 from tests.ultralytics_forms import FIXTURES, fixture_index

@@ -15,8 +15,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-# uvicorn's start-up line names the port it really bound (also when asked for port 0).
+# uvicorn's start-up line names the port it really bound (also when asked for port 0), and so
+# does ours for gRPC (also when asked for "any").
 UVICORN_PORT = re.compile(r"Uvicorn running on http://[^\s]+:(\d+) ")
+GRPC_PORT = re.compile(r"KServe v2 gRPC on [^\s]+:(\d+)")
 
 
 def free_port() -> int:
@@ -32,14 +34,15 @@ def listening_port(
 ) -> int:
     """The port a child that bound port 0 reports in its log (group 1 of ``pattern``)."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    while True:  # looked at least once (timeout 0: a server already known to be ready)
         found = pattern.search(log_path.read_text(errors="replace"))
         if found:
             return int(found.group(1))
         if process.poll() is not None:
             raise RuntimeError(f"exited with {process.returncode} before listening")
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"no listening port in {log_path} after {timeout_s:.0f}s")
         time.sleep(0.05)
-    raise RuntimeError(f"no listening port in {log_path} after {timeout_s:.0f}s")
 
 
 @dataclass
@@ -71,7 +74,7 @@ class ServerProcess:
             "DETECT_HOST": "127.0.0.1",
             "DETECT_PORT": "0",
             # Servers run side by side (tests, benchmarks): never all on the default 8001;
-            # a test that needs gRPC passes its own port in env.
+            # a test that needs gRPC passes DETECT_GRPC_PORT=any and asks grpc_address().
             "DETECT_GRPC_PORT": "0",
             **(env or {}),
         }
@@ -118,6 +121,11 @@ class ServerProcess:
             time.sleep(0.2)
         self.stop(signal.SIGKILL)
         raise RuntimeError(f"server not ready after {timeout_s:.0f}s:\n{self.log()}")
+
+    def grpc_address(self) -> str:
+        """host:port of the gRPC endpoint of a ready server started with one (e.g. on "any")."""
+        port = listening_port(self.log_path, GRPC_PORT, self.process, timeout_s=0)
+        return f"127.0.0.1:{port}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

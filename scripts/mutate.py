@@ -102,7 +102,10 @@ TARGETS: dict[str, Target] = {
     "accounting": Target(  # the per-request counts, durations and in-flight gauge
         "service/flow.py",
         "serve",
-        ((HTTP + "test_overload_semantics_http.py", HTTP + "test_request_accounting_http.py"),),
+        (
+            (HTTP + "test_overload_semantics_http.py", HTTP + "test_request_accounting_http.py"),
+            (HTTP + "test_overload_http.py",),  # the door check, before the body is read
+        ),
     ),
     "codec": Target(
         "service/api/kserve_codec.py",

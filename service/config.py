@@ -8,7 +8,7 @@ and validated there: an impossible combination fails start-up with the reason.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -27,9 +27,11 @@ class Settings(HomeSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)  # 0: any free port (logged)
-    # KServe v2 gRPC endpoint, served by the same process; 0 turns it off.
-    grpc_port: int = Field(
-        8001, ge=0, le=65535, description="KServe v2 gRPC port; `0` turns it off"
+    # KServe v2 gRPC endpoint, served by the same process. 0 turns it off (as it always has), so
+    # "any free port" needs its own word: side-by-side servers (tests, benchmarks) use it.
+    grpc_port: Annotated[int, Field(ge=0, le=65535)] | Literal["any"] = Field(
+        8001,
+        description="KServe v2 gRPC port; `0` turns it off, `any` binds a free port (logged)",
     )
 
     models: list[str] = Field(default_factory=lambda: [DEFAULT_MODEL])

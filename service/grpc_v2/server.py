@@ -235,7 +235,8 @@ async def start_grpc_server(
     decoding: DecodeBudget,
     control: ModelControl,
 ) -> grpc.aio.Server | None:
-    """Bind and start the gRPC endpoint on ``settings.grpc_port`` (0: no gRPC endpoint).
+    """Bind and start the gRPC endpoint on ``settings.grpc_port`` (0: no gRPC endpoint; "any":
+    a free port, named in the log line like uvicorn's for HTTP).
 
     A port that cannot be bound fails start-up: a configured endpoint that silently is not
     there would only surface as client timeouts.
@@ -251,7 +252,7 @@ async def start_grpc_server(
     )
     servicer = InferenceServicer(registry, settings, metrics, decoding, control)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
-    address = f"{settings.host}:{settings.grpc_port}"
+    address = f"{settings.host}:{0 if settings.grpc_port == 'any' else settings.grpc_port}"
     try:
         bound = server.add_insecure_port(address)
     except RuntimeError as exc:
@@ -259,5 +260,5 @@ async def start_grpc_server(
     if bound == 0:
         raise OSError(f"cannot bind the gRPC port {address}")
     await server.start()
-    log.info("KServe v2 gRPC on %s", address)
+    log.info("KServe v2 gRPC on %s:%d", settings.host, bound)
     return server

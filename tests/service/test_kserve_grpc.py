@@ -15,7 +15,6 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from bench.process import free_port
 from engines.model.preprocess import decode_image, letterbox
 from tests.conftest import REPO, Server
 
@@ -26,11 +25,10 @@ PHOTOS = ("bus", "zidane")
 
 @pytest.fixture(scope="module")
 def served(server_factory: Callable[..., Server]) -> tuple[Server, str]:
-    port = free_port()
     server = server_factory(
-        {"DETECT_GRPC_PORT": str(port), "DETECT_MAX_BODY_BYTES": str(64 * 1024 * 1024)}
+        {"DETECT_GRPC_PORT": "any", "DETECT_MAX_BODY_BYTES": str(64 * 1024 * 1024)}
     )
-    return server, f"127.0.0.1:{port}"
+    return server, server.grpc_address()
 
 
 @pytest.fixture(scope="module")

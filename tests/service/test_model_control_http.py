@@ -16,7 +16,6 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from bench.process import free_port
 from tests.conftest import MODELS_DIR, Server
 
 pytestmark = pytest.mark.slow
@@ -48,16 +47,15 @@ def repo(tmp_path_factory: pytest.TempPathFactory, default_model_source: Path) -
 @pytest.fixture(scope="module")
 def served(server_factory: Callable[..., Server], repo: Path) -> tuple[Server, str]:
     """Model control on, API keys set, gRPC on its own port; only MODEL loaded at start."""
-    port = free_port()
     server = server_factory(
         {
             "DETECT_MODELS_DIR": str(repo),
             "DETECT_MODEL_CONTROL": "true",
             "DETECT_API_KEYS": f'["{KEY}"]',
-            "DETECT_GRPC_PORT": str(port),
+            "DETECT_GRPC_PORT": "any",
         }
     )
-    return server, f"127.0.0.1:{port}"
+    return server, server.grpc_address()
 
 
 def http(server: Server) -> httpclient.InferenceServerClient:

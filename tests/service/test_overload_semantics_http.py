@@ -347,3 +347,38 @@ def test_a_client_that_leaves_has_its_queued_image_dropped(
     stats_after = v2_stats(server)
     assert stats_after["success"] - stats_before["success"] == 1  # the held request
     assert stats_after["fail"] - stats_before["fail"] == 0
+
+
+def test_a_grpc_call_the_client_cancels_is_counted_as_cancelled(
+    server_factory: Callable[..., Server], gate: Path, photo: Callable[[str], bytes]
+) -> None:
+    """gRPC cancels the handler itself (no disconnect to watch, unlike HTTP): the queued image
+    is dropped and the request is counted 499, a success or failure in no statistics."""
+    import tritonclient.grpc as grpcclient  # only here: its descriptors and ours share a pool
+
+    server = gated_server(server_factory, gate, DETECT_MAX_BATCH="1", DETECT_GRPC_PORT="any")
+    client = grpcclient.InferenceServerClient(server.grpc_address())
+    bus = photo("bus")
+    before = scrape(server)
+    stats_before = v2_stats(server)
+    answers: list[object] = []
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        held = hold_one(server, gate, pool, bus)
+        image = grpcclient.InferInput("IMAGE", [1], "BYTES")
+        image.set_data_from_numpy(np.array([bus], dtype=object))
+        call = client.async_infer(
+            f"{MODEL}.detect", [image], callback=lambda result, error: answers.append(error)
+        )
+        wait_for(server, queue_depth(server), 1)
+        call.cancel()
+        wait_for(server, key("detect_requests_total", status="499"), 1)
+        gate.touch()
+        assert held.result().status == 200
+    after = scrape(server)
+    assert moved(before, after, key("detect_requests_total", status="500")) == 0
+    assert moved(before, after, key("detect_images_total")) == 1  # only the held request's
+    assert moved(before, after, key("detect_rejected_total", reason="cancelled")) == 1
+    stats_after = v2_stats(server)
+    assert stats_after["success"] - stats_before["success"] == 1  # the held request
+    assert stats_after["fail"] - stats_before["fail"] == 0
+    client.close()

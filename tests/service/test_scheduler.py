@@ -249,6 +249,50 @@ def test_a_crashing_worker_answers_its_batch_and_takes_the_variant_out() -> None
     run(main)
 
 
+@pytest.mark.parametrize("with_callback", [True, False], ids=["on_fatal", "no_on_fatal"])
+def test_a_crashing_worker_is_reported_once_and_its_report_never_fails(with_callback: bool) -> None:
+    """The registry's ``on_fatal`` hears of the crash exactly once; a scheduler without one
+    (tests, tools) crashes no further: nothing else fails inside the worker's done callback."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        callback_errors: list[dict[str, object]] = []
+        loop.set_exception_handler(lambda _loop, context: callback_errors.append(context))
+        seen: list[BaseException] = []
+        sched = BatchScheduler(
+            StandInEngine(),
+            BatchingConfig(),
+            observer=_ExplodingObserver(),
+            on_fatal=seen.append if with_callback else None,
+        )
+        sched.start()
+        with pytest.raises(RuntimeError):
+            await asyncio.wait_for(sched.submit(item(0), far()), 5)
+        await until(lambda: sched.dead_reason is not None)
+        await asyncio.sleep(0)  # the done callbacks have run
+        assert [type(e) for e in seen] == ([RuntimeError] if with_callback else [])
+        assert callback_errors == []
+        await sched.close()
+
+    run(main)
+
+
+def test_a_request_estimate_counts_its_own_image() -> None:
+    """An idle queue still owes the request its own batch: the estimate a deadline is judged
+    against (and that the calibration learns from) is one image's measured cost, not zero."""
+
+    async def main() -> None:
+        engine, sched = await taught(0.05)
+        lone = await sched.submit(item(1), far())
+        # The engine sleeps 50 ms per batch; the estimate is that times a factor of at least 1
+        # (the calibration starts at DEADLINE_SAFETY).
+        assert lone.estimated_s >= engine.delay_s
+        assert lone.estimated_s == pytest.approx(engine.delay_s * DEADLINE_SAFETY, rel=0.5)
+        await sched.close()
+
+    run(main)
+
+
 def test_one_slow_batch_does_not_lock_out_tight_deadlines() -> None:
     async def main() -> None:
         engine = StandInEngine(delay_s=0.01)

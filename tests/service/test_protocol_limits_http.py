@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -94,6 +95,31 @@ def test_a_connection_that_never_sends_a_request_is_closed(strict: Server) -> No
         assert closed(sock)
 
 
+def unread_bytes(server: Server, sock: socket.socket) -> int | None:
+    """Bytes the kernel holds for the server on the other end of ``sock`` that the server has
+    not read yet (Linux ``/proc/net/tcp``); None while that end does not exist."""
+    server_port = int(server.url.rsplit(":", 1)[1])
+    client_port = sock.getsockname()[1]
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = fields[1], fields[2]
+        if (
+            int(local.split(":")[1], 16) == server_port
+            and int(remote.split(":")[1], 16) == client_port
+        ):
+            return int(fields[4].split(":")[1], 16)  # tx_queue:rx_queue
+    return None
+
+
+def wait_until_read(server: Server, sock: socket.socket, timeout_s: float = 30) -> None:
+    """Wait until the server has taken what was sent on ``sock`` off the socket (accepted the
+    connection, read the request head): a condition instead of a sleep that hopes so."""
+    give_up = time.monotonic() + timeout_s
+    while unread_bytes(server, sock) != 0:
+        assert time.monotonic() < give_up, "the server never read the request head"
+        time.sleep(0.01)
+
+
 def detect_head(length: int) -> bytes:
     return (
         b"POST /detect HTTP/1.1\r\nHost: t\r\nContent-Type: image/jpeg\r\n"
@@ -140,11 +166,25 @@ def inflight(server: Server) -> float:
 def test_a_trickling_body_is_408_and_never_counts_as_in_flight(
     strict: Server, trickling: socket.socket
 ) -> None:
-    # 5 bytes/s: never silent for a second, but far under the 2000 bytes/s minimum.
-    time.sleep(0.5)
-    assert inflight(strict) == 0  # the HPA's signal counts requests whose body has arrived
-    status, _, body = response(trickling)
+    # 5 bytes/s: never silent for a second, but far under the 2000 bytes/s minimum. The gauge
+    # is watched for the whole upload, from the server reading the head to the 408.
+    wait_until_read(strict, trickling)
+    seen: list[float] = []
+    answered = threading.Event()
+
+    def watch() -> None:
+        while not answered.is_set():
+            seen.append(inflight(strict))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        status, _, body = response(trickling)
+    finally:
+        answered.set()
+        watcher.join()
     assert status == 408 and "slower than" in json.loads(body)["error"]["message"]
+    assert seen and set(seen) == {0}  # the HPA's signal counts requests whose body has arrived
 
 
 def test_sigterm_cuts_a_slow_upload_with_a_json_503_and_no_traceback(
@@ -156,7 +196,7 @@ def test_sigterm_cuts_a_slow_upload_with_a_json_503_and_no_traceback(
         sock.sendall(detect_head(100_000))
         thread = threading.Thread(target=trickle, args=(sock, stop), daemon=True)
         thread.start()
-        time.sleep(0.5)
+        wait_until_read(server, sock)  # the upload is being read when the signal comes
         server.process.send_signal(signal.SIGTERM)
         status, headers, body = response(sock)
         stop.set()

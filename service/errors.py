@@ -102,7 +102,7 @@ class Overloaded(ServiceError):
 
     status, code = 503, "overloaded"
 
-    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
         super().__init__(message, headers=retry_after(retry_after_s))
 
 
@@ -134,7 +134,7 @@ class DeadlineExceeded(ServiceError):
 
     status, code = 504, "deadline_exceeded"
 
-    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
         super().__init__(message, headers=retry_after(retry_after_s))
 
 

@@ -37,10 +37,10 @@ class PrecisionSelector:
         *,
         auto_min_agreement: float,
         queue_wait_slo_s: float,
+        saturation_batch: int,
         recover_fraction: float = 0.5,
         hold_s: float = 2.0,
         speeds: Mapping[Precision, LiveSpeed] | None = None,
-        saturation_batch: int = 8,
     ) -> None:
         if not variants:
             raise ValueError("a model needs at least one servable variant")
@@ -69,9 +69,6 @@ class PrecisionSelector:
     @property
     def under_pressure(self) -> bool:
         return self._pressured
-
-    def speed(self, precision: Precision) -> LiveSpeed:
-        return self._speeds[precision]
 
     def _per_image_s(self, precision: Precision, batch: int) -> float:
         # Unmeasured variants sort last: never move *to* something we cannot show is faster.

@@ -212,7 +212,7 @@ class Admission:
         self,
         images: int,
         *,
-        workers: int = 1,
+        workers: int,
         others_s: float = 0.0,
         running_left_s: float = 0.0,
     ) -> float:

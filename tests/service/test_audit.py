@@ -159,6 +159,7 @@ def test_auto_avoids_a_demoted_variant_and_returns_when_it_recovers() -> None:
         ],
         auto_min_agreement=0.95,
         queue_wait_slo_s=1.0,
+        saturation_batch=8,
     )
     assert selector.select("auto") is Precision.INT8
     demoted: dict[Precision, str] = {Precision.INT8: "live agreement 0.5 < budget 0.95"}
@@ -189,7 +190,10 @@ def _served(
         for p, e in engines.items()
     }
     selector = PrecisionSelector(
-        [v.record for v in variants.values()], auto_min_agreement=0.9, queue_wait_slo_s=1
+        [v.record for v in variants.values()],
+        auto_min_agreement=0.9,
+        queue_wait_slo_s=1,
+        saturation_batch=8,
     )
     return ServedModel(MODEL, pipeline, selector, variants)
 

@@ -61,6 +61,7 @@ def observer() -> tuple[Metrics, _VariantObserver, PrecisionSelector]:
         [record(Precision.FP32, 0.1, 1.0), record(Precision.INT8, 0.05, 0.9)],
         auto_min_agreement=0.99,
         queue_wait_slo_s=0.05,
+        saturation_batch=8,
         hold_s=0.0,
     )
     watched.selector = selector

@@ -40,7 +40,11 @@ def test_record_gives_the_selector_its_figures() -> None:
 
 def selector(*variants: VariantRecord, slo_s: float = 0.05) -> PrecisionSelector:
     return PrecisionSelector(
-        list(variants), auto_min_agreement=0.99, queue_wait_slo_s=slo_s, hold_s=0.0
+        list(variants),
+        auto_min_agreement=0.99,
+        queue_wait_slo_s=slo_s,
+        saturation_batch=8,
+        hold_s=0.0,
     )
 
 
@@ -88,7 +92,11 @@ def test_auto_never_moves_below_the_fastest_variant() -> None:
 
 def test_hold_time_prevents_flapping() -> None:
     policy = PrecisionSelector(
-        [FP32, FP16, INT8], auto_min_agreement=0.99, queue_wait_slo_s=0.05, hold_s=60.0
+        [FP32, FP16, INT8],
+        auto_min_agreement=0.99,
+        queue_wait_slo_s=0.05,
+        saturation_batch=8,
+        hold_s=60.0,
     )
     for _ in range(10):
         policy.observe_queue_wait(Precision.FP16, 0.2)
@@ -121,7 +129,9 @@ def test_a_demoted_choice_falls_back_to_the_fastest_variant_within_the_auto_budg
 def test_auto_moves_back_after_the_default_two_second_hold() -> None:
     """Relief inside the hold time does not move ``auto`` back; once 2 s have passed since the
     move, it does (the time passing is what is tested: a sleep, not a hope)."""
-    policy = PrecisionSelector([FP32, FP16, INT8], auto_min_agreement=0.99, queue_wait_slo_s=0.05)
+    policy = PrecisionSelector(
+        [FP32, FP16, INT8], auto_min_agreement=0.99, queue_wait_slo_s=0.05, saturation_batch=8
+    )
     for _ in range(10):
         policy.observe_queue_wait(Precision.FP16, 0.2)
     moved = time.monotonic()

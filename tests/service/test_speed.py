@@ -63,6 +63,7 @@ def selector(fp32: LiveSpeed, int8: LiveSpeed) -> PrecisionSelector:
         [FP32, INT8],
         auto_min_agreement=0.99,
         queue_wait_slo_s=0.05,
+        saturation_batch=8,
         hold_s=0.0,
         speeds={Precision.FP32: fp32, Precision.INT8: int8},
     )

@@ -8,6 +8,10 @@ run against it, fast ones first (``pytest -x``), slower ones only for what the f
 A mutant the tests fail on (or time out on) is killed; one they pass is a survivor, listed with
 ``file:line`` in the report for a person to judge: a missing test, or an equivalent mutant.
 
+A line a person has proven gives only equivalent mutants (a speed knob whose every value gives
+the same answers, say) carries ``# no-mutate: <why>``; its mutants are not run, and the report
+lists each such line with its reason and how many mutants it holds, so the exclusions stay visible.
+
 Work happens in copies of the repository (one per job), never in the working tree.
 
     python3 scripts/mutate.py                      # every target, 2 jobs
@@ -25,6 +29,7 @@ import json
 import os
 import queue
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -149,6 +154,7 @@ ARITHMETIC: dict[type[ast.operator], type[ast.operator]] = {
     ast.Div: ast.Mult,
 }
 QUIET_CALLS = ("log.", "logging.", "logger.")  # removing a log line changes no behaviour
+NO_MUTATE = re.compile(r"#\s*no-mutate:\s*(\S.*)$")  # a reason is required
 
 
 @dataclass(frozen=True)
@@ -273,14 +279,22 @@ def source_of(path: str) -> str:
     return (REPO / path).read_text()
 
 
-def mutants(name: str, target: Target) -> list[Mutant]:
+def excluded_lines(path: str) -> dict[int, str]:
+    """Line number -> the reason its ``# no-mutate:`` comment gives."""
+    lines = source_of(path).splitlines()
+    return {n: m.group(1) for n, text in enumerate(lines, 1) if (m := NO_MUTATE.search(text))}
+
+
+def mutants(name: str, target: Target, *, excluded: bool = False) -> list[Mutant]:
+    """The target's mutants; with ``excluded``, instead those on ``# no-mutate`` lines."""
     tree = ast.parse(source_of(target.path))
     first, last = _scope_lines(tree, target.scope)
     skip = _skipped(tree)
+    marked = excluded_lines(target.path)
     found = []
     for index, node in enumerate(ast.walk(tree)):
         line = getattr(node, "lineno", 0)
-        if id(node) in skip or not first <= line <= last:
+        if id(node) in skip or not first <= line <= last or (line in marked) != excluded:
             continue
         for variant, description in enumerate(_changes(node)):
             found.append(Mutant(name, index, variant, line, description))
@@ -407,6 +421,15 @@ def report(
             lines.append(
                 f"- `{TARGETS[m.target].path}:{m.line}` {m.description} — `{o.source_line}`"
             )
+    lines += ["", "## Lines marked `# no-mutate` (their mutants not run)", ""]
+    for name in dict.fromkeys(o.mutant.target for o in outcomes):
+        target = TARGETS[name]
+        held: dict[int, int] = {}
+        for m in mutants(name, target, excluded=True):
+            held[m.line] = held.get(m.line, 0) + 1
+        reasons = excluded_lines(target.path)
+        for line, count in sorted(held.items()):
+            lines.append(f"- `{target.path}:{line}` ({count} mutants): {reasons[line]}")
     path.write_text("\n".join(lines) + "\n")
     path.with_suffix(".json").write_text(json.dumps([asdict(o) for o in outcomes], indent=1))
 

@@ -62,7 +62,7 @@ class ItemResult:
     batch_size: int
     # What admission estimated, when it was queued, for its queue wait plus engine time (the
     # calibrated figure the deadline rule used); compare with queue_wait_s + inference_s.
-    estimated_s: float = 0.0
+    estimated_s: float
 
 
 @dataclass(eq=False)  # identity: comparing two requests must never compare their tensors

@@ -22,7 +22,7 @@ def mutate() -> ModuleType:
     return module
 
 
-SOURCE = '''\
+SOURCE = """\
 LIMIT = 3
 
 
@@ -34,7 +34,7 @@ def over(x: int) -> bool:
 
 CHUNK = 256  # no-mutate: a speed knob
 ALSO = 7  # no-mutate:
-'''
+"""
 
 
 def target(mutate: ModuleType, tmp_path: Path) -> object:

@@ -17,6 +17,7 @@ Work happens in copies of the repository (one per job), never in the working tre
     python3 scripts/mutate.py                      # every target, 2 jobs
     python3 scripts/mutate.py --only errors codec  # some targets
     python3 scripts/mutate.py --list               # the mutants, without running anything
+    python3 scripts/mutate.py --named              # issue 18's regressions: each must be caught
 """
 
 from __future__ import annotations
@@ -135,6 +136,93 @@ TARGETS: dict[str, Target] = {
     ),
 }
 
+
+@dataclass(frozen=True)
+class Named:
+    """A hand-written mutant (issue 18's list): ``old`` -> ``new`` in ``path``, every occurrence."""
+
+    name: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+SEMANTICS = HTTP + "test_overload_semantics_http.py"
+# The seven regressions issue 18 found surviving the suite, as one-line edits of today's code.
+NAMED = (
+    Named(
+        "overload 503 -> 500",
+        "service/errors.py",
+        'status, code = 503, "overloaded"',
+        'status, code = 500, "overloaded"',
+        (SEMANTICS, HTTP + "test_overload_http.py"),
+    ),
+    Named(
+        "Retry-After a constant",
+        "service/errors.py",
+        'return {"Retry-After": str(max(1, min(3600, math.ceil(seconds))))}',
+        'return {"Retry-After": "1"}',
+        (SEMANTICS,),
+    ),
+    Named(
+        "batch size x3",
+        "service/registry.py",
+        "self._m.batch_size.labels(*self._labels).observe(size)",
+        "self._m.batch_size.labels(*self._labels).observe(size * 3)",
+        (SEMANTICS,),
+    ),
+    Named(
+        "images_total + 5",
+        "service/registry.py",
+        "self._m.images.labels(*self._labels).inc(size)",
+        "self._m.images.labels(*self._labels).inc(size + 5)",
+        (SEMANTICS,),
+    ),
+    Named(
+        "queue wait x1000",
+        "service/registry.py",
+        "hist.observe(wait)",
+        "hist.observe(wait * 1000)",
+        (SEMANTICS,),
+    ),
+    Named(
+        "request duration x10",
+        "service/flow.py",
+        "metrics.request_duration.labels(model.name, chosen).observe(elapsed)",
+        "metrics.request_duration.labels(model.name, chosen).observe(elapsed * 10)",
+        (SEMANTICS,),
+    ),
+    Named(
+        "KServe binary outputs never sent",
+        "service/api/kserve_codec.py",
+        "def wants_binary(request: InferRequest, name: str) -> bool:\n",
+        "def wants_binary(request: InferRequest, name: str) -> bool:\n    return False\n",
+        (HTTP + "test_kserve_http.py",),
+    ),
+    Named(
+        "auto never fed queue waits",
+        "service/registry.py",
+        "self.selector.observe_queue_wait(self._precision, max(queue_waits_s))",
+        "pass",
+        (HTTP + "test_auto_precision_http.py",),
+    ),
+    Named(
+        "NMS IoU boundary > -> >=",
+        "engines/model/postprocess.py",
+        "> iou_threshold, k=1)",
+        ">= iou_threshold, k=1)",
+        ("tests/engines/test_boundaries.py",),
+    ),
+    Named(
+        "confidence boundary >= -> >",
+        "engines/model/layouts.py",
+        ">= conf",
+        "> conf",
+        ("tests/engines/test_boundaries.py",),
+    ),
+)
+
 FLIP: dict[type[ast.cmpop], type[ast.cmpop]] = {
     ast.Lt: ast.LtE,
     ast.LtE: ast.Lt,
@@ -245,8 +333,14 @@ def _apply(node: ast.AST, variant: int) -> ast.AST:
     return node
 
 
+# Dataclass options that cannot change what working code does: ``repr`` only changes the text
+# of a repr; ``frozen`` only makes writes raise, and code that passes its tests never writes.
+DECLARATIONS = {"dataclass": ("frozen", "repr"), "field": ("repr",)}
+
+
 def _skipped(tree: ast.Module) -> set[int]:
-    """Nodes never mutated: annotations, f-string parts (messages), docstrings."""
+    """Nodes never mutated: annotations, f-string parts (messages), docstrings, and the
+    dataclass options of ``DECLARATIONS``."""
     skip: set[int] = set()
 
     def drop(sub: ast.AST | None) -> None:
@@ -254,6 +348,10 @@ def _skipped(tree: ast.Module) -> set[int]:
             skip.update(id(n) for n in ast.walk(sub))
 
     for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            for keyword in node.keywords:
+                if keyword.arg in DECLARATIONS.get(node.func.id, ()):
+                    drop(keyword)
         if isinstance(node, ast.JoinedStr):
             drop(node)
         elif isinstance(node, ast.AnnAssign | ast.arg):
@@ -372,6 +470,35 @@ def run_one(work: Path, target: Target, mutant: Mutant | None, timeout_s: float)
     return Outcome(mutant or dummy, status, stage, time.monotonic() - started, line.strip())
 
 
+def run_named(work: Path, named: Named, timeout_s: float) -> tuple[str, str | None]:
+    """Apply one hand-written mutant in ``work`` and run its tests: killed or survived."""
+    path = work / named.path
+    original = path.read_text()
+    if named.old not in original:
+        raise SystemExit(f"{named.name}: {named.old!r} is no longer in {named.path}")
+    path.write_text(original.replace(named.old, named.new))
+    try:
+        return _run_stages(work, Target(named.path, None, (named.tests,)), timeout_s)
+    finally:
+        path.write_text(original)
+
+
+def check_named(timeout_s: float) -> int:
+    """Issue 18's regressions, one at a time in a copy of the repository: each must be caught."""
+    missed = 0
+    with tempfile.TemporaryDirectory(prefix="mutate-named-") as tmp:
+        engines = Path(os.environ.get(ENGINES_ENV) or Path(tmp) / "fp32-int8")
+        os.environ[ENGINES_ENV] = str(engines)
+        _prebuild(engines)  # test_auto_precision_http serves FP32 + INT8
+        work = _workspace(Path(tmp) / "work")
+        for named in NAMED:
+            status, why = run_named(work, named, timeout_s)
+            missed += status not in ("killed", "timeout")
+            print(f"{status:8} {named.name} ({named.path}) [{why}]", flush=True)
+    print(f"{len(NAMED) - missed} of {len(NAMED)} caught")
+    return 1 if missed else 0
+
+
 def report(
     outcomes: list[Outcome], seconds: float, path: Path, planned: int, existing: int
 ) -> None:
@@ -442,6 +569,9 @@ def main() -> int:
     parser.add_argument("--report", type=Path, default=REPO / "docs" / "mutation-report.md")
     parser.add_argument("--list", action="store_true", help="list the mutants and stop")
     parser.add_argument(
+        "--named", action="store_true", help="run only issue 18's hand-written regressions"
+    )
+    parser.add_argument(
         "--sample", type=int, default=0, help="run this many mutants per target, drawn at random"
     )
     parser.add_argument("--seed", type=int, default=18, help="of the --sample draw")
@@ -449,6 +579,8 @@ def main() -> int:
         "--stages", type=int, default=0, help="run only the first N test stages (0: all)"
     )
     args = parser.parse_args()
+    if args.named:
+        return check_named(args.timeout)
     chosen = {n: TARGETS[n] for n in (args.only or TARGETS)}
     if args.stages:  # a lower bound on the kill rate: slower tests might kill more
         chosen = {n: replace(t, stages=t.stages[: args.stages]) for n, t in chosen.items()}

@@ -78,3 +78,26 @@ def test_exclusions_stay_a_small_minority_of_the_serving_modules(mutate: ModuleT
     held = sum(len(mutate.mutants(n, t, excluded=True)) for n, t in mutate.TARGETS.items())
     assert run > 500
     assert held <= 0.05 * (run + held), (held, run)
+
+
+def test_dataclass_declarations_are_not_mutated_but_their_values_are(
+    mutate: ModuleType, tmp_path: Path
+) -> None:
+    path = tmp_path / "declared.py"
+    path.write_text(
+        "from dataclasses import dataclass, field\n\n\n"
+        "@dataclass(frozen=True, eq=False)\n"
+        "class A:\n"
+        "    alpha: float = field(default=0.2, repr=False)\n"
+    )
+    t = mutate.Target(str(path), None, (("unused",),))
+    assert sorted(m.description for m in mutate.mutants("m", t)) == ["0.2 -> 0.4", "False -> True"]
+
+
+def test_issue_18_regressions_still_apply_to_the_code(mutate: ModuleType) -> None:
+    """``--named`` edits text: each edit must still find what it changes (run it to see them
+    caught; here only that none has gone stale)."""
+    for named in mutate.NAMED:
+        text = (REPO / named.path).read_text()
+        assert named.old in text and named.old != named.new, named.name
+        assert all((REPO / t).exists() for t in named.tests), named.name

@@ -16,6 +16,7 @@ a request that can no longer make it before its batch runs, so the door need not
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -102,21 +103,21 @@ class Calibration:
 
     ``factor`` is the median of that ratio, so ``estimate * factor`` is as often early as late;
     ``tail_factor`` its 90th percentile; before enough images were answered, both are
-    ``DEADLINE_SAFETY``.
+    ``DEADLINE_SAFETY``. The window is kept sorted as it changes (a few hundred floats: one
+    insertion and one removal per answer), so both are always current and cost one lookup.
     """
 
     def __init__(self, window: int = 256) -> None:
         self._ratios: deque[float] = deque(maxlen=window)
-        self._factor = self._tail_factor = DEADLINE_SAFETY
-        self._since = 0
+        self._sorted: list[float] = []
 
     @property
     def factor(self) -> float:
-        return self._factor
+        return self._quantile(CALIBRATION_QUANTILE)
 
     @property
     def tail_factor(self) -> float:
-        return self._tail_factor
+        return self._quantile(CALIBRATION_TAIL_QUANTILE)
 
     @property
     def samples(self) -> int:
@@ -125,18 +126,17 @@ class Calibration:
     def observe(self, estimated_s: float, actual_s: float) -> None:
         if estimated_s <= 0:
             return
-        self._ratios.append(actual_s / estimated_s)
-        self._since += 1
-        if len(self._ratios) >= CALIBRATION_MIN_SAMPLES and self._since >= 8:
-            self._since = 0  # re-sorted every few answers, not at every admission
-            ordered = sorted(self._ratios)
-            low, high = CALIBRATION_FACTOR_RANGE
+        if len(self._ratios) == self._ratios.maxlen:  # the oldest leaves the window
+            del self._sorted[bisect.bisect_left(self._sorted, self._ratios[0])]
+        ratio = actual_s / estimated_s
+        self._ratios.append(ratio)
+        bisect.insort(self._sorted, ratio)
 
-            def quantile(q: float) -> float:
-                return min(max(ordered[int(q * (len(ordered) - 1))], low), high)
-
-            self._factor = quantile(CALIBRATION_QUANTILE)
-            self._tail_factor = quantile(CALIBRATION_TAIL_QUANTILE)
+    def _quantile(self, q: float) -> float:
+        if len(self._sorted) < CALIBRATION_MIN_SAMPLES:
+            return DEADLINE_SAFETY
+        low, high = CALIBRATION_FACTOR_RANGE
+        return min(max(self._sorted[int(q * (len(self._sorted) - 1))], low), high)
 
 
 class DeviceMember(Protocol):
@@ -196,7 +196,7 @@ class Admission:
         workers: int,
         expected_per_image_s: float | None,
         observer: BatchObserver,
-        max_batch: int = 1,
+        max_batch: int,
     ) -> None:
         self._max_queue = max_queue
         self._max_batch = max_batch

@@ -705,3 +705,17 @@ def test_calibration_factors_are_the_exact_median_and_90th_percentile_ranks() ->
         calibration.observe(1.0, ratios[i])
     assert calibration.factor == pytest.approx(1.7)
     assert calibration.tail_factor == pytest.approx(2.3)
+
+
+def test_calibration_is_current_after_every_answer() -> None:
+    """16 answers on time, then late ones: the median turns late at the first answer that makes
+    late the majority (17 of 33), not some answers later."""
+    calibration = Calibration()
+    for _ in range(16):
+        calibration.observe(1.0, 1.0)
+    for _ in range(16):
+        calibration.observe(1.0, 3.0)
+        assert calibration.factor == 1.0
+    calibration.observe(1.0, 3.0)
+    assert calibration.factor == 3.0
+    assert calibration.samples == 33

@@ -98,6 +98,10 @@ def test_json_and_binary_inputs_decode_in_order() -> None:
                 }
             ]
         },
+        # The right number of values, but not numbers (each check stands on its own).
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": ["1", "2"]}]},
+        # Numbers, but nested data with fewer values than the shape holds.
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [[1, 2, 3]]}]},
     ],
 )
 def test_bad_inputs_are_bad_requests(request_: dict[str, Any]) -> None:

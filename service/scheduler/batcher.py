@@ -43,10 +43,12 @@ RunBatch = Callable[[np.ndarray], Outputs]
 
 @dataclass(frozen=True)
 class BatchingConfig:
-    max_batch: int = 8
-    max_wait_s: float = 0.004
-    max_queue: int = 64
-    concurrency: int = 1
+    """How one variant batches; the defaults users change live in ``service.config.Settings``."""
+
+    max_batch: int
+    max_wait_s: float
+    max_queue: int
+    concurrency: int
     # Per-image engine time measured by the builder (manifest), used until this process has
     # timed batches of its own; without it, nothing is refused on deadline grounds until then.
     expected_per_image_s: float | None = None

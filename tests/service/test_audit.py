@@ -183,7 +183,10 @@ def _served(
             record(p, None, 1.0),
             e,  # type: ignore[arg-type]
             BatchScheduler(
-                e.infer, BatchingConfig(max_batch=1, max_queue=64), device=device, name=p.value
+                e.infer,
+                BatchingConfig(max_batch=1, max_wait_s=0.004, max_queue=64, concurrency=1),
+                device=device,
+                name=p.value,
             ),
             ready=True,
         )

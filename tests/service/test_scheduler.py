@@ -82,8 +82,14 @@ async def until(condition: Callable[[], bool], timeout_s: float = 10) -> None:
         await asyncio.sleep(0.001)
 
 
+def batching(**overrides: float) -> BatchingConfig:
+    """The server's default batching (Settings), with a test's own values."""
+    defaults = {"max_batch": 8, "max_wait_s": 0.004, "max_queue": 64, "concurrency": 1}
+    return BatchingConfig(**{**defaults, **overrides})  # type: ignore[arg-type]
+
+
 def make(engine: StandInEngine, **config: float) -> BatchScheduler:
-    sched = BatchScheduler(engine, BatchingConfig(**config))  # type: ignore[arg-type]
+    sched = BatchScheduler(engine, batching(**config))
     sched.start()
     return sched
 
@@ -236,7 +242,7 @@ class _ExplodingObserver:
 
 def test_a_crashing_worker_answers_its_batch_and_takes_the_variant_out() -> None:
     async def main() -> None:
-        sched = BatchScheduler(StandInEngine(), BatchingConfig(), observer=_ExplodingObserver())
+        sched = BatchScheduler(StandInEngine(), batching(), observer=_ExplodingObserver())
         sched.start()
         with pytest.raises(RuntimeError):  # the batch it had taken gets the error, no hang
             await asyncio.wait_for(sched.submit(item(0), far()), 5)
@@ -261,7 +267,7 @@ def test_a_crashing_worker_is_reported_once_and_its_report_never_fails(with_call
         seen: list[BaseException] = []
         sched = BatchScheduler(
             StandInEngine(),
-            BatchingConfig(),
+            batching(),
             observer=_ExplodingObserver(),
             on_fatal=seen.append if with_callback else None,
         )
@@ -314,7 +320,7 @@ def test_one_slow_batch_does_not_lock_out_tight_deadlines() -> None:
 def test_builder_timing_decides_deadlines_before_the_first_batch() -> None:
     async def main() -> None:
         engine = StandInEngine()
-        sched = BatchScheduler(engine, BatchingConfig(max_batch=1, expected_per_image_s=0.5))
+        sched = BatchScheduler(engine, batching(max_batch=1, expected_per_image_s=0.5))
         sched.start()
         with pytest.raises(DeadlineUnmeetable):  # the manifest says 500 ms per image
             await sched.submit(item(0), time.monotonic() + 0.1)
@@ -330,7 +336,7 @@ def test_deadline_counts_work_of_other_variants_on_the_same_device() -> None:
     async def main() -> None:
         device = DeviceLoad()
         busy_engine, idle_engine = StandInEngine(), StandInEngine()
-        config = BatchingConfig(max_batch=1, max_wait_s=0.0, expected_per_image_s=0.1)
+        config = batching(max_batch=1, max_wait_s=0.0, expected_per_image_s=0.1)
         busy = BatchScheduler(busy_engine, config, device=device, name="fp32")
         idle = BatchScheduler(idle_engine, config, device=device, name="int8")
         busy.start()
@@ -367,7 +373,7 @@ def test_variants_on_one_device_take_turns() -> None:
 
     async def main() -> None:
         device = DeviceLoad(concurrency=1)
-        config = BatchingConfig(max_batch=2, max_wait_s=0.0)
+        config = batching(max_batch=2, max_wait_s=0.0)
         fp32 = BatchScheduler(engine, config, device=device, name="fp32")
         int8 = BatchScheduler(engine, config, device=device, name="int8")
         fp32.start()
@@ -449,7 +455,7 @@ def test_fatal_engine_error_takes_variant_out_of_service() -> None:
             raise InferenceError("device lost", fatal=True)
 
         seen: list[BaseException] = []
-        sched = BatchScheduler(fatal, BatchingConfig(max_batch=1), on_fatal=seen.append)
+        sched = BatchScheduler(fatal, batching(max_batch=1), on_fatal=seen.append)
         sched.start()
         with pytest.raises(InferenceError):
             await sched.submit(item(0), far())
@@ -488,7 +494,7 @@ def test_wrong_output_count_fails_every_request_of_the_batch() -> None:
         def short(batch: np.ndarray) -> Outputs:
             return {"ids": batch[:1, 0, 0, 0]}
 
-        sched = BatchScheduler(short, BatchingConfig(max_batch=3, max_wait_s=0.05))
+        sched = BatchScheduler(short, batching(max_batch=3, max_wait_s=0.05))
         sched.start()
         with sched.incoming():
             outcomes = await asyncio.gather(
@@ -558,6 +564,7 @@ def test_calibration_learns_how_late_estimates_run() -> None:
     for _ in range(256):  # a stretch of absurd measurements is bounded
         calibration.observe(1.0, 100.0)
     assert calibration.factor == 4.0
+    assert calibration.samples == 256  # only the most recent answers are remembered
 
 
 class _Recorder:
@@ -578,7 +585,7 @@ class _Recorder:
 def test_every_refusal_is_reported_with_its_reason() -> None:
     async def main() -> None:
         recorder, device = _Recorder(), DeviceLoad()
-        config = BatchingConfig(max_batch=1, max_queue=1, expected_per_image_s=0.5)
+        config = batching(max_batch=1, max_queue=1, expected_per_image_s=0.5)
         sched = BatchScheduler(StandInEngine(), config, observer=recorder, device=device)
         assert sched.device is device
         sched.start()
@@ -607,7 +614,7 @@ def test_failed_batches_are_reported_as_failed() -> None:
     async def main() -> None:
         recorder = _Recorder()
         engine = StandInEngine(fail_if=lambda b: bool((b[:, 0, 0, 0] == 1).any()))
-        sched = BatchScheduler(engine, BatchingConfig(max_batch=1), observer=recorder)
+        sched = BatchScheduler(engine, batching(max_batch=1), observer=recorder)
         sched.start()
         await sched.submit(item(0), far())
         with pytest.raises(InferenceError):
@@ -627,7 +634,7 @@ def test_the_device_is_idle_only_with_no_batch_running_and_nothing_waiting() -> 
         device = DeviceLoad(concurrency=1)
         engine = StandInEngine()
         sched = BatchScheduler(
-            engine, BatchingConfig(max_batch=1, max_wait_s=0.0), device=device, name="fp32"
+            engine, batching(max_batch=1, max_wait_s=0.0), device=device, name="fp32"
         )
         assert device.idle()
         async with device.slot():  # e.g. a shadow run: nothing queued anywhere
@@ -679,7 +686,7 @@ def test_a_closed_scheduler_leaves_no_engine_thread_behind() -> None:
         return [t for t in threading.enumerate() if t.name.startswith(prefix)]
 
     async def main() -> None:
-        sched = BatchScheduler(StandInEngine(), BatchingConfig(), name="leak-check")
+        sched = BatchScheduler(StandInEngine(), batching(), name="leak-check")
         sched.start()
         await sched.submit(item(1), far())
         assert threads("leak-check")
@@ -687,7 +694,7 @@ def test_a_closed_scheduler_leaves_no_engine_thread_behind() -> None:
         assert sched.dead_reason is None  # a clean close is no crash
         await until(lambda: not threads("leak-check"))
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lent") as lent:
-            borrower = BatchScheduler(StandInEngine(), BatchingConfig(), executor=lent)
+            borrower = BatchScheduler(StandInEngine(), batching(), executor=lent)
             borrower.start()
             await borrower.submit(item(2), far())
             await borrower.close()

@@ -65,6 +65,13 @@ def test_service_errors_pass_through_unchanged() -> None:
     assert to_service_error(err) is err
 
 
+def test_an_error_reads_as_its_message_in_logs_and_tracebacks() -> None:
+    """``str(err)`` and ``err.args`` are what logging, tracing and uvicorn print."""
+    err = to_service_error(ImageDecodeError("not a JPEG, PNG or WebP"))
+    assert str(err) == err.message == "not a JPEG, PNG or WebP"
+    assert err.args == (err.message,)
+
+
 def error_of(r: Any) -> dict[str, object]:
     """The error object without its request ID (``-`` here: no request-ID middleware in front)."""
     error: dict[str, object] = r.json()["error"]

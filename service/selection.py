@@ -14,6 +14,7 @@ a busy or different machine once made INT8 look no faster than FP32, and ``auto`
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -54,8 +55,7 @@ class PrecisionSelector:
         self._recover_s = queue_wait_slo_s * recover_fraction
         self._hold_s = hold_s
         self._pressured = False
-        self._last_move = 0.0
-        self._last_sample = 0.0
+        self._last_move = self._last_sample = -math.inf  # never (a monotonic clock may start at 0)
         self._wait_ewma: dict[Precision, float] = {}
         self._lock = threading.Lock()
         # Why `auto` must avoid a precision right now (the live precision audit sets this);

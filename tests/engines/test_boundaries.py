@@ -101,6 +101,10 @@ def test_disjoint_and_touching_boxes_overlap_not_at_all() -> None:
         ]
     )
     np.testing.assert_array_equal(pairwise_iou(unit, others), [[0.0, 0.0, 0.0, 0.0, 0.5]])
+    # Boxes with no area: an empty union is no overlap (0), never 0/0.
+    point = np.asarray([[5.0, 5.0, 5.0, 5.0]])
+    with np.errstate(all="raise"):
+        np.testing.assert_array_equal(pairwise_iou(point, point), [[0.0]])
     # Two 1-pixel boxes a pixel apart never suppress each other, however low the threshold.
     for apart in ([2.0, 0.0, 3.0, 1.0], [0.0, 2.0, 1.0, 3.0]):
         boxes = np.asarray([[0.0, 0.0, 1.0, 1.0], apart], np.float32)

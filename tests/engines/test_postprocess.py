@@ -191,3 +191,13 @@ def test_model_nms_output_is_sorted_and_capped() -> None:
     )
     result = postprocess(candidates, LetterboxTransform(1.0, 0, 0, 10, 10), iou=0.1, max_det=2)
     assert result.scores.tolist() == pytest.approx([0.9, 0.6])
+
+
+def test_nothing_to_suppress_is_an_empty_index_array() -> None:
+    """No candidates (a blank photo): an empty int64 index array, which callers slice with."""
+    none = np.zeros((0, 4), np.float32)
+    for kept in (
+        nms(none, np.zeros(0, np.float32), 0.5),
+        batched_nms(none, np.zeros(0, np.float32), np.zeros(0, np.int64), 0.5),
+    ):
+        assert isinstance(kept, np.ndarray) and kept.shape == (0,) and kept.dtype == np.int64

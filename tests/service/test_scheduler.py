@@ -726,3 +726,38 @@ def test_calibration_is_current_after_every_answer() -> None:
     calibration.observe(1.0, 3.0)
     assert calibration.factor == 3.0
     assert calibration.samples == 33
+
+
+def test_the_queue_depth_is_reported_as_requests_arrive_and_leave() -> None:
+    """What ``detect_queue_depth`` shows: one more for each request queued behind a busy engine,
+    and zero once a batch has taken them."""
+
+    class Depths(_Recorder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.depths: list[int] = []
+
+        def queued(self, depth: int) -> None:
+            self.depths.append(depth)
+
+    async def main() -> None:
+        engine = StandInEngine()
+        observer = Depths()
+        sched = BatchScheduler(engine, batching(max_batch=4, max_wait_s=0.0), observer=observer)
+        sched.start()
+        engine.gate.clear()
+        first = asyncio.create_task(sched.submit(item(0), far()))
+        await until(lambda: engine.entered == 1)  # its batch holds the engine
+        waiting = [asyncio.create_task(sched.submit(item(i), far())) for i in (1, 2, 3)]
+        await until(lambda: observer.depths[-3:] == [1, 2, 3])
+        engine.gate.set()
+        await asyncio.gather(first, *waiting)
+        assert observer.depths[-1] == 0
+        await sched.close()
+
+    run(main)
+
+
+def test_a_deadline_met_exactly_is_not_missed() -> None:
+    assert not Admission.misses(deadline=10.0, needed_s=2.0, now=8.0)
+    assert Admission.misses(deadline=10.0, needed_s=2.0, now=8.5)

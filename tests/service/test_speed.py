@@ -6,7 +6,7 @@ import pytest
 
 from engines.artifacts.record import Timings, VariantRecord
 from engines.precision import Precision
-from service.selection import PrecisionSelector
+from service.selection import FASTER_MARGIN, PrecisionSelector
 from service.speed import SERVING_SOURCE, WARMUP_SOURCE, LiveSpeed, first_guess
 from tests.engines.build_fixtures import accuracy
 
@@ -99,3 +99,17 @@ def test_served_batches_can_take_the_faster_variant_away() -> None:
     for _ in range(40):  # INT8's real batches turn out as slow as FP32's
         int8.observe(8, 0.330)
     assert policy.auto_choice is Precision.FP32
+
+
+def test_under_pressure_a_variant_exactly_at_the_margin_is_not_clearly_faster() -> None:
+    """``FASTER_MARGIN`` is a strict bound: INT8 at exactly 0.9x FP32's time per image is not
+    worth moving to; a millisecond per batch less is."""
+    fp32, int8 = first_guess(FP32), first_guess(INT8)
+    fp32.replace({1: 1000.0, 8: 8000.0})  # 1 s per image in a full batch
+    int8.replace({1: 900.0, 8: 7200.0})  # 0.9 s: the margin exactly
+    policy = selector(fp32, int8)
+    at_margin = int8.per_image_s(8)
+    assert at_margin is not None and at_margin == FASTER_MARGIN * 1.0  # exact in binary
+    assert policy.fastest() is Precision.FP32
+    int8.replace({8: 7199.0})
+    assert policy.fastest() is Precision.INT8

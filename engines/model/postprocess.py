@@ -65,13 +65,14 @@ def nms(
     bounds the work by O(n * max_keep) however low the caller's confidence threshold was.
     """
     n = int(scores.shape[0])
-    limit = n if max_keep is None else max(0, max_keep)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    limit = n if max_keep is None else max(0, max_keep)  # max_keep 0: one block, then cut to 0
     order = np.argsort(-scores, kind="stable")
     ranked = np.asarray(boxes, dtype=np.float64)[order]
     kept_pos: list[np.ndarray] = []
-    kept_boxes = np.zeros((0, 4), np.float64)
-    count = 0
-    for start in range(0, n if limit else 0, _BLOCK):
+    kept_boxes = ranked[:0]  # none yet
+    for start in range(0, n, _BLOCK):
         block = ranked[start : start + _BLOCK]
         alive = np.flatnonzero((pairwise_iou(kept_boxes, block) <= iou_threshold).all(axis=0))
         # Only boxes that survived the kept ones can suppress each other: a small matrix when
@@ -80,11 +81,8 @@ def nms(
         survivors = alive[_greedy_block(over, np.ones(alive.size, dtype=bool))]
         kept_pos.append(start + survivors)
         kept_boxes = np.concatenate([kept_boxes, block[survivors]])
-        count += survivors.size
-        if count >= limit:
+        if len(kept_boxes) >= limit:
             break
-    if not kept_pos:
-        return np.zeros(0, dtype=np.int64)
     kept: np.ndarray = order[np.concatenate(kept_pos)[:limit]].astype(np.int64)
     return kept
 

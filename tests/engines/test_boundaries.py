@@ -133,3 +133,26 @@ def test_a_box_wholly_in_the_padding_is_dropped_one_pixel_inside_is_kept(axis: s
     result = postprocess(candidates, transform, iou=0.5, max_det=10)
     assert result.class_ids.tolist() == [1]
     np.testing.assert_allclose(result.boxes, expected)
+
+
+@pytest.mark.parametrize("nms_done", [False, True], ids=["nms", "nms-in-model"])
+@pytest.mark.parametrize("flat", ["width", "height"])
+def test_a_box_without_area_never_takes_a_max_det_slot(flat: str, nms_done: bool) -> None:
+    """A degenerate prediction (x2 == x1 or y2 == y1) with the best score is dropped before
+    NMS and the ``max_det`` cut: the one slot goes to the real box behind it."""
+    from engines.model.layouts import Candidates
+    from engines.model.postprocess import postprocess
+    from engines.model.preprocess import LetterboxTransform
+
+    line = [10.0, 10.0, 10.0, 20.0] if flat == "width" else [10.0, 10.0, 20.0, 10.0]
+    candidates = Candidates(
+        boxes=np.asarray([line, BOX], np.float32),
+        scores=np.asarray([0.9, 0.8], np.float32),
+        class_ids=np.asarray([0, 0]),
+        nms_done=nms_done,
+    )
+    result = postprocess(
+        candidates, LetterboxTransform(1.0, 0.0, 0.0, 100, 100), iou=0.5, max_det=1
+    )
+    np.testing.assert_array_equal(result.boxes, [BOX])
+    assert result.scores.tolist() == [pytest.approx(0.8)]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import pytest
 
 from engines.artifacts.record import Timings, VariantRecord
 from engines.precision import Precision
+from service import selection
 from service.errors import PrecisionUnavailable
 from service.selection import PrecisionSelector
 from tests.engines.build_fixtures import accuracy
@@ -156,3 +158,20 @@ def test_auto_comes_back_only_below_the_recovery_wait_not_at_it() -> None:
     assert policy.auto_choice is Precision.INT8
     policy.observe_queue_wait(Precision.INT8, 0.0)
     assert policy.auto_choice is Precision.FP16
+
+
+def test_auto_returns_to_rest_after_twice_the_hold_with_no_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client that comes back after a burst is not served by the burst's choice: with no
+    batch for more than 2 x max(hold, 1 s), ``auto`` is back at rest (a clock the test moves)."""
+    clock = [1000.0]
+    monkeypatch.setattr(selection, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    policy = selector(FP32, FP16, INT8)  # hold 0: the idle limit is 2 x 1 s
+    for _ in range(10):
+        policy.observe_queue_wait(Precision.FP16, 0.2)
+    assert policy.auto_choice is Precision.INT8 and policy.under_pressure
+    clock[0] += 2.0
+    assert policy.auto_choice is Precision.INT8  # exactly the limit: not yet
+    clock[0] += 0.001
+    assert policy.auto_choice is Precision.FP16 and not policy.under_pressure

@@ -77,10 +77,12 @@ class PrecisionSelector:
 
     def preferred(self) -> Precision:
         """At rest: the fastest variant (alone, batch 1) within the auto agreement budget."""
-        within = [
-            p for p, r in self._records.items() if (r.agreement or 0.0) >= self._min_agreement
-        ]
+        within = [p for p in self._records if self._within_budget(p)]
         return min(within or list(self._records), key=lambda p: self._per_image_s(p, 1))
+
+    def _within_budget(self, precision: Precision) -> bool:
+        """Agrees with FP32 at least as well as ``auto`` demands (the budget itself included)."""
+        return (self._records[precision].agreement or 0.0) >= self._min_agreement
 
     def fastest(self) -> Precision:
         """Under pressure: the accepted variant that serves the most images per second (full
@@ -109,7 +111,7 @@ class PrecisionSelector:
         # The audit objects: the at-rest choice, else the fastest variant within the auto
         # budget, else any, that it does not object to. FP32 (its reference) is never demoted.
         by_speed = sorted(self._records, key=lambda p: self._per_image_s(p, self._batch))
-        proven = [p for p in by_speed if (self._records[p].agreement or 0) >= self._min_agreement]
+        proven = [p for p in by_speed if self._within_budget(p)]
         fallbacks = [self.preferred(), *proven, *by_speed]
         return next((p for p in fallbacks if self.demoted(p) is None), choice)
 

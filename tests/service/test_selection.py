@@ -175,3 +175,11 @@ def test_auto_returns_to_rest_after_twice_the_hold_with_no_batch(
     assert policy.auto_choice is Precision.INT8  # exactly the limit: not yet
     clock[0] += 0.001
     assert policy.auto_choice is Precision.FP16 and not policy.under_pressure
+
+
+def test_a_variant_exactly_at_the_auto_budget_is_within_it() -> None:
+    at_budget = record(Precision.INT8, 0.040, agreement=0.99)
+    assert at_budget.agreement == 0.99
+    assert selector(FP32, at_budget).select("auto") is Precision.INT8
+    just_under = record(Precision.INT8, 0.040, agreement=0.9899)
+    assert selector(FP32, just_under).select("auto") is Precision.FP32

@@ -44,12 +44,24 @@ def test_split_body_with_and_without_a_binary_tail() -> None:
 
 
 @pytest.mark.parametrize(
-    ("body", "length"),
-    [(b"{}", "0"), (b"{}", "3"), (b"{}", "-1"), (b"{}", "two"), (b"not json", None), (b"[", "1")],
+    ("body", "length", "blamed"),
+    [
+        (b"{}", "0", "length"),  # an empty header is no header
+        (b"{}", "3", "length"),
+        (b"{}", "-1", "length"),
+        (b"{}", "two", "length"),
+        (b"not json", None, "json"),
+        (b"[", "1", "json"),  # a 1-byte header is within the body: it is the JSON that is bad
+    ],
 )
-def test_split_body_refuses_a_bad_header_length_or_header(body: bytes, length: str | None) -> None:
-    with pytest.raises(BadRequest, match="v2 inference request"):
+def test_split_body_refuses_a_bad_header_length_or_header(
+    body: bytes, length: str | None, blamed: str
+) -> None:
+    """The message blames what is wrong: the length header, or the JSON it delimits."""
+    with pytest.raises(BadRequest, match="v2 inference request") as refused:
         split(body, length)
+    about_length = "Inference-Header-Content-Length" in refused.value.message
+    assert about_length == (blamed == "length"), refused.value.message
 
 
 def test_json_and_binary_inputs_decode_in_order() -> None:
@@ -149,6 +161,13 @@ def test_json_outputs() -> None:
         {"name": "a", "datatype": "FP32", "shape": [1, 4], "data": [0.0, 1.0, 2.0, 3.0]},
         {"name": "b", "datatype": "INT64", "shape": [1, 1], "data": [5]},
     ]
+
+
+def test_the_reply_header_is_never_invalid_json() -> None:
+    """Outputs carry NaN as null (tested with the server); anything else non-finite that
+    reached the header is an error, never a bare ``NaN`` token a strict client cannot parse."""
+    with pytest.raises(ValueError, match="JSON compliant"):
+        encode_outputs(req({}), OUTPUTS, "m.fp32", {"parameters": {"p": float("nan")}})
 
 
 def test_binary_outputs_follow_the_header_and_only_requested_ones_are_sent() -> None:

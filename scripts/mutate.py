@@ -241,6 +241,7 @@ ARITHMETIC: dict[type[ast.operator], type[ast.operator]] = {
     ast.Mult: ast.Div,
     ast.Div: ast.Mult,
 }
+TEST_TIMEOUT_S = 180
 QUIET_CALLS = ("log.", "logging.", "logger.")  # removing a log line changes no behaviour
 NO_MUTATE = re.compile(r"#\s*no-mutate:\s*(\S.*)$")  # a reason is required
 
@@ -436,7 +437,10 @@ def _prebuild(engines: Path) -> None:
 def _run_stages(work: Path, target: Target, timeout_s: float) -> tuple[str, str | None]:
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     for stage, args in enumerate(target.stages):
-        command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *args]
+        command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
+        # A mutant that hangs one test fails it at this bound (pytest-timeout), not at the
+        # stage's: no test of these stages takes a minute unmutated.
+        command += ["-o", f"timeout={TEST_TIMEOUT_S}", *args]
         try:
             done = subprocess.run(
                 command, cwd=work, env=env, capture_output=True, timeout=timeout_s, check=False

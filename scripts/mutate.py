@@ -18,6 +18,7 @@ Work happens in copies of the repository (one per job), never in the working tre
     python3 scripts/mutate.py --only errors codec  # some targets
     python3 scripts/mutate.py --list               # the mutants, without running anything
     python3 scripts/mutate.py --named              # issue 18's regressions: each must be caught
+    python3 scripts/mutate.py --rerun-survivors R.json  # an earlier run's survivors, today's tests
 """
 
 from __future__ import annotations
@@ -503,8 +504,33 @@ def check_named(timeout_s: float) -> int:
     return 1 if missed else 0
 
 
+def _earlier_run(path: Path, chosen: dict[str, Target]) -> tuple[list[Outcome], list[Mutant]]:
+    """(the earlier verdicts kept, the survivors to run again). Every survivor must still be the
+    same mutant of the same text: a module edited since then would make its index mean another
+    node, so that is refused rather than guessed."""
+    kept: list[Outcome] = []
+    todo: list[Mutant] = []
+    current = {name: set(mutants(name, target)) for name, target in chosen.items()}
+    for raw in json.loads(path.read_text()):
+        mutant = Mutant(**raw.pop("mutant"))
+        if mutant.target not in chosen:
+            continue
+        if mutant not in current[mutant.target]:
+            raise SystemExit(f"{mutant} is not a mutant of today's {chosen[mutant.target].path}")
+        if raw["status"] == "survived":
+            todo.append(mutant)
+        else:
+            kept.append(Outcome(mutant, **raw))
+    return kept, todo
+
+
 def report(
-    outcomes: list[Outcome], seconds: float, path: Path, planned: int, existing: int
+    outcomes: list[Outcome],
+    seconds: float,
+    path: Path,
+    planned: int,
+    existing: int,
+    rerun: tuple[Path, int] | None = None,
 ) -> None:
     lines = [
         "# Mutation testing report",
@@ -545,6 +571,15 @@ def report(
         f"Wall time: {seconds / 60:.1f} min. "
         f"Errors (not counted above): {len(errors)}.",
     ]
+    if rerun is not None:
+        again = [o for o in outcomes if (o.why or "").startswith("re-run")]
+        caught = sum(o.status in ("killed", "timeout") for o in again)
+        lines += [
+            "",
+            f"The {rerun[1]} survivors of an earlier run of the same modules ({rerun[0].name}) "
+            f"were run again against today's tests: {caught} of the {len(again)} run so far "
+            "are now caught; every other verdict is the earlier run's.",
+        ]
     lines += ["", "## Survivors", ""]
     for o in outcomes:
         if o.status == "survived":
@@ -582,6 +617,12 @@ def main() -> int:
     parser.add_argument(
         "--stages", type=int, default=0, help="run only the first N test stages (0: all)"
     )
+    parser.add_argument(
+        "--rerun-survivors",
+        type=Path,
+        metavar="JSON",
+        help="re-run only the survivors of an earlier report (the modules must be unchanged)",
+    )
     args = parser.parse_args()
     if args.named:
         return check_named(args.timeout)
@@ -596,6 +637,9 @@ def main() -> int:
             keep = set(random.Random(f"{args.seed}-{name}").sample(range(len(found)), args.sample))
             found = [m for k, m in enumerate(found) if k in keep]
         todo += found
+    earlier: list[Outcome] = []
+    if args.rerun_survivors:
+        earlier, todo = _earlier_run(args.rerun_survivors, chosen)
     # Round robin over the targets: a run cut short still says something about every module.
     rank = {id(m): k for name in chosen for k, m in enumerate(x for x in todo if x.target == name)}
     todo.sort(key=lambda m: rank[id(m)])
@@ -629,14 +673,23 @@ def main() -> int:
                     base = one((name, None))
                 if base.status != "survived":
                     raise SystemExit(f"baseline of {name} fails its own tests: fix that first")
-            outcomes = []
+            outcomes = list(earlier)
             for outcome in pool.map(one, [(m.target, m) for m in todo]):
                 m = outcome.mutant
                 where = f"{chosen[m.target].path}:{m.line}"
                 print(f"{outcome.status:8} {where} {m.description} [{outcome.why}]", flush=True)
+                if earlier:  # say which verdicts are this run's
+                    outcome.why = f"re-run: {outcome.why}"
                 outcomes.append(outcome)
                 # Rewritten after every mutant: an interrupted run still leaves its results.
-                report(outcomes, time.monotonic() - started, args.report, len(todo), planned)
+                report(
+                    outcomes,
+                    time.monotonic() - started,
+                    args.report,
+                    len(todo) + len(earlier),
+                    planned,
+                    rerun=(args.rerun_survivors, len(todo)) if earlier else None,
+                )
     print(f"report: {args.report}")
     return 0
 

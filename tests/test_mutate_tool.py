@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -101,3 +103,24 @@ def test_issue_18_regressions_still_apply_to_the_code(mutate: ModuleType) -> Non
         text = (REPO / named.path).read_text()
         assert named.old in text and named.old != named.new, named.name
         assert all((REPO / t).exists() for t in named.tests), named.name
+
+
+def test_a_rerun_takes_only_the_survivors_of_unchanged_modules(
+    mutate: ModuleType, tmp_path: Path
+) -> None:
+    t = target(mutate, tmp_path)
+    found = mutate.mutants("m", t)
+    outcomes = [
+        mutate.Outcome(found[0], "killed", "stage 1: FAILED x"),
+        mutate.Outcome(found[1], "survived"),
+    ]
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps([dataclasses.asdict(o) for o in outcomes]))
+    kept, todo = mutate._earlier_run(earlier, {"m": t})
+    assert [o.mutant for o in kept] == [found[0]] and kept[0].status == "killed"
+    assert todo == [found[1]]
+    # The module changed since: its mutants' positions mean other nodes now.
+    moved = dataclasses.replace(found[1], index=found[1].index + 1)
+    earlier.write_text(json.dumps([dataclasses.asdict(mutate.Outcome(moved, "survived"))]))
+    with pytest.raises(SystemExit, match="not a mutant of today's"):
+        mutate._earlier_run(earlier, {"m": t})

@@ -6,8 +6,12 @@ import numpy as np
 import pytest
 
 from engines.model.layouts import Candidates
-from engines.model.postprocess import MAX_NMS_CANDIDATES, batched_nms, nms, postprocess
+from engines.model.postprocess import batched_nms, nms, postprocess
 from engines.model.preprocess import LetterboxTransform
+
+# Ultralytics' `max_nms` (ops.non_max_suppression): the same candidates go into NMS as there, so
+# an adversarially low `conf` gives the same detections as Ultralytics' predictor.
+MAX_NMS_CANDIDATES = 30_000
 
 
 def iou(a: list[float], b: list[float]) -> float:

@@ -78,7 +78,11 @@ TARGETS: dict[str, Target] = {
         None,
         (
             ("tests/service/test_scheduler.py",),
-            (HTTP + "test_overload_semantics_http.py", HTTP + "test_reliability_http.py"),
+            (
+                HTTP + "test_overload_semantics_http.py",
+                HTTP + "test_reliability_http.py",
+                HTTP + "test_auto_precision_http.py",  # the registry wires auto to its observer
+            ),
         ),
     ),
     "errors": Target(
@@ -504,24 +508,32 @@ def check_named(timeout_s: float) -> int:
     return 1 if missed else 0
 
 
-def _earlier_run(path: Path, chosen: dict[str, Target]) -> tuple[list[Outcome], list[Mutant]]:
-    """(the earlier verdicts kept, the survivors to run again). Every survivor must still be the
-    same mutant of the same text: a module edited since then would make its index mean another
-    node, so that is refused rather than guessed."""
-    kept: list[Outcome] = []
-    todo: list[Mutant] = []
-    current = {name: set(mutants(name, target)) for name, target in chosen.items()}
+def _earlier_run(
+    path: Path, chosen: dict[str, Target]
+) -> tuple[list[Outcome], list[Mutant], list[str]]:
+    """(the earlier verdicts kept, the mutants to run now, the targets run afresh).
+
+    A target whose module is unchanged since that run (the very same mutants) runs only its
+    survivors again; one whose module changed (an index would now name another node) runs all
+    of its mutants, and none of its earlier verdicts are kept.
+    """
+    earlier: dict[str, list[Outcome]] = {name: [] for name in chosen}
     for raw in json.loads(path.read_text()):
         mutant = Mutant(**raw.pop("mutant"))
-        if mutant.target not in chosen:
+        if mutant.target in chosen:
+            earlier[mutant.target].append(Outcome(mutant, **raw))
+    kept: list[Outcome] = []
+    todo: list[Mutant] = []
+    afresh: list[str] = []
+    for name, target in chosen.items():
+        current = mutants(name, target)
+        if {o.mutant for o in earlier[name]} != set(current):
+            afresh.append(name)
+            todo += current
             continue
-        if mutant not in current[mutant.target]:
-            raise SystemExit(f"{mutant} is not a mutant of today's {chosen[mutant.target].path}")
-        if raw["status"] == "survived":
-            todo.append(mutant)
-        else:
-            kept.append(Outcome(mutant, **raw))
-    return kept, todo
+        kept += [o for o in earlier[name] if o.status != "survived"]
+        todo += [o.mutant for o in earlier[name] if o.status == "survived"]
+    return kept, todo, afresh
 
 
 def report(
@@ -530,7 +542,7 @@ def report(
     path: Path,
     planned: int,
     existing: int,
-    rerun: tuple[Path, int] | None = None,
+    rerun: tuple[Path, list[str]] | None = None,
 ) -> None:
     lines = [
         "# Mutation testing report",
@@ -574,11 +586,13 @@ def report(
     if rerun is not None:
         again = [o for o in outcomes if (o.why or "").startswith("re-run")]
         caught = sum(o.status in ("killed", "timeout") for o in again)
+        changed = ", ".join(rerun[1]) or "none"
         lines += [
             "",
-            f"The {rerun[1]} survivors of an earlier run of the same modules ({rerun[0].name}) "
-            f"were run again against today's tests: {caught} of the {len(again)} run so far "
-            "are now caught; every other verdict is the earlier run's.",
+            f"A re-run of `{rerun[0]}` against today's code and tests: the survivors of targets "
+            f"whose module is unchanged, and every mutant of those whose module changed since "
+            f"({changed}). {caught} of the {len(again)} mutants run again so far were caught; "
+            "every other verdict is the earlier run's.",
         ]
     lines += ["", "## Survivors", ""]
     for o in outcomes:
@@ -638,8 +652,9 @@ def main() -> int:
             found = [m for k, m in enumerate(found) if k in keep]
         todo += found
     earlier: list[Outcome] = []
+    afresh: list[str] = []
     if args.rerun_survivors:
-        earlier, todo = _earlier_run(args.rerun_survivors, chosen)
+        earlier, todo, afresh = _earlier_run(args.rerun_survivors, chosen)
     # Round robin over the targets: a run cut short still says something about every module.
     rank = {id(m): k for name in chosen for k, m in enumerate(x for x in todo if x.target == name)}
     todo.sort(key=lambda m: rank[id(m)])
@@ -678,7 +693,7 @@ def main() -> int:
                 m = outcome.mutant
                 where = f"{chosen[m.target].path}:{m.line}"
                 print(f"{outcome.status:8} {where} {m.description} [{outcome.why}]", flush=True)
-                if earlier:  # say which verdicts are this run's
+                if args.rerun_survivors:  # say which verdicts are this run's
                     outcome.why = f"re-run: {outcome.why}"
                 outcomes.append(outcome)
                 # Rewritten after every mutant: an interrupted run still leaves its results.
@@ -688,7 +703,7 @@ def main() -> int:
                     args.report,
                     len(todo) + len(earlier),
                     planned,
-                    rerun=(args.rerun_survivors, len(todo)) if earlier else None,
+                    rerun=(args.rerun_survivors, afresh) if args.rerun_survivors else None,
                 )
     print(f"report: {args.report}")
     return 0

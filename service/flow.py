@@ -85,7 +85,7 @@ async def serve(
     chosen = variant.record.precision.value
     metrics.precision_selected.labels(model.name, requested, chosen).inc()
     stats = metrics.inference_stats.variant(model.name, chosen)
-    status = 500
+    status = 500  # no-mutate: every path out sets its own; only an interpreter exit keeps it
     inflight = metrics.inflight.labels(model.name)
     counted = False
     try:

@@ -63,10 +63,6 @@ class PrecisionSelector:
         self.demoted: Callable[[Precision], str | None] = lambda _precision: None
 
     @property
-    def available(self) -> list[Precision]:
-        return list(self._records)
-
-    @property
     def under_pressure(self) -> bool:
         return self._pressured
 

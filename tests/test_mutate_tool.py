@@ -105,22 +105,20 @@ def test_issue_18_regressions_still_apply_to_the_code(mutate: ModuleType) -> Non
         assert all((REPO / t).exists() for t in named.tests), named.name
 
 
-def test_a_rerun_takes_only_the_survivors_of_unchanged_modules(
+def test_a_rerun_takes_the_survivors_of_unchanged_modules_and_all_of_changed_ones(
     mutate: ModuleType, tmp_path: Path
 ) -> None:
     t = target(mutate, tmp_path)
     found = mutate.mutants("m", t)
-    outcomes = [
-        mutate.Outcome(found[0], "killed", "stage 1: FAILED x"),
-        mutate.Outcome(found[1], "survived"),
-    ]
+    outcomes = [mutate.Outcome(found[0], "survived")]
+    outcomes += [mutate.Outcome(m, "killed", "stage 1: FAILED x") for m in found[1:]]
     earlier = tmp_path / "earlier.json"
     earlier.write_text(json.dumps([dataclasses.asdict(o) for o in outcomes]))
-    kept, todo = mutate._earlier_run(earlier, {"m": t})
-    assert [o.mutant for o in kept] == [found[0]] and kept[0].status == "killed"
-    assert todo == [found[1]]
-    # The module changed since: its mutants' positions mean other nodes now.
-    moved = dataclasses.replace(found[1], index=found[1].index + 1)
-    earlier.write_text(json.dumps([dataclasses.asdict(mutate.Outcome(moved, "survived"))]))
-    with pytest.raises(SystemExit, match="not a mutant of today's"):
-        mutate._earlier_run(earlier, {"m": t})
+    kept, todo, afresh = mutate._earlier_run(earlier, {"m": t})
+    assert todo == [found[0]] and afresh == []
+    assert [o.mutant for o in kept] == found[1:] and {o.status for o in kept} == {"killed"}
+    # The module changed since: its earlier verdicts may be about other nodes; all run again.
+    Path(t.path).write_text(SOURCE.replace("LIMIT = 3", "LIMIT = 3\nSPARE = 5"))
+    mutate.source_of.cache_clear()  # a new run reads the module afresh
+    kept, todo, afresh = mutate._earlier_run(earlier, {"m": t})
+    assert kept == [] and afresh == ["m"] and todo == mutate.mutants("m", t)

@@ -192,12 +192,11 @@ def check_requested_outputs(request: InferRequest, available: list[str]) -> None
 
 
 def wants_binary(request: InferRequest, name: str) -> bool:
+    """The whole reply asked binary, or this output did (the first entry naming it)."""
     if (request.parameters or {}).get("binary_data_output") is True:
         return True
-    for out in request.outputs or []:
-        if out.name == name:
-            return (out.parameters or {}).get("binary_data") is True
-    return False
+    asked = next((out for out in request.outputs or [] if out.name == name), None)
+    return asked is not None and (asked.parameters or {}).get("binary_data") is True
 
 
 def _json_values(array: np.ndarray) -> list[Any]:

@@ -65,22 +65,22 @@ class BatchTimes:
     as measured; a size not seen yet is priced from the running per-image cost.
     """
 
-    per_image_s: float = 0.0
-    samples: int = 0
+    per_image_s: float = 0.0  # a first guess (the build's timing) until measured here
+    measured: bool = False
     _alpha: float = field(default=0.2, repr=False)
     _by_size: dict[int, float] = field(default_factory=dict, repr=False)
 
     @property
     def known(self) -> bool:
-        return self.samples > 0 or self.per_image_s > 0
+        return self.measured or self.per_image_s > 0
 
     def observe(self, size: int, duration_s: float) -> None:
         per_image = duration_s / size
-        if self.samples == 0:
-            self.per_image_s = per_image
-        else:
+        if self.measured:
             self.per_image_s += self._alpha * (per_image - self.per_image_s)
-        self.samples += 1
+        else:  # the first batch measured here replaces the guess outright
+            self.per_image_s = per_image
+            self.measured = True
         seen = self._by_size.get(size)
         self._by_size[size] = (
             duration_s if seen is None else seen + self._alpha * (duration_s - seen)

@@ -183,3 +183,16 @@ def test_a_variant_exactly_at_the_auto_budget_is_within_it() -> None:
     assert selector(FP32, at_budget).select("auto") is Precision.INT8
     just_under = record(Precision.INT8, 0.040, agreement=0.9899)
     assert selector(FP32, just_under).select("auto") is Precision.FP32
+
+
+def test_after_moving_back_the_rest_choice_starts_its_wait_average_afresh() -> None:
+    """The at-rest variant's wait average from before the pressure is stale: one calm batch
+    after moving back must not send ``auto`` away again on the old figure (no flapping)."""
+    policy = selector(FP32, FP16, INT8)
+    for _ in range(10):
+        policy.observe_queue_wait(Precision.FP16, 0.2)
+    for _ in range(10):
+        policy.observe_queue_wait(Precision.INT8, 0.0)
+    assert policy.auto_choice is Precision.FP16
+    policy.observe_queue_wait(Precision.FP16, 0.0)
+    assert policy.auto_choice is Precision.FP16 and not policy.under_pressure

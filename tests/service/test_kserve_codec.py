@@ -163,6 +163,13 @@ def test_json_outputs() -> None:
     ]
 
 
+def test_non_finite_output_values_are_json_null() -> None:
+    outputs = {"a": np.array([[1.5, np.nan, np.inf, -np.inf]], np.float32)}
+    body, _ = encode_outputs(req({}), outputs, "m.fp32", {})
+    reply = json.loads(body, parse_constant=lambda c: pytest.fail(f"bare {c} in the reply"))
+    assert reply["outputs"][0]["data"] == [1.5, None, None, None]
+
+
 def test_the_reply_header_is_never_invalid_json() -> None:
     """Outputs carry NaN as null (tested with the server); anything else non-finite that
     reached the header is an error, never a bare ``NaN`` token a strict client cannot parse."""

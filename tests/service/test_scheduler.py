@@ -761,3 +761,25 @@ def test_the_queue_depth_is_reported_as_requests_arrive_and_leave() -> None:
 def test_a_deadline_met_exactly_is_not_missed() -> None:
     assert not Admission.misses(deadline=10.0, needed_s=2.0, now=8.0)
     assert Admission.misses(deadline=10.0, needed_s=2.0, now=8.5)
+
+
+def test_close_never_waits_on_an_engine_call_stuck_past_its_timeout() -> None:
+    """A drain with a time limit returns at that limit even while the engine thread is still
+    inside a batch (a hung device): the executor is shut down without waiting for it."""
+
+    async def main() -> None:
+        engine = StandInEngine()
+        engine.gate.clear()
+        sched = make(engine, max_batch=1, max_wait_s=0.0)
+        stuck = asyncio.create_task(sched.submit(item(0), far()))
+        await until(lambda: engine.entered == 1)
+        released = threading.Timer(5.0, engine.gate.set)  # the device comes back, much later
+        released.start()
+        await sched.close(timeout_s=0.1)
+        assert not engine.gate.is_set()  # close returned while the engine call was still stuck
+        released.cancel()
+        engine.gate.set()
+        done = await asyncio.gather(stuck, return_exceptions=True)
+        assert isinstance(done[0], Exception)  # its request was answered, with an error
+
+    run(main)

@@ -43,7 +43,7 @@ class ServiceError(Exception):
     code = "internal_error"
 
     def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
+        super().__init__(message)  # no-mutate: BaseException.__new__ keeps message in args too
         self.message = message
         self.headers = headers or {}
 

@@ -205,3 +205,11 @@ def test_nothing_to_suppress_is_an_empty_index_array() -> None:
         batched_nms(none, np.zeros(0, np.float32), np.zeros(0, np.int64), 0.5),
     ):
         assert isinstance(kept, np.ndarray) and kept.shape == (0,) and kept.dtype == np.int64
+
+
+def test_classes_stay_apart_in_normalised_coordinates() -> None:
+    """Class-aware NMS separates classes by an offset larger than any coordinate: it must hold
+    for boxes in 0..1 as well as in pixels (two identical boxes of two classes both stay)."""
+    boxes = np.array([[0.5, 0.5, 1.0, 1.0], [0.5, 0.5, 1.0, 1.0], [0.52, 0.5, 1.0, 1.0]])
+    kept = batched_nms(boxes, np.array([0.9, 0.8, 0.7], np.float32), np.array([0, 1, 0]), 0.5)
+    assert kept.tolist() == [0, 1]

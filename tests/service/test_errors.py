@@ -14,7 +14,9 @@ from service.errors import (
     BadRequest,
     EngineUnavailable,
     Overloaded,
+    RequestTimeout,
     ServiceError,
+    ShuttingDownError,
     Unauthorized,
     error_body,
     install_error_handlers,
@@ -37,6 +39,12 @@ def test_other_errors_with_headers() -> None:
     assert EngineUnavailable("dead").headers == {"Retry-After": "5"}
     assert EngineUnavailable("dead").status == 503
     assert Unauthorized().headers == {"WWW-Authenticate": "Bearer"} and Unauthorized().status == 401
+    # A client too slow to send its body, and an upload cut by shutdown, lose the connection.
+    slow = RequestTimeout("too slow")
+    assert (slow.status, slow.message, slow.headers) == (408, "too slow", {"Connection": "close"})
+    cut = ShuttingDownError("stopping")
+    assert (cut.status, cut.code, cut.message) == (503, "shutting_down", "stopping")
+    assert cut.headers == {"Retry-After": "5", "Connection": "close"}
 
 
 @pytest.mark.parametrize(

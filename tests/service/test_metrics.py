@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import platform
 
 import pytest
 
@@ -116,3 +117,8 @@ def test_the_registry_carries_the_standard_process_series() -> None:
     resident = sample(metrics, "process_resident_memory_bytes")
     assert resident is not None and resident > 0
     assert sample(metrics, "process_cpu_seconds_total") is not None
+    # And python_info, which says which interpreter a regression appeared with.
+    version = platform.python_version_tuple()
+    info = {"implementation": platform.python_implementation(), "version": ".".join(version)}
+    info |= {"major": version[0], "minor": version[1], "patchlevel": version[2]}
+    assert sample(metrics, "python_info", **info) == 1.0

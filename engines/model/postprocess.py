@@ -105,7 +105,8 @@ def batched_nms(
         return np.zeros(0, dtype=np.int64)
     _, rank = np.unique(class_ids, return_inverse=True)
     span = float(np.abs(boxes).max()) + 1.0
-    shifted = boxes.astype(np.float64) + (rank.reshape(-1) * 2.0 * span)[:, None]
+    offsets = rank.reshape(-1) * 2.0 * span
+    shifted = boxes.astype(np.float64) + offsets[:, None]  # no-mutate: '-' separates them too
     return nms(shifted, scores, iou_threshold, max_keep=max_keep)
 
 

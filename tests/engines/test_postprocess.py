@@ -213,3 +213,17 @@ def test_classes_stay_apart_in_normalised_coordinates() -> None:
     boxes = np.array([[0.5, 0.5, 1.0, 1.0], [0.5, 0.5, 1.0, 1.0], [0.52, 0.5, 1.0, 1.0]])
     kept = batched_nms(boxes, np.array([0.9, 0.8, 0.7], np.float32), np.array([0, 1, 0]), 0.5)
     assert kept.tolist() == [0, 1]
+
+
+def test_exactly_the_candidate_cap_goes_into_nms_whole() -> None:
+    """At the cap itself nothing is cut (the top-k selection starts only above it)."""
+    n = MAX_NMS_CANDIDATES
+    scores = np.linspace(0.01, 0.99, n).astype(np.float32)
+    candidates = Candidates(
+        boxes=np.tile(np.array([[10, 10, 50, 50]], np.float32), (n, 1)),
+        scores=scores,
+        class_ids=np.zeros(n, np.int64),
+        nms_done=False,
+    )
+    result = postprocess(candidates, LetterboxTransform(1.0, 0, 0, 64, 64), iou=0.5, max_det=300)
+    assert result.scores.tolist() == [pytest.approx(0.99)]  # one box, the best of all of them

@@ -15,7 +15,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from engines.artifacts.manifest import Manifest
 from tests.conftest import DEFAULT_MODEL, Server
 from tests.service.fault_engines import FAULT_SERVER
 from tests.service.scrape import moved, scrape, wait_for, wait_until
@@ -54,11 +53,6 @@ def test_auto_moves_to_the_faster_variant_under_queueing_and_back(
     gate: Path,
     photo: Callable[[str], bytes],
 ) -> None:
-    manifest = Manifest.load(fp32_int8_engines / DEFAULT_MODEL)
-    assert manifest is not None
-    latency = {v.precision.value: v.per_image_latency_s for v in manifest.variants}
-    fp32_s, int8_s = latency["fp32"], latency["int8"]
-    assert fp32_s and int8_s and int8_s < fp32_s, f"the build did not time INT8 faster: {latency}"
     server = server_factory(
         {
             "DETECT_ENGINES_DIR": str(fp32_int8_engines),
@@ -67,9 +61,17 @@ def test_auto_moves_to_the_faster_variant_under_queueing_and_back(
             # Only FP32 meets an agreement of 1.0: auto starts there whatever INT8 measured.
             "DETECT_AUTO_MIN_AGREEMENT": "1.0",
             "DETECT_QUEUE_WAIT_SLO_MS": str(SLO_MS),
+            # FP32 runs 4x its engine time, warm-up included: INT8 is the faster variant on
+            # the server's own live figures however loaded the machine is (a build timed under
+            # load once ranked them the other way round).
+            "FAULT_SLOWDOWN": "4",
+            "FAULT_DELAY_PRECISIONS": "fp32",
         },
         module=FAULT_SERVER,
     )
+    variants = httpx.get(f"{server.url}/models").json()["models"][0]["variants"]
+    live = {v["precision"]: v["live_latency_ms"]["1"] for v in variants}
+    assert live["int8"] < 0.9 * live["fp32"], f"INT8 not measured clearly faster: {live}"
     image = photo("coffee")
     assert answered_by(server, image) == "fp32"  # no pressure: the most accurate variant
     fp32 = ("detect_queue_depth", {"model": DEFAULT_MODEL, "precision": "fp32"})

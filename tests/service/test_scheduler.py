@@ -546,6 +546,7 @@ def test_scheduler_refusals_map_to_http_in_one_place() -> None:
 def test_queue_estimates_price_whole_batches() -> None:
     times = BatchTimes()
     times.observe(8, 0.4)  # 50 ms per image in a full batch
+    assert times.per_image_s == pytest.approx(0.05)
     times.observe(1, 0.1)  # but a lone image pays the fixed cost: 100 ms
     assert times.queue_s(9, max_batch=8) == pytest.approx(0.5)  # one full batch, then one
     assert times.queue_s(3, max_batch=8) == pytest.approx(3 * times.per_image_s)  # not seen yet

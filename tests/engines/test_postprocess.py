@@ -227,3 +227,24 @@ def test_exactly_the_candidate_cap_goes_into_nms_whole() -> None:
     )
     result = postprocess(candidates, LetterboxTransform(1.0, 0, 0, 64, 64), iou=0.5, max_det=300)
     assert result.scores.tolist() == [pytest.approx(0.99)]  # one box, the best of all of them
+
+
+def test_nms_stops_as_soon_as_max_keep_boxes_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """600 disjoint boxes, max_keep 256: the first block of 256 keeps them all and nothing
+    more is compared (the later blocks' IoU work is never done)."""
+    from engines.model import postprocess as module
+
+    calls: list[tuple[int, int]] = []
+    real_iou = module.pairwise_iou
+
+    def counting_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        calls.append((len(a), len(b)))
+        return real_iou(a, b)
+
+    monkeypatch.setattr(module, "pairwise_iou", counting_iou)
+    i = np.arange(600, dtype=np.float32)
+    x, y = (i % 30) * 10, (i // 30) * 10
+    boxes = np.stack([x, y, x + 5, y + 5], axis=1)
+    scores = np.linspace(1.0, 0.1, 600).astype(np.float32)
+    assert nms(boxes, scores, 0.5, max_keep=256).tolist() == list(range(256))
+    assert calls == [(0, 256), (256, 256)]  # one block: against no kept box, then itself

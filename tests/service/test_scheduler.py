@@ -547,6 +547,7 @@ def test_queue_estimates_price_whole_batches() -> None:
     times = BatchTimes()
     times.observe(8, 0.4)  # 50 ms per image in a full batch
     assert times.per_image_s == pytest.approx(0.05)
+    assert times.estimate(3) == pytest.approx(0.15)  # per image, times the images
     times.observe(1, 0.1)  # but a lone image pays the fixed cost: 100 ms
     assert times.queue_s(9, max_batch=8) == pytest.approx(0.5)  # one full batch, then one
     assert times.queue_s(3, max_batch=8) == pytest.approx(3 * times.per_image_s)  # not seen yet
@@ -720,11 +721,11 @@ def test_calibration_is_current_after_every_answer() -> None:
     late the majority (17 of 33), not some answers later."""
     calibration = Calibration()
     for _ in range(16):
-        calibration.observe(1.0, 1.0)
+        calibration.observe(2.0, 2.0)  # the ratio, not either time, is what is learnt
     for _ in range(16):
-        calibration.observe(1.0, 3.0)
+        calibration.observe(2.0, 6.0)
         assert calibration.factor == 1.0
-    calibration.observe(1.0, 3.0)
+    calibration.observe(2.0, 6.0)
     assert calibration.factor == 3.0
     assert calibration.samples == 33
 

@@ -196,3 +196,22 @@ def test_after_moving_back_the_rest_choice_starts_its_wait_average_afresh() -> N
     assert policy.auto_choice is Precision.FP16
     policy.observe_queue_wait(Precision.FP16, 0.0)
     assert policy.auto_choice is Precision.FP16 and not policy.under_pressure
+
+
+def test_auto_may_move_back_exactly_when_the_hold_time_is_over(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(selection, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    policy = PrecisionSelector(
+        [FP32, FP16, INT8], auto_min_agreement=0.99, queue_wait_slo_s=0.05, saturation_batch=8
+    )  # the default 2 s hold
+    for _ in range(10):
+        policy.observe_queue_wait(Precision.FP16, 0.2)
+    assert policy.auto_choice is Precision.INT8  # moved at t = 1000
+    clock[0] += 1.999
+    policy.observe_queue_wait(Precision.INT8, 0.0)
+    assert policy.auto_choice is Precision.INT8  # calm, but inside the hold
+    clock[0] = 1002.0
+    policy.observe_queue_wait(Precision.INT8, 0.0)
+    assert policy.auto_choice is Precision.FP16  # the hold is over at 2 s itself

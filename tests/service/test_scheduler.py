@@ -785,3 +785,26 @@ def test_close_never_waits_on_an_engine_call_stuck_past_its_timeout() -> None:
         assert isinstance(done[0], Exception)  # its request was answered, with an error
 
     run(main)
+
+
+def test_a_crashing_worker_fails_every_request_still_queued() -> None:
+    """Requests waiting behind the batch that crashed the worker are answered at once (the
+    variant is out of service), not left waiting for a worker that is gone."""
+
+    async def main() -> None:
+        sched = BatchScheduler(
+            StandInEngine(), batching(max_batch=1), observer=_ExplodingObserver()
+        )
+        sched.start()
+        answers = await asyncio.wait_for(
+            asyncio.gather(
+                *(sched.submit(item(i), far()) for i in range(3)), return_exceptions=True
+            ),
+            10,
+        )
+        assert isinstance(answers[0], RuntimeError)  # the batch that crashed the worker
+        assert all(isinstance(a, VariantOutOfService) for a in answers[1:]), answers
+        assert sched.queue_depth == 0
+        await sched.close()
+
+    run(main)

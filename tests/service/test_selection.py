@@ -215,3 +215,15 @@ def test_auto_may_move_back_exactly_when_the_hold_time_is_over(
     clock[0] = 1002.0
     policy.observe_queue_wait(Precision.INT8, 0.0)
     assert policy.auto_choice is Precision.FP16  # the hold is over at 2 s itself
+
+
+def test_a_variant_whose_agreement_was_never_measured_is_not_within_the_budget() -> None:
+    unmeasured = VariantRecord(
+        precision=Precision.INT8,
+        backend="onnxruntime",
+        device="cpu",
+        status="accepted",
+        timings=Timings(latency_ms={1: 10.0, 2: 20.0}),  # far faster than FP32, but unproven
+    )
+    assert unmeasured.agreement is None
+    assert selector(FP32, unmeasured).select("auto") is Precision.FP32

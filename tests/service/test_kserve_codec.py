@@ -249,3 +249,11 @@ def test_json_data_that_overflows_to_infinity_is_refused() -> None:
     whole = b'{"inputs": [{"name": "x", "datatype": "INT32", "shape": [2], "data": [1, 2]}]}'
     request, binary = parse_request(whole, None)
     np.testing.assert_array_equal(decode_inputs(request, binary, max_elements=16)["x"], [1, 2])
+
+
+def test_parameters_take_booleans_numbers_and_strings_and_nothing_else() -> None:
+    given = {"flag": True, "count": 3, "ratio": 0.5, "name": "x"}
+    assert req({"parameters": given}).parameters == given
+    for bad in (float("nan"), [1], {"a": 1}, None):
+        with pytest.raises(BadRequest):
+            req({"parameters": {"p": bad}})

@@ -347,8 +347,11 @@ def test_deadline_counts_work_of_other_variants_on_the_same_device() -> None:
         alone = BatchScheduler(StandInEngine(), config, name="elsewhere")
         alone.start()
         await alone.submit(item(9), time.monotonic() + 0.3)  # 100 ms of its own: fits
-        with pytest.raises(DeadlineUnmeetable):
-            await idle.submit(item(9), time.monotonic() + 0.3)  # shares the busy device
+        # Shares the busy device: refused at the door, at once (not later, when its batch
+        # finally got the device and found the deadline gone).
+        with pytest.raises(DeadlineUnmeetable, match="ms needed"):
+            await asyncio.wait_for(idle.submit(item(9), time.monotonic() + 0.3), 2)
+        assert idle_engine.entered == 0
         busy_engine.gate.set()
         await asyncio.gather(*queued)
         for sched in (busy, idle, alone):
@@ -775,14 +778,18 @@ def test_close_never_waits_on_an_engine_call_stuck_past_its_timeout() -> None:
         sched = make(engine, max_batch=1, max_wait_s=0.0)
         stuck = asyncio.create_task(sched.submit(item(0), far()))
         await until(lambda: engine.entered == 1)
+        behind = asyncio.create_task(sched.submit(item(1), far()))  # queued behind it
+        await until(lambda: sched.queue_depth == 1)
         released = threading.Timer(5.0, engine.gate.set)  # the device comes back, much later
         released.start()
         await sched.close(timeout_s=0.1)
         assert not engine.gate.is_set()  # close returned while the engine call was still stuck
+        assert not sched.busy  # its worker has unwound: nothing counted as running or queued
         released.cancel()
         engine.gate.set()
-        done = await asyncio.gather(stuck, return_exceptions=True)
-        assert isinstance(done[0], Exception)  # its request was answered, with an error
+        done = await asyncio.gather(stuck, behind, return_exceptions=True)
+        assert isinstance(done[0], Exception)  # the stuck batch was answered, with an error
+        assert isinstance(done[1], ShuttingDown)  # and the queued request told to go elsewhere
 
     run(main)
 

@@ -227,3 +227,12 @@ def test_a_variant_whose_agreement_was_never_measured_is_not_within_the_budget()
     )
     assert unmeasured.agreement is None
     assert selector(FP32, unmeasured).select("auto") is Precision.FP32
+
+
+def test_a_wait_exactly_at_the_slo_is_no_pressure() -> None:
+    policy = selector(FP32, FP16, INT8, slo_s=0.05)
+    for _ in range(10):
+        policy.observe_queue_wait(Precision.FP16, 0.05)
+    assert policy.auto_choice is Precision.FP16 and not policy.under_pressure
+    policy.observe_queue_wait(Precision.FP16, 0.06)
+    assert policy.auto_choice is Precision.INT8

@@ -257,3 +257,11 @@ def test_parameters_take_booleans_numbers_and_strings_and_nothing_else() -> None
     for bad in (float("nan"), [1], {"a": 1}, None):
         with pytest.raises(BadRequest):
             req({"parameters": {"p": bad}})
+
+
+def test_flat_data_of_the_wrong_length_is_refused_before_it_is_converted() -> None:
+    """Counted first (a cheap len), so a long list is never turned into an array to be refused."""
+    with pytest.raises(BadRequest, match=r"3 values for shape \[4\]"):
+        decode(
+            {"inputs": [{"name": "x", "datatype": "FP32", "shape": [4], "data": [1, 2, 3]}]}, b""
+        )

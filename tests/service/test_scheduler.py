@@ -815,3 +815,20 @@ def test_a_crashing_worker_fails_every_request_still_queued() -> None:
         await sched.close()
 
     run(main)
+
+
+def test_work_running_on_several_workers_is_owed_once_per_worker() -> None:
+    """Two batches of 1 s each running side by side (two workers) owe about 1 s, not 2."""
+
+    async def main() -> None:
+        engine = StandInEngine()
+        engine.gate.clear()
+        sched = make(engine, max_batch=1, max_wait_s=0.0, concurrency=2, expected_per_image_s=1.0)
+        running = [asyncio.create_task(sched.submit(item(i), far())) for i in range(2)]
+        await until(lambda: engine.entered == 2)
+        assert sched.pending_work_s() == pytest.approx(1.0, abs=0.3)
+        engine.gate.set()
+        await asyncio.gather(*running)
+        await sched.close()
+
+    run(main)

@@ -832,3 +832,13 @@ def test_work_running_on_several_workers_is_owed_once_per_worker() -> None:
         await sched.close()
 
     run(main)
+
+
+def test_the_door_judges_by_the_median_and_a_batch_about_to_run_by_the_tail() -> None:
+    admission = Admission(
+        max_queue=16, workers=1, expected_per_image_s=1.0, observer=NullObserver(), max_batch=1
+    )
+    for i in range(100):  # answers take 1.5x the estimate, one in five 3x
+        admission.calibration.observe(1.0, 3.0 if i % 5 == 0 else 1.5)
+    assert admission.needed_s(1) == pytest.approx(1.5)  # the door: more likely on time than not
+    assert admission.needed_s(1, tail=True) == pytest.approx(3.0)  # a batch: all but sure

@@ -444,8 +444,10 @@ def _run_stages(work: Path, target: Target, timeout_s: float) -> tuple[str, str 
     for stage, args in enumerate(target.stages):
         command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
         # A mutant that hangs one test fails it at this bound (pytest-timeout), not at the
-        # stage's: no test of these stages takes a minute unmutated.
-        command += ["-o", f"timeout={TEST_TIMEOUT_S}", *args]
+        # stage's: no test of these stages takes a minute unmutated. The thread method ends
+        # the process: the signal method's exception is swallowed by an event loop spinning
+        # in a callback (asyncio logs a callback's BaseException and carries on).
+        command += ["-o", f"timeout={TEST_TIMEOUT_S}", "-o", "timeout_method=thread", *args]
         try:
             done = subprocess.run(
                 command, cwd=work, env=env, capture_output=True, timeout=timeout_s, check=False

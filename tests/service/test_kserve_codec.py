@@ -265,3 +265,12 @@ def test_flat_data_of_the_wrong_length_is_refused_before_it_is_converted() -> No
         decode(
             {"inputs": [{"name": "x", "datatype": "FP32", "shape": [4], "data": [1, 2, 3]}]}, b""
         )
+
+
+def test_the_element_limit_admits_exactly_its_bound() -> None:
+    def tensor(n: int) -> dict[str, Any]:
+        return {"inputs": [{"name": "x", "datatype": "FP32", "shape": [n], "data": [0.0] * n}]}
+
+    assert decode_inputs(req(tensor(16)), b"", max_elements=16)["x"].shape == (16,)
+    with pytest.raises(BadRequest, match="over 16 values"):
+        decode_inputs(req(tensor(17)), b"", max_elements=16)

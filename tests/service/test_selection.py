@@ -236,3 +236,14 @@ def test_a_wait_exactly_at_the_slo_is_no_pressure() -> None:
     assert policy.auto_choice is Precision.FP16 and not policy.under_pressure
     policy.observe_queue_wait(Precision.FP16, 0.06)
     assert policy.auto_choice is Precision.INT8
+
+
+def test_one_long_wait_after_calm_ones_is_smoothed_away() -> None:
+    """The wait average moves 30 % of the way to each sample: one 100 ms batch after a calm one
+    (average 30 ms, under the 50 ms SLO) is not yet pressure; a second one (51 ms) is."""
+    policy = selector(FP32, FP16, INT8, slo_s=0.05)
+    policy.observe_queue_wait(Precision.FP16, 0.0)
+    policy.observe_queue_wait(Precision.FP16, 0.1)
+    assert policy.auto_choice is Precision.FP16
+    policy.observe_queue_wait(Precision.FP16, 0.1)
+    assert policy.auto_choice is Precision.INT8

@@ -394,7 +394,11 @@ def test_variants_on_one_device_take_turns() -> None:
 def test_deadline_passing_while_queued_is_refused_before_running() -> None:
     async def main() -> None:
         engine = StandInEngine(delay_s=0.05)
-        sched = make(engine, max_batch=1, max_wait_s=0.0, max_queue=16)
+        recorder = _Recorder()
+        sched = BatchScheduler(
+            engine, batching(max_batch=1, max_wait_s=0.0, max_queue=16), observer=recorder
+        )
+        sched.start()
         await sched.submit(item(0), far())
         engine.gate.clear()  # the engine stalls on the next batch
         blocker = asyncio.create_task(sched.submit(item(1), far()))
@@ -406,6 +410,7 @@ def test_deadline_passing_while_queued_is_refused_before_running() -> None:
         with pytest.raises(DeadlineUnmeetable):
             await late
         assert [2] not in engine.batches
+        assert recorder.rejections == ["deadline"]  # counted, with its reason
         await sched.close()
 
     run(main)
@@ -842,3 +847,15 @@ def test_the_door_judges_by_the_median_and_a_batch_about_to_run_by_the_tail() ->
         admission.calibration.observe(1.0, 3.0 if i % 5 == 0 else 1.5)
     assert admission.needed_s(1) == pytest.approx(1.5)  # the door: more likely on time than not
     assert admission.needed_s(1, tail=True) == pytest.approx(3.0)  # a batch: all but sure
+
+
+def test_every_answered_image_teaches_the_calibration() -> None:
+    async def main() -> None:
+        _engine, sched = await taught(0.01)
+        for i in range(20):
+            await sched.submit(item(i), far())
+        # The teaching image had no estimate to compare with (nothing timed before it).
+        assert sched._admission.calibration.samples == 20
+        await sched.close()
+
+    run(main)

@@ -26,7 +26,9 @@ from service.scheduler.errors import SchedulerError
 
 
 @pytest.mark.parametrize(
-    ("estimate_s", "header"), [(0.0, "1"), (0.2, "1"), (1.0, "1"), (1.01, "2"), (2.5, "3")]
+    ("estimate_s", "header"),
+    # Rounded up, at least 1 s, at most an hour (a client must not be told to go for a day).
+    [(0.0, "1"), (0.2, "1"), (1.0, "1"), (1.01, "2"), (2.5, "3"), (3600.5, "3600"), (1e6, "3600")],
 )
 def test_overloaded_retry_after_is_the_wait_in_whole_seconds_rounded_up(
     estimate_s: float, header: str

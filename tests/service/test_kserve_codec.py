@@ -91,34 +91,59 @@ def test_json_and_binary_inputs_decode_in_order() -> None:
     assert arrays["a"].dtype == np.float32 and arrays["b"].dtype == np.int64
 
 
+JSON_ONLY = b""  # no binary tail: a leftover tail would be a fault of its own
+
+
 @pytest.mark.parametrize(
-    "request_",
+    ("request_", "binary"),
     [
-        {},
-        {"inputs": []},
-        {"inputs": "x"},
-        {"inputs": [{"name": "x", "datatype": "FP99", "shape": [1], "data": [1]}]},
-        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1]}]},
-        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1]}]},
-        {
-            "inputs": [
-                {
-                    "name": "x",
-                    "datatype": "FP32",
-                    "shape": [4],
-                    "parameters": {"binary_data_size": 16},
-                }
-            ]
-        },
+        ({"inputs": []}, JSON_ONLY),
+        ({"inputs": "x"}, JSON_ONLY),
+        ({"inputs": [{"name": "x", "datatype": "FP99", "shape": [1], "data": [1]}]}, JSON_ONLY),
+        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1]}]}, JSON_ONLY),
+        ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1]}]}, JSON_ONLY),
+        (  # 16 bytes declared, 8 sent
+            {
+                "inputs": [
+                    {
+                        "name": "x",
+                        "datatype": "FP32",
+                        "shape": [4],
+                        "parameters": {"binary_data_size": 16},
+                    }
+                ]
+            },
+            b"\0" * 8,
+        ),
+        ({"inputs": [{"name": "", "datatype": "FP32", "shape": [1], "data": [1]}]}, JSON_ONLY),
         # The right number of values, but not numbers (each check stands on its own).
-        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": ["1", "2"]}]},
+        (
+            {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": ["1", "2"]}]},
+            JSON_ONLY,
+        ),
         # Numbers, but nested data with fewer values than the shape holds.
-        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [[1, 2, 3]]}]},
+        (
+            {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [[1, 2, 3]]}]},
+            JSON_ONLY,
+        ),
     ],
 )
-def test_bad_inputs_are_bad_requests(request_: dict[str, Any]) -> None:
+def test_bad_inputs_are_bad_requests(request_: dict[str, Any], binary: bytes) -> None:
+    """Each request has exactly one fault (an earlier version sent every one a stray binary
+    tail, so each was refused for that and the fault under test was never reached)."""
     with pytest.raises(BadRequest):
-        decode(request_, b"\0" * 8)
+        decode(request_, binary)
+
+
+def test_a_request_without_inputs_is_a_bad_request() -> None:
+    with pytest.raises(BadRequest, match="inputs"):
+        parse_request(b"{}", None)
+
+
+def test_a_valid_json_request_with_no_binary_tail_is_accepted() -> None:
+    """The control for the cases above: the same shape of request without its fault."""
+    good = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1, 2]}]}
+    assert decode(good, JSON_ONLY)["x"].tolist() == [1.0, 2.0]
 
 
 def test_requested_precision_and_outputs() -> None:

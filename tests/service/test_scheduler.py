@@ -686,6 +686,10 @@ def test_a_refused_deadline_says_when_the_same_budget_would_suffice() -> None:
         admission.check(1, time.monotonic() + 1.0, state)
     assert refused.value.retry_after_s == pytest.approx(needed_s - 1.0, abs=0.05)
     admission.check(1, time.monotonic() + needed_s + 1.0, state)  # a budget that suffices
+    # A deadline already past has nothing left: come back when all of it is done.
+    with pytest.raises(DeadlineUnmeetable, match=r" 0 ms left") as late:
+        admission.check(1, time.monotonic() - 5.0, state)
+    assert late.value.retry_after_s == pytest.approx(needed_s, abs=0.05)
 
 
 def test_a_closed_scheduler_leaves_no_engine_thread_behind() -> None:

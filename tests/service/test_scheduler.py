@@ -863,3 +863,16 @@ def test_every_answered_image_teaches_the_calibration() -> None:
         await sched.close()
 
     run(main)
+
+
+def test_an_answer_that_leaves_the_window_leaves_the_factors() -> None:
+    """The oldest ratio, not another one, is what leaves the calibration's sorted window: one
+    slow answer (4x) from long ago stops counting once 16 newer ones have come in."""
+    calibration = Calibration(window=16)
+    calibration.observe(1.0, 4.0)
+    for _ in range(15):
+        calibration.observe(1.0, 1.0)
+    for _ in range(8):
+        calibration.observe(1.0, 2.0)
+    assert calibration.samples == 16
+    assert calibration.factor == 1.0  # eight 1.0 and eight 2.0: the lower median

@@ -299,3 +299,9 @@ def test_the_element_limit_admits_exactly_its_bound() -> None:
     assert decode_inputs(req(tensor(16)), b"", max_elements=16)["x"].shape == (16,)
     with pytest.raises(BadRequest, match="over 16 values"):
         decode_inputs(req(tensor(17)), b"", max_elements=16)
+
+
+def test_parameter_names_are_at_most_256_characters() -> None:
+    assert req({"parameters": {"k" * 256: 1}}).parameters == {"k" * 256: 1}
+    with pytest.raises(BadRequest):
+        req({"parameters": {"k" * 257: 1}})

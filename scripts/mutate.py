@@ -429,6 +429,16 @@ def _workspace(root: Path) -> Path:
     return root
 
 
+def _share_engines(tmp: Path, build: bool) -> None:
+    """Point the tests' FP32 + INT8 fixture at one folder for every job (a build found there is
+    reused) and, when a stage serves both, build it now: once, not once per mutant or by two
+    jobs at once."""
+    engines = Path(os.environ.get(ENGINES_ENV) or tmp / "fp32-int8")
+    os.environ[ENGINES_ENV] = str(engines)
+    if build:
+        _prebuild(engines)
+
+
 def _prebuild(engines: Path) -> None:
     env = {
         **os.environ,
@@ -498,9 +508,7 @@ def check_named(timeout_s: float) -> int:
     """Issue 18's regressions, one at a time in a copy of the repository: each must be caught."""
     missed = 0
     with tempfile.TemporaryDirectory(prefix="mutate-named-") as tmp:
-        engines = Path(os.environ.get(ENGINES_ENV) or Path(tmp) / "fp32-int8")
-        os.environ[ENGINES_ENV] = str(engines)
-        _prebuild(engines)  # test_auto_precision_http serves FP32 + INT8
+        _share_engines(Path(tmp), build=True)  # test_auto_precision_http serves FP32 + INT8
         work = _workspace(Path(tmp) / "work")
         for named in NAMED:
             status, why = run_named(work, named, timeout_s)
@@ -667,10 +675,8 @@ def main() -> int:
         return 0
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mutate-") as tmp:
-        engines = Path(os.environ.get(ENGINES_ENV) or Path(tmp) / "fp32-int8")
-        os.environ[ENGINES_ENV] = str(engines)
-        if any("auto_precision" in a for t in chosen.values() for s in t.stages for a in s):
-            _prebuild(engines)  # once, not once per mutant (or by two jobs at once)
+        both = any("auto_precision" in a for t in chosen.values() for s in t.stages for a in s)
+        _share_engines(Path(tmp), build=both)
         works: queue.Queue[Path] = queue.Queue()
         for k in range(args.jobs):
             works.put(_workspace(Path(tmp) / f"work{k}"))

@@ -15,6 +15,7 @@ from engines.errors import InferenceError
 from service.errors import to_service_error
 from service.scheduler import (
     BatchingConfig,
+    BatchObserver,
     BatchScheduler,
     DeadlineUnmeetable,
     DecodeBusy,
@@ -88,8 +89,14 @@ def batching(**overrides: float) -> BatchingConfig:
     return BatchingConfig(**{**defaults, **overrides})  # type: ignore[arg-type]
 
 
-def make(engine: StandInEngine, **config: float) -> BatchScheduler:
-    sched = BatchScheduler(engine, batching(**config))
+def make(
+    engine: Callable[[np.ndarray], Outputs],
+    *,
+    observer: BatchObserver | None = None,
+    **config: float,
+) -> BatchScheduler:
+    """A started scheduler over ``engine`` with ``batching(**config)``."""
+    sched = BatchScheduler(engine, batching(**config), observer=observer)
     sched.start()
     return sched
 
@@ -242,8 +249,7 @@ class _ExplodingObserver:
 
 def test_a_crashing_worker_answers_its_batch_and_takes_the_variant_out() -> None:
     async def main() -> None:
-        sched = BatchScheduler(StandInEngine(), batching(), observer=_ExplodingObserver())
-        sched.start()
+        sched = make(StandInEngine(), observer=_ExplodingObserver())
         with pytest.raises(RuntimeError):  # the batch it had taken gets the error, no hang
             await asyncio.wait_for(sched.submit(item(0), far()), 5)
         await asyncio.sleep(0)
@@ -395,10 +401,7 @@ def test_deadline_passing_while_queued_is_refused_before_running() -> None:
     async def main() -> None:
         engine = StandInEngine(delay_s=0.05)
         recorder = _Recorder()
-        sched = BatchScheduler(
-            engine, batching(max_batch=1, max_wait_s=0.0, max_queue=16), observer=recorder
-        )
-        sched.start()
+        sched = make(engine, observer=recorder, max_batch=1, max_wait_s=0.0, max_queue=16)
         await sched.submit(item(0), far())
         engine.gate.clear()  # the engine stalls on the next batch
         blocker = asyncio.create_task(sched.submit(item(1), far()))
@@ -624,8 +627,7 @@ def test_failed_batches_are_reported_as_failed() -> None:
     async def main() -> None:
         recorder = _Recorder()
         engine = StandInEngine(fail_if=lambda b: bool((b[:, 0, 0, 0] == 1).any()))
-        sched = BatchScheduler(engine, batching(max_batch=1), observer=recorder)
-        sched.start()
+        sched = make(engine, observer=recorder, max_batch=1)
         await sched.submit(item(0), far())
         with pytest.raises(InferenceError):
             await sched.submit(item(1), far())
@@ -757,8 +759,7 @@ def test_the_queue_depth_is_reported_as_requests_arrive_and_leave() -> None:
     async def main() -> None:
         engine = StandInEngine()
         observer = Depths()
-        sched = BatchScheduler(engine, batching(max_batch=4, max_wait_s=0.0), observer=observer)
-        sched.start()
+        sched = make(engine, observer=observer, max_batch=4, max_wait_s=0.0)
         engine.gate.clear()
         first = asyncio.create_task(sched.submit(item(0), far()))
         await until(lambda: engine.entered == 1)  # its batch holds the engine
@@ -808,10 +809,7 @@ def test_a_crashing_worker_fails_every_request_still_queued() -> None:
     variant is out of service), not left waiting for a worker that is gone."""
 
     async def main() -> None:
-        sched = BatchScheduler(
-            StandInEngine(), batching(max_batch=1), observer=_ExplodingObserver()
-        )
-        sched.start()
+        sched = make(StandInEngine(), observer=_ExplodingObserver(), max_batch=1)
         answers = await asyncio.wait_for(
             asyncio.gather(
                 *(sched.submit(item(i), far()) for i in range(3)), return_exceptions=True

@@ -160,13 +160,17 @@ def test_auto_comes_back_only_below_the_recovery_wait_not_at_it() -> None:
     assert policy.auto_choice is Precision.FP16
 
 
-def test_auto_returns_to_rest_after_twice_the_hold_with_no_batch(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The selector's monotonic clock, moved by the test (``clock[0]``), starting at 1000 s."""
+    now = [1000.0]
+    monkeypatch.setattr(selection, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    return now
+
+
+def test_auto_returns_to_rest_after_twice_the_hold_with_no_batch(clock: list[float]) -> None:
     """A client that comes back after a burst is not served by the burst's choice: with no
     batch for more than 2 x max(hold, 1 s), ``auto`` is back at rest (a clock the test moves)."""
-    clock = [1000.0]
-    monkeypatch.setattr(selection, "time", SimpleNamespace(monotonic=lambda: clock[0]))
     policy = selector(FP32, FP16, INT8)  # hold 0: the idle limit is 2 x 1 s
     for _ in range(10):
         policy.observe_queue_wait(Precision.FP16, 0.2)
@@ -198,11 +202,7 @@ def test_after_moving_back_the_rest_choice_starts_its_wait_average_afresh() -> N
     assert policy.auto_choice is Precision.FP16 and not policy.under_pressure
 
 
-def test_auto_may_move_back_exactly_when_the_hold_time_is_over(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    clock = [1000.0]
-    monkeypatch.setattr(selection, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+def test_auto_may_move_back_exactly_when_the_hold_time_is_over(clock: list[float]) -> None:
     policy = PrecisionSelector(
         [FP32, FP16, INT8], auto_min_agreement=0.99, queue_wait_slo_s=0.05, saturation_batch=8
     )  # the default 2 s hold
